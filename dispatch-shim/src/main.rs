@@ -1,0 +1,314 @@
+//! `dispatch-shim`: stands in for one Juju hook tool during a traced dispatch.
+//!
+//! The wrapper puts a directory of symlinks named after the hook tools (`relation-get`, ...)
+//! in front of the charm's PATH, all pointing here. Like Juju's own `jujuc`, the shim learns
+//! which tool it is from the basename of argv[0]. It runs the real tool by absolute path from
+//! `DISPATCH_TRACE_TOOLS` (recorded by the wrapper before PATH changed, so never a PATH lookup
+//! that could find the shim again) with the very same argv, environment, cwd and file
+//! descriptors, waits, reports one record to the wrapper, and ends exactly as the tool did.
+//!
+//! It runs on every hook-tool call, so it skips std's runtime start-up (`no_main`), spawns with
+//! `posix_spawn` (vfork-fast), and touches nothing but the record channel. Reporting is best
+//! effort: no reader (a daemon calling after its dispatch ended) or a full channel never delays
+//! the call by more than a few milliseconds and never changes its outcome.
+#![no_main]
+
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_char, c_int};
+
+use dispatch_shim::{
+    is_hook_tool, summarize_args, CallEnd, Record, ENV_CHANNEL, ENV_DEPTH, ENV_LOG_TEXT, ENV_NONCE,
+    ENV_TOOLS_DIR, MAX_DEPTH,
+};
+
+extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// How long a shim keeps retrying a full channel before it counts the record as dropped.
+const FULL_CHANNEL_PATIENCE_NANOS: u64 = 5_000_000;
+
+#[no_mangle]
+extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
+    // SAFETY: the C runtime hands us argc valid, NUL-terminated strings.
+    let args: Vec<&[u8]> = (0..argc.max(0) as usize)
+        .map(|i| unsafe { CStr::from_ptr(*argv.add(i)) }.to_bytes())
+        .collect();
+    match run(&args, argv) {
+        Ok(code) => code,
+        Err(message) => {
+            eprint_line(&message);
+            // Like a shell that cannot run a command.
+            127
+        }
+    }
+}
+
+fn run(args: &[&[u8]], argv: *const *const c_char) -> Result<c_int, String> {
+    let argv0 = args.first().copied().unwrap_or_default();
+    let tool_bytes = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    let tool = std::str::from_utf8(tool_bytes).unwrap_or_default();
+    if !is_hook_tool(tool) {
+        return Err(format!(
+            "dispatch-shim: run as {:?}, which is not a Juju hook tool; the shim is only meant to \
+             be reached through the hook-tool symlinks `dispatch` creates",
+            String::from_utf8_lossy(tool_bytes)
+        ));
+    }
+    let depth: u32 = env_str(ENV_DEPTH).and_then(|d| d.parse().ok()).unwrap_or(0);
+    if depth >= MAX_DEPTH {
+        return Err(format!(
+            "dispatch-shim: {tool}: the hook-tool shims are calling themselves ({ENV_DEPTH}={depth}); \
+             check {ENV_TOOLS_DIR}"
+        ));
+    }
+    let real_tool = real_tool_path(tool)?;
+    let envp = child_environment(depth + 1);
+
+    let start = unix_nanos();
+    let spawned = spawn(&real_tool, argv, &envp);
+    let (end, code) = match spawned {
+        Ok(pid) => {
+            let status = wait(pid);
+            let end = if libc::WIFSIGNALED(status) {
+                CallEnd::Signaled(libc::WTERMSIG(status))
+            } else {
+                CallEnd::Exited(libc::WEXITSTATUS(status))
+            };
+            (end, Some((pid, status)))
+        }
+        Err(errno) => (CallEnd::SpawnFailed(errno), None),
+    };
+    let finish = unix_nanos();
+
+    report(
+        tool,
+        &args[1..],
+        start,
+        finish,
+        end,
+        code.map_or(0, |(pid, _)| pid),
+    );
+
+    match end {
+        CallEnd::Exited(code) => Ok(code),
+        CallEnd::Signaled(signal) => {
+            die_of(signal);
+            Ok(128 + signal)
+        }
+        CallEnd::SpawnFailed(errno) => Err(format!(
+            "dispatch-shim: cannot run {}: {}",
+            real_tool.to_string_lossy(),
+            std::io::Error::from_raw_os_error(errno)
+        )),
+    }
+}
+
+fn env_str(name: &str) -> Option<String> {
+    std::env::var_os(name).and_then(|v| v.into_string().ok())
+}
+
+/// The real tool: `$DISPATCH_TRACE_TOOLS/<tool>`. Without that variable (someone ran a shim
+/// outside a dispatch) the first PATH entry whose tool is not a shim, found by comparing real
+/// paths with our own.
+fn real_tool_path(tool: &str) -> Result<CString, String> {
+    if let Some(dir) = std::env::var_os(ENV_TOOLS_DIR).filter(|d| !d.is_empty()) {
+        let path = std::path::Path::new(&dir).join(tool);
+        return path_to_cstring(&path);
+    }
+    let me = std::env::current_exe().ok();
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path_var) {
+        let candidate = dir.join(tool);
+        let Ok(real) = std::fs::canonicalize(&candidate) else {
+            continue;
+        };
+        if Some(&real) != me.as_ref() {
+            return path_to_cstring(&candidate);
+        }
+    }
+    Err(format!(
+        "dispatch-shim: {tool}: no real hook tool found ({ENV_TOOLS_DIR} is not set and PATH has \
+         only shims)"
+    ))
+}
+
+fn path_to_cstring(path: &std::path::Path) -> Result<CString, String> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| "dispatch-shim: NUL in path".into())
+}
+
+/// Our own environment with the recursion counter set; the pointers stay valid because the
+/// environment is not modified while they are used.
+fn child_environment(depth: u32) -> (Vec<*const c_char>, CString) {
+    let depth_var = CString::new(format!("{ENV_DEPTH}={depth}")).unwrap_or_default();
+    let prefix = format!("{ENV_DEPTH}=");
+    let mut pointers = Vec::with_capacity(64);
+    // SAFETY: `environ` is a NULL-terminated array of valid C strings.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            if !CStr::from_ptr(*entry)
+                .to_bytes()
+                .starts_with(prefix.as_bytes())
+            {
+                pointers.push(*entry);
+            }
+            entry = entry.add(1);
+        }
+    }
+    pointers.push(depth_var.as_ptr());
+    pointers.push(std::ptr::null());
+    (pointers, depth_var)
+}
+
+fn spawn(
+    path: &CStr,
+    argv: *const *const c_char,
+    envp: &(Vec<*const c_char>, CString),
+) -> Result<libc::pid_t, i32> {
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: path, argv and envp are valid NULL-terminated arrays of C strings; no file actions
+    // or attributes, so the tool inherits our descriptors, signal mask and dispositions.
+    let rc = unsafe {
+        libc::posix_spawn(
+            &mut pid,
+            path.as_ptr(),
+            std::ptr::null(),
+            std::ptr::null(),
+            argv as *const *mut c_char,
+            envp.0.as_ptr() as *const *mut c_char,
+        )
+    };
+    if rc == 0 {
+        Ok(pid)
+    } else {
+        Err(rc)
+    }
+}
+
+fn wait(pid: libc::pid_t) -> c_int {
+    let mut status: c_int = 0;
+    loop {
+        // SAFETY: plain waitpid on our own child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return status;
+        }
+        if rc == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // Cannot happen for our own child; report a generic failure rather than hang.
+            return 1 << 8;
+        }
+    }
+}
+
+fn unix_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn report(tool: &str, args: &[&[u8]], start: u64, finish: u64, end: CallEnd, pid: libc::pid_t) {
+    let (Some(channel), Some(nonce)) = (std::env::var_os(ENV_CHANNEL), env_str(ENV_NONCE)) else {
+        return;
+    };
+    let keep_text = env_str(ENV_LOG_TEXT).as_deref() == Some("1");
+    let summary = summarize_args(tool, args, keep_text);
+    let record = Record {
+        nonce,
+        tool: tool.to_string(),
+        pid: pid as u32,
+        start_unix_nanos: start,
+        end_unix_nanos: finish,
+        end,
+        traceparent: env_str("TRACEPARENT").unwrap_or_default(),
+        log_level: summary.log_level,
+        log_length: summary.log_length,
+        log_text: summary.log_text,
+        arg_count: args.len(),
+        args: summary.args,
+    };
+    let line = record.encode();
+    let Ok(channel) = path_to_cstring(std::path::Path::new(&channel)) else {
+        return;
+    };
+    // SAFETY: plain open/write/close of a path we own the string of.
+    let fd = unsafe {
+        libc::open(
+            channel.as_ptr(),
+            libc::O_WRONLY | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        // ENXIO: no reader, the dispatch that started us is over. Anything else: not our
+        // problem to report from inside a tool call.
+        return;
+    }
+    let mut waited = 0u64;
+    loop {
+        // SAFETY: writing our own buffer to our own descriptor.
+        let written = unsafe { libc::write(fd, line.as_ptr().cast(), line.len()) };
+        if written >= 0 {
+            break;
+        }
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        if errno == Some(libc::EINTR) {
+            continue;
+        }
+        if errno != Some(libc::EAGAIN) || waited >= FULL_CHANNEL_PATIENCE_NANOS {
+            count_drop(&channel, &record.nonce);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        waited += 200_000;
+    }
+    // SAFETY: closing the descriptor we opened.
+    unsafe { libc::close(fd) };
+}
+
+/// A record that could not be delivered is counted in `<channel>.dropped` (one nonce per
+/// line) so the wrapper can report the loss on the root span.
+fn count_drop(channel: &CStr, nonce: &str) {
+    let mut path = channel.to_bytes().to_vec();
+    path.extend_from_slice(b".dropped");
+    let Ok(path) = CString::new(path) else {
+        return;
+    };
+    let line = format!("{nonce}\n");
+    // SAFETY: open/write/close on a path and buffer we own.
+    unsafe {
+        let fd = libc::open(
+            path.as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o600,
+        );
+        if fd >= 0 {
+            libc::write(fd, line.as_ptr().cast(), line.len());
+            libc::close(fd);
+        }
+    }
+}
+
+/// End the way the tool ended: by the same signal, without a core dump of our own.
+fn die_of(signal: c_int) {
+    // SAFETY: resetting our own signal state right before we die.
+    unsafe {
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+}
+
+fn eprint_line(message: &str) {
+    let line = format!("{message}\n");
+    // SAFETY: a single write of our own buffer to stderr.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}

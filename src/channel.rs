@@ -1,0 +1,274 @@
+//! The record channel from shims to the wrapper (DESIGN §2): a persistent FIFO in the private
+//! state directory, drained on its own thread while the child runs.
+//!
+//! The FIFO is kept between dispatches (creating and removing one per dispatch costs about half
+//! a millisecond on ext4); records carry a per-dispatch nonce, so whatever a leftover daemon of
+//! an earlier dispatch writes is recognised and ignored. We hold a write end open ourselves so
+//! the reader never sees end-of-file between two shims, and a stop pipe wakes the reader once
+//! the child has ended; it then drains what is left and returns. A shim finishes its write
+//! before it exits, so everything written by the child's own tool calls is in the FIFO by then.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use dispatch_shim::Record;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+const FIFO_NAME: &str = "records";
+/// Ask for a roomy pipe so bursts of tool calls never find it full (Linux's default
+/// /proc/sys/fs/pipe-max-size allows 1 MiB for anyone).
+const PIPE_SIZE: libc::c_int = 1024 * 1024;
+
+/// The open channel for one dispatch.
+pub struct Channel {
+    pub path: PathBuf,
+    read_end: OwnedFd,
+    _write_end: OwnedFd,
+}
+
+/// What the reader collected.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub records: Vec<Record>,
+    /// Lines that were not records of this dispatch (other nonce, garbage).
+    pub ignored: u64,
+    /// Records shims could not deliver (channel full), counted beside the FIFO.
+    pub dropped: u64,
+}
+
+impl Channel {
+    /// Opens (creating if needed) the FIFO in `state_dir`.
+    pub fn open(state_dir: &Path) -> io::Result<Channel> {
+        let path = state_dir.join(FIFO_NAME);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_fifo() => {}
+            Ok(_) => {
+                std::fs::remove_file(&path)?;
+                make_fifo(&path)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => make_fifo(&path)?,
+            Err(e) => return Err(e),
+        }
+        let read_end = open_fifo(&path, libc::O_RDONLY)?;
+        let write_end = open_fifo(&path, libc::O_WRONLY)?;
+        // SAFETY: fcntl on a descriptor we own; failure only means a smaller pipe.
+        unsafe { libc::fcntl(read_end.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        // Anything left from an earlier dispatch is not ours.
+        discard(&read_end);
+        Ok(Channel {
+            path,
+            read_end,
+            _write_end: write_end,
+        })
+    }
+
+    /// Starts draining on a thread; `nonce` selects this dispatch's records.
+    pub fn start_reader(self, nonce: String) -> io::Result<Reader> {
+        let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let dropped_path = dropped_path(&self.path);
+        let thread = std::thread::Builder::new()
+            .name("records".into())
+            .spawn(move || {
+                let mut collector = Collector::new(nonce);
+                drain_until_stopped(&self, &stop_read, &mut collector);
+                collector.finish(&dropped_path)
+            })?;
+        Ok(Reader {
+            thread: Some(thread),
+            stop: Some(stop_write),
+        })
+    }
+}
+
+fn dropped_path(fifo: &Path) -> PathBuf {
+    let mut name = fifo.as_os_str().to_owned();
+    name.push(".dropped");
+    PathBuf::from(name)
+}
+
+fn make_fifo(path: &Path) -> io::Result<()> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    Ok(())
+}
+
+fn open_fifo(path: &Path, mode: libc::c_int) -> io::Result<OwnedFd> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("NUL in channel path"))?;
+    // SAFETY: open with a valid C string; the descriptor is owned right away.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            mode | libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by open and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn discard(fd: &OwnedFd) {
+    let mut buffer = [0u8; 8192];
+    while let Ok(n) = nix::unistd::read(fd.as_fd(), &mut buffer) {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+fn drain_until_stopped(channel: &Channel, stop: &OwnedFd, collector: &mut Collector) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let mut fds = [
+            PollFd::new(channel.read_end.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
+        read_available(&channel.read_end, &mut buffer, collector);
+        if stopping {
+            return;
+        }
+    }
+}
+
+fn read_available(fd: &OwnedFd, buffer: &mut [u8], collector: &mut Collector) {
+    loop {
+        match nix::unistd::read(fd.as_fd(), buffer) {
+            Ok(0) => return,
+            Ok(n) => collector.feed(&buffer[..n]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Splits the byte stream into lines and keeps this dispatch's records.
+struct Collector {
+    nonce: String,
+    partial: Vec<u8>,
+    collected: Collected,
+}
+
+impl Collector {
+    fn new(nonce: String) -> Collector {
+        Collector {
+            nonce,
+            partial: Vec::new(),
+            collected: Collected::default(),
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(offset) = self.partial[start..].iter().position(|&b| b == b'\n') {
+            let end = start + offset;
+            let line = &self.partial[start..end];
+            match Record::decode(line) {
+                Some(record) if record.nonce == self.nonce => self.collected.records.push(record),
+                _ => self.collected.ignored += 1,
+            }
+            start = end + 1;
+        }
+        self.partial.drain(..start);
+    }
+
+    fn finish(mut self, dropped_path: &Path) -> Collected {
+        if !self.partial.is_empty() {
+            self.collected.ignored += 1;
+        }
+        if let Ok(text) = std::fs::read_to_string(dropped_path) {
+            let _ = std::fs::remove_file(dropped_path);
+            self.collected.dropped = text.lines().filter(|l| *l == self.nonce).count() as u64;
+        }
+        self.collected
+    }
+}
+
+/// The running reader; `finish` stops it and returns what it collected.
+pub struct Reader {
+    thread: Option<JoinHandle<Collected>>,
+    stop: Option<OwnedFd>,
+}
+
+impl Reader {
+    pub fn finish(mut self) -> Collected {
+        if let Some(stop) = self.stop.take() {
+            let _ = nix::unistd::write(&stop, b"x");
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(collected)) => collected,
+            _ => Collected::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dispatch_shim::CallEnd;
+
+    fn record(nonce: &str) -> Record {
+        Record {
+            nonce: nonce.into(),
+            tool: "is-leader".into(),
+            pid: 1,
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            end: CallEnd::Exited(0),
+            traceparent: String::new(),
+            log_level: String::new(),
+            log_length: 0,
+            log_text: String::new(),
+            arg_count: 0,
+            args: vec![],
+        }
+    }
+
+    #[test]
+    fn collector_keeps_only_this_dispatch_records_across_split_reads() {
+        let mut collector = Collector::new("mine".into());
+        let mut stream = record("mine").encode();
+        stream.extend(record("other").encode());
+        stream.extend(b"garbage line\n");
+        stream.extend(record("mine").encode());
+        let (a, b) = stream.split_at(17);
+        collector.feed(a);
+        collector.feed(b);
+        let collected = collector.finish(Path::new("/nonexistent"));
+        assert_eq!(collected.records.len(), 2);
+        assert_eq!(collected.ignored, 2);
+    }
+
+    #[test]
+    fn reader_drains_records_written_to_the_fifo() {
+        let dir = std::env::temp_dir().join(format!("dispatch-channel-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let channel = Channel::open(&dir).unwrap();
+        let path = channel.path.clone();
+        let reader = channel.start_reader("n1".into()).unwrap();
+        let writer = open_fifo(&path, libc::O_WRONLY).unwrap();
+        for _ in 0..500 {
+            nix::unistd::write(&writer, &record("n1").encode()).unwrap();
+        }
+        nix::unistd::write(&writer, &record("n0").encode()).unwrap();
+        std::fs::write(dropped_path(&path), "n1\nn0\nn1\n").unwrap();
+        let collected = reader.finish();
+        assert_eq!(collected.records.len(), 500);
+        assert_eq!(collected.ignored, 1);
+        assert_eq!(collected.dropped, 2);
+        assert!(!dropped_path(&path).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,338 @@
+//! Tool mode: `dispatch <command>`, run by a person (`juju ssh`, `juju exec`) or a test.
+//! Juju never passes arguments, so any argument means tool mode.
+//!
+//! The store is found from the binary's own directory, so the commands work from any cwd.
+//! Bad usage prints a clear message and exits 2; other failures exit 1.
+#![allow(clippy::print_stdout)]
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::{Config, CONFIG_FILE};
+use crate::metadata::CharmMetadata;
+use crate::store::{ChunkFilter, Store};
+use crate::target::{self, Target};
+use crate::view;
+
+const USAGE: &str = "\
+dispatch: a traced Juju charm dispatch.
+
+Run by Juju without arguments, it runs the charm's original dispatch and records an
+OpenTelemetry trace of the event. With arguments it is a tool:
+
+  dispatch traces [--last N] [--event E] [--failed] [--format tree|json|otlp-json]
+                          show recorded dispatches, oldest first (default: --last 10, tree)
+  dispatch status         where traces are kept and what is waiting
+  dispatch disable        stop tracing (persisted; the charm runs exactly as without us)
+  dispatch enable         trace again
+  dispatch check-config   validate dispatch-trace.yaml and the charm layout (exit 1 if bad)
+  dispatch --help | --version
+";
+
+/// Exit codes of tool mode.
+const EXIT_USAGE: i32 = 2;
+
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+pub fn run(args: Vec<OsString>) -> i32 {
+    let args: Result<Vec<String>> = args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| usage(format!("argument {a:?} is not UTF-8")))
+        })
+        .collect();
+    let result = args.and_then(|args| dispatch_command(&args));
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            if error.downcast_ref::<UsageError>().is_some() {
+                eprintln!("dispatch: {error}\nRun `dispatch --help` for usage.");
+                EXIT_USAGE
+            } else {
+                eprintln!("dispatch: {error:#}");
+                1
+            }
+        }
+    }
+}
+
+fn dispatch_command(args: &[String]) -> Result<i32> {
+    let (command, rest) = args.split_first().ok_or_else(|| usage("no command"))?;
+    let charm_dir = charm_dir()?;
+    match command.as_str() {
+        "--help" | "-h" | "help" => {
+            print(USAGE)?;
+            Ok(0)
+        }
+        "--version" | "-V" => {
+            print(&format!("dispatch {}\n", env!("CARGO_PKG_VERSION")))?;
+            Ok(0)
+        }
+        "traces" => traces(&charm_dir, rest),
+        "status" => {
+            no_more(command, rest)?;
+            status(&charm_dir)
+        }
+        "disable" | "enable" => {
+            no_more(command, rest)?;
+            set_enabled(&charm_dir, command == "enable")
+        }
+        "check-config" => {
+            no_more(command, rest)?;
+            check_config(&charm_dir)
+        }
+        other => Err(usage(format!("unknown command {other:?}"))),
+    }
+}
+
+fn no_more(command: &str, rest: &[String]) -> Result<()> {
+    match rest.first() {
+        Some(extra) => Err(usage(format!(
+            "{command} takes no arguments (got {extra:?})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn print(text: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        // A closed pipe (`dispatch traces | head`) is not an error worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e).context("writing to stdout"),
+    }
+}
+
+fn charm_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find this binary's own path")?;
+    Ok(exe
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".")))
+}
+
+fn store_path(charm_dir: &Path) -> PathBuf {
+    Config::load(charm_dir).config.store_file(charm_dir)
+}
+
+/// Opens the store for reading commands; `None` when no dispatch has created it yet.
+fn existing_store(charm_dir: &Path) -> Result<Option<Store>> {
+    let path = store_path(charm_dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    Store::open(&path, None)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Tree,
+    Json,
+    OtlpJson,
+}
+
+fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
+    let mut filter = ChunkFilter {
+        last: Some(10),
+        ..ChunkFilter::default()
+    };
+    let mut format = Format::Tree;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            inline
+                .clone()
+                .or_else(|| args.next().cloned())
+                .ok_or_else(|| usage(format!("{name} needs a value")))
+        };
+        match flag {
+            "--last" => {
+                let n = value("--last")?;
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| usage(format!("--last takes a whole number, not {n:?}")))?;
+                filter.last = if n == 0 { None } else { Some(n) };
+            }
+            "--event" => filter.event = Some(value("--event")?),
+            "--failed" if inline.is_none() => filter.failed_only = true,
+            "--format" => {
+                format = match value("--format")?.as_str() {
+                    "tree" => Format::Tree,
+                    "json" => Format::Json,
+                    "otlp-json" => Format::OtlpJson,
+                    other => {
+                        return Err(usage(format!(
+                            "--format must be tree, json or otlp-json, not {other:?}"
+                        )))
+                    }
+                }
+            }
+            other => return Err(usage(format!("traces: unknown option {other:?}"))),
+        }
+    }
+    let chunks = match existing_store(charm_dir)? {
+        Some(store) => store.chunks(&filter).context("reading the trace store")?,
+        None => Vec::new(),
+    };
+    let text = match format {
+        Format::Tree if chunks.is_empty() => {
+            eprintln!(
+                "dispatch: no traces recorded (store: {})",
+                store_path(charm_dir).display()
+            );
+            String::new()
+        }
+        Format::Tree => view::tree(&chunks)?,
+        Format::Json => view::json(&chunks)?,
+        Format::OtlpJson => view::otlp_json(&chunks)?,
+    };
+    print(&text)?;
+    Ok(0)
+}
+
+fn status(charm_dir: &Path) -> Result<i32> {
+    let loaded = Config::load(charm_dir);
+    let path = loaded.config.store_file(charm_dir);
+    let mut out = String::new();
+    let store = existing_store(charm_dir)?;
+    let disabled_in_store = match &store {
+        Some(store) => store.setting("disabled")?.is_some(),
+        None => false,
+    };
+    let tracing = if !loaded.config.enabled {
+        format!("disabled (enabled: false in {CONFIG_FILE})")
+    } else if disabled_in_store {
+        "disabled (by `dispatch disable`)".to_string()
+    } else {
+        "enabled".to_string()
+    };
+    out.push_str(&format!("tracing: {tracing}\n"));
+    out.push_str(&format!(
+        "config: {}\n",
+        match (&loaded.problem, loaded.present) {
+            (Some(problem), _) => format!("PROBLEM: {problem}"),
+            (None, true) => format!("{} (ok)", charm_dir.join(CONFIG_FILE).display()),
+            (None, false) => "defaults (no dispatch-trace.yaml)".to_string(),
+        }
+    ));
+    match &store {
+        None => out.push_str(&format!("store: {} (not created yet)\n", path.display())),
+        Some(store) => {
+            let stats = store.stats()?;
+            out.push_str(&format!(
+                "store: {} ({} on disk; {} of traces, cap {})\n",
+                path.display(),
+                human_bytes(stats.file_bytes),
+                human_bytes(stats.payload_bytes.max(0) as u64),
+                human_bytes(loaded.config.store_max_bytes)
+            ));
+            out.push_str(&format!(
+                "dispatches: {} stored, {} waiting to be shipped, {} shipped, {} running\n",
+                stats.chunks, stats.pending, stats.shipped, stats.started
+            ));
+        }
+    }
+    out.push_str("destination: none (traces are kept in the local store only)\n");
+    print(&out)?;
+    Ok(0)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < KIB {
+        format!("{bytes} B")
+    } else if b < KIB * KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else {
+        format!("{:.1} MiB", b / KIB / KIB)
+    }
+}
+
+fn set_enabled(charm_dir: &Path, enabled: bool) -> Result<i32> {
+    let path = store_path(charm_dir);
+    let store = Store::open(&path, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    store.set_setting("disabled", if enabled { None } else { Some("1") })?;
+    let note = if enabled {
+        "tracing enabled"
+    } else {
+        "tracing disabled: dispatches now run the charm directly, untraced"
+    };
+    print(&format!("{note}\n"))?;
+    if enabled && !Config::load(charm_dir).config.enabled {
+        eprintln!("dispatch: note: {CONFIG_FILE} still says enabled: false");
+    }
+    Ok(0)
+}
+
+fn check_config(charm_dir: &Path) -> Result<i32> {
+    let loaded = Config::load(charm_dir);
+    let mut problems: Vec<String> = loaded.problem.into_iter().collect();
+    let mut notes = Vec::new();
+    if let Err(problem) = CharmMetadata::load(charm_dir) {
+        problems.push(problem);
+    }
+    let exe = std::env::current_exe().context("cannot find this binary's own path")?;
+    let env = crate::juju::HookEnv::from_vars(std::iter::empty(), &OsString::from("dispatch"));
+    match target::resolve(charm_dir, &loaded.config, &env, &exe, &mut problems) {
+        Target::Program(program) => {
+            if nix::unistd::access(&program, nix::unistd::AccessFlags::X_OK).is_err() {
+                problems.push(format!("target {} is not executable", program.display()));
+            } else {
+                notes.push(format!("target: {}", program.display()));
+            }
+        }
+        Target::Nothing => notes.push(format!(
+            "target: none ({} missing; only hooks/<event> scripts will run)",
+            target::ORIGINAL_DISPATCH
+        )),
+    }
+    if !charm_dir.join(crate::shims::SHIM_BINARY).exists() {
+        problems.push(format!(
+            "{} is missing beside dispatch: hook-tool calls would not be traced",
+            crate::shims::SHIM_BINARY
+        ));
+    }
+    let mut out = String::new();
+    for note in &notes {
+        out.push_str(&format!("ok: {note}\n"));
+    }
+    for problem in &problems {
+        out.push_str(&format!("PROBLEM: {problem}\n"));
+    }
+    if problems.is_empty() {
+        out.push_str("config ok\n");
+        print(&out)?;
+        Ok(0)
+    } else {
+        print(&out)?;
+        bail!("{} problem(s) found", problems.len())
+    }
+}

@@ -1,0 +1,36 @@
+//! `dispatch`: a drop-in Juju charm dispatch that records an OpenTelemetry trace of every event.
+//!
+//! Juju runs `<charm>/dispatch` with no arguments once per event; that is hook mode
+//! (`wrapper`). With arguments it is a tool for people and tests (`cli`). The process ends in
+//! exactly one place, `entry`'s return to `main`: with the child's exit code, or (in
+//! `supervise::mirror`) by the child's signal.
+#![deny(clippy::print_stdout)]
+
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod juju;
+pub mod metadata;
+pub mod operator;
+pub mod shims;
+pub mod spans;
+pub mod state_dir;
+pub mod store;
+pub mod supervise;
+pub mod target;
+pub mod view;
+pub mod wrapper;
+
+/// Runs dispatch; returns the process exit code (or does not return, when the child's signal
+/// is mirrored). Must be called first thing, before any thread exists.
+pub fn entry() -> i32 {
+    let inherited = supervise::InheritedSignals::capture();
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| "dispatch".into());
+    let rest: Vec<_> = args.collect();
+    if rest.is_empty() {
+        wrapper::run(argv0, inherited)
+    } else {
+        cli::run(rest)
+    }
+}

@@ -1,0 +1,51 @@
+//! The one stderr line the operator may get from a dispatch (DESIGN §2).
+//!
+//! Juju logs a hook's stderr at WARNING, and during actions it lands in the action's results,
+//! so we write only for a problem the operator can act on, in one line, never during an
+//! action, and not again while the cause is unchanged: the last line written is remembered in
+//! the state directory and a repeat is suppressed. A dispatch without problems forgets it, so
+//! a problem that comes back is reported again.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const LAST_WARNING: &str = "last-warning";
+
+pub struct Operator {
+    memory: Option<PathBuf>,
+    silent: bool,
+}
+
+impl Operator {
+    /// `state_dir` is where the last line is remembered (`None`: not remembered); `silent`
+    /// during actions.
+    pub fn new(state_dir: Option<&Path>, silent: bool) -> Operator {
+        Operator {
+            memory: state_dir.map(|d| d.join(LAST_WARNING)),
+            silent,
+        }
+    }
+
+    /// Tells the operator about `problems` (joined into one line), or forgets the last
+    /// warning when there are none.
+    pub fn report(&self, problems: &[String]) {
+        if problems.is_empty() {
+            if let Some(memory) = &self.memory {
+                let _ = std::fs::remove_file(memory);
+            }
+            return;
+        }
+        if self.silent {
+            // Nothing was said, so nothing is remembered as said.
+            return;
+        }
+        let line = format!("dispatch: {}\n", problems.join("; ").replace('\n', " "));
+        if let Some(memory) = &self.memory {
+            if std::fs::read(memory).is_ok_and(|last| last == line.as_bytes()) {
+                return;
+            }
+            let _ = std::fs::write(memory, &line);
+        }
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+}

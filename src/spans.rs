@@ -1,0 +1,611 @@
+//! The span tree of one dispatch (DESIGN §4), built as OpenTelemetry SDK span data with
+//! explicit ids and timestamps, and encoded by opentelemetry-proto into one OTLP
+//! `ExportTraceServiceRequest` (the store's chunk format).
+//!
+//! Shape: a root span named after the event, a `charm` span for the child process, and one
+//! CLIENT span per hook-tool call. A tool call is parented to the span in the shim's own
+//! `TRACEPARENT` when that belongs to this trace (a charm that propagates its own spans gets
+//! tool spans nested under them), else to `charm` with a link to the foreign context.
+
+use std::borrow::Cow;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dispatch_shim::{CallEnd, Record};
+use opentelemetry::trace::{
+    Link, SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanLinks};
+use opentelemetry_sdk::Resource;
+use prost::Message;
+
+use crate::juju::HookEnv;
+use crate::supervise::{signal_name, ChildEnd, ChildRun};
+
+/// The instrumentation scope of every span we make.
+pub const SCOPE_NAME: &str = "juju-dispatch-trace";
+
+/// Ids fixed at the start of a dispatch: the child's `TRACEPARENT` needs the `charm` span id
+/// before the child runs, and the "started" record needs the root's.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchIds {
+    pub trace_id: TraceId,
+    pub root_span_id: SpanId,
+    pub charm_span_id: SpanId,
+    /// Parent of the root when continuing Juju's trace.
+    pub root_parent: Option<SpanId>,
+}
+
+/// The trace context Juju handed us, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncomingContext {
+    pub context: SpanContext,
+    /// Which variables it came from, for the link's attributes.
+    pub source: &'static str,
+}
+
+impl DispatchIds {
+    /// Fresh ids; with `continue_from`, the trace id of the incoming context is reused.
+    pub fn new(continue_from: Option<&IncomingContext>) -> DispatchIds {
+        let ids = RandomIdGenerator::default();
+        let (trace_id, root_parent) = match continue_from {
+            Some(incoming) => (
+                incoming.context.trace_id(),
+                Some(incoming.context.span_id()),
+            ),
+            None => (ids.new_trace_id(), None),
+        };
+        DispatchIds {
+            trace_id,
+            root_span_id: ids.new_span_id(),
+            charm_span_id: ids.new_span_id(),
+            root_parent,
+        }
+    }
+
+    /// W3C `traceparent` pointing at the `charm` span, for the child's environment.
+    pub fn child_traceparent(&self) -> String {
+        format!("00-{}-{}-01", self.trace_id, self.charm_span_id)
+    }
+}
+
+/// A random 64-bit nonce in hex, for the record channel.
+pub fn new_nonce() -> String {
+    format!("{}", RandomIdGenerator::default().new_span_id())
+}
+
+/// Parses a W3C `traceparent` (version 00 layout; later versions may append fields).
+pub fn parse_traceparent(value: &str) -> Option<SpanContext> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2 || version == "ff" || u8::from_str_radix(version, 16).is_err() {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    Some(SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags),
+        true,
+        TraceState::NONE,
+    ))
+}
+
+/// The incoming context: W3C `TRACEPARENT` first, else Juju 4's `JUJU_TRACE_ID`,
+/// `JUJU_SPAN_ID` and `JUJU_TRACE_FLAGS` (decimal). Malformed values are ignored.
+pub fn incoming_context(env: &HookEnv) -> Option<IncomingContext> {
+    if let Some(context) = env.get("TRACEPARENT").and_then(parse_traceparent) {
+        let context = match env
+            .get("TRACESTATE")
+            .and_then(|s| s.parse::<TraceState>().ok())
+        {
+            Some(state) => SpanContext::new(
+                context.trace_id(),
+                context.span_id(),
+                context.trace_flags(),
+                true,
+                state,
+            ),
+            None => context,
+        };
+        return Some(IncomingContext {
+            context,
+            source: "TRACEPARENT",
+        });
+    }
+    let trace = env.get("JUJU_TRACE_ID")?;
+    let span = env.get("JUJU_SPAN_ID")?;
+    if trace.len() != 32 || span.len() != 16 {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace).ok()?;
+    let span_id = SpanId::from_hex(span).ok()?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    let flags = env
+        .get("JUJU_TRACE_FLAGS")
+        .and_then(|f| f.parse::<u8>().ok())
+        .unwrap_or(0);
+    Some(IncomingContext {
+        context: SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::new(flags),
+            true,
+            TraceState::NONE,
+        ),
+        source: "JUJU_TRACE_ID",
+    })
+}
+
+/// Everything the root span says about the dispatch besides the child and the tool calls.
+#[derive(Debug, Clone, Default)]
+pub struct RootFacts {
+    pub start: Option<SystemTime>,
+    pub target: Option<String>,
+    /// No target: nothing ran, like a missing hook in Juju.
+    pub skipped: bool,
+    /// Problems on our side the operator should know about (config, store, shims...).
+    pub problems: Vec<String>,
+    pub records_dropped: u64,
+    pub records_ignored: u64,
+    pub incoming: Option<IncomingContext>,
+    pub continued: bool,
+}
+
+/// Builds the resource and spans of a dispatch.
+pub struct TraceBuilder {
+    pub ids: DispatchIds,
+    resource: Resource,
+    scope: InstrumentationScope,
+    event_name: String,
+    event_attributes: Vec<KeyValue>,
+}
+
+impl TraceBuilder {
+    pub fn new(
+        ids: DispatchIds,
+        env: &HookEnv,
+        charm_name: Option<&str>,
+        service_name: Option<&str>,
+    ) -> TraceBuilder {
+        let mut resource = Vec::new();
+        let app = env.application_name();
+        if let Some(service) = service_name.or(app).or(charm_name) {
+            resource.push(KeyValue::new("service.name", service.to_string()));
+        }
+        let pairs = [
+            ("service.namespace", env.get("JUJU_MODEL_UUID")),
+            ("service.namespace.name", env.get("JUJU_MODEL_NAME")),
+            ("service.instance.id", env.unit_number()),
+            ("charm", charm_name),
+            ("juju_unit", env.unit_name()),
+            ("juju_application", app),
+            ("juju_model", env.get("JUJU_MODEL_NAME")),
+            ("juju_model_uuid", env.get("JUJU_MODEL_UUID")),
+        ];
+        for (key, value) in pairs {
+            if let Some(value) = value {
+                resource.push(KeyValue::new(key, value.to_string()));
+            }
+        }
+        let resource = Resource::builder_empty()
+            .with_detector(Box::new(TelemetryResourceDetector))
+            .with_attributes(resource)
+            .build();
+        let scope = InstrumentationScope::builder(SCOPE_NAME)
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        TraceBuilder {
+            ids,
+            resource,
+            scope,
+            event_name: env.event_name().to_string(),
+            event_attributes: env
+                .event_attributes()
+                .into_iter()
+                .map(|(k, v)| KeyValue::new(k, v))
+                .collect(),
+        }
+    }
+
+    fn span(
+        &self,
+        span_id: SpanId,
+        parent: SpanId,
+        kind: SpanKind,
+        name: String,
+        window: (SystemTime, SystemTime),
+    ) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                self.ids.trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::NONE,
+            ),
+            parent_span_id: parent,
+            parent_span_is_remote: false,
+            span_kind: kind,
+            name: Cow::Owned(name),
+            start_time: window.0,
+            end_time: window.1,
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+
+    /// The root span. `failed` carries the charm's failure (or our interruption) as ERROR.
+    pub fn root_span(
+        &self,
+        facts: &RootFacts,
+        end: SystemTime,
+        failure: Option<String>,
+        extra: Vec<KeyValue>,
+    ) -> SpanData {
+        let start = facts.start.unwrap_or(end);
+        let mut span = self.span(
+            self.ids.root_span_id,
+            self.ids.root_parent.unwrap_or(SpanId::INVALID),
+            SpanKind::Internal,
+            self.event_name.clone(),
+            (start, end),
+        );
+        span.parent_span_is_remote = self.ids.root_parent.is_some();
+        span.attributes = self.event_attributes.clone();
+        if let Some(target) = &facts.target {
+            span.attributes
+                .push(KeyValue::new("dispatch.target", target.clone()));
+        }
+        if facts.skipped {
+            span.attributes
+                .push(KeyValue::new("dispatch.skipped", true));
+        }
+        if !facts.problems.is_empty() {
+            span.attributes.push(KeyValue::new(
+                "dispatch.problems",
+                string_array(facts.problems.iter().cloned()),
+            ));
+        }
+        if facts.records_dropped > 0 {
+            span.attributes.push(KeyValue::new(
+                "dispatch.tool_records_dropped",
+                facts.records_dropped as i64,
+            ));
+        }
+        if facts.records_ignored > 0 {
+            span.attributes.push(KeyValue::new(
+                "dispatch.tool_records_ignored",
+                facts.records_ignored as i64,
+            ));
+        }
+        if let Some(incoming) = &facts.incoming {
+            if !facts.continued {
+                span.links.links.push(Link::new(
+                    incoming.context.clone(),
+                    vec![KeyValue::new("dispatch.link.source", incoming.source)],
+                    0,
+                ));
+            }
+        }
+        span.attributes.extend(extra);
+        if let Some(description) = failure {
+            span.status = Status::error(description);
+        }
+        span
+    }
+
+    /// The `charm` span for the child process.
+    pub fn charm_span(&self, run: &ChildRun, executable: &str) -> SpanData {
+        let mut span = self.span(
+            self.ids.charm_span_id,
+            self.ids.root_span_id,
+            SpanKind::Internal,
+            "charm".to_string(),
+            (run.started, run.ended),
+        );
+        let name = executable.rsplit('/').next().unwrap_or(executable);
+        span.attributes.extend([
+            KeyValue::new("process.executable.name", name.to_string()),
+            KeyValue::new("process.executable.path", executable.to_string()),
+        ]);
+        if let Some(pid) = run.pid {
+            span.attributes
+                .push(KeyValue::new("process.pid", pid as i64));
+        }
+        match run.end {
+            ChildEnd::Exited(code) => {
+                span.attributes
+                    .push(KeyValue::new("process.exit.code", code as i64));
+                if code != 0 {
+                    span.attributes
+                        .push(KeyValue::new("error.type", code.to_string()));
+                    span.status = Status::error(match &run.spawn_error {
+                        Some(e) => format!("could not run {executable}: {e}"),
+                        None => format!("exit code {code}"),
+                    });
+                }
+            }
+            ChildEnd::Signaled(signal) => {
+                let name = signal_name(signal);
+                span.attributes
+                    .push(KeyValue::new("error.type", name.clone()));
+                span.attributes
+                    .push(KeyValue::new("dispatch.child.signal", name.clone()));
+                span.status = Status::error(format!("killed by {name}"));
+            }
+        }
+        if let Some(usage) = &run.usage {
+            span.attributes.extend([
+                KeyValue::new("dispatch.child.cpu_user_seconds", usage.user.as_secs_f64()),
+                KeyValue::new(
+                    "dispatch.child.cpu_system_seconds",
+                    usage.system.as_secs_f64(),
+                ),
+                KeyValue::new("dispatch.child.max_rss_bytes", usage.max_rss_bytes as i64),
+            ]);
+        }
+        span
+    }
+
+    /// One CLIENT span for a hook-tool call reported by a shim.
+    pub fn tool_span(&self, record: &Record) -> SpanData {
+        let span_id = RandomIdGenerator::default().new_span_id();
+        let (parent, foreign) = match parse_traceparent(&record.traceparent) {
+            Some(ctx) if ctx.trace_id() == self.ids.trace_id => (ctx.span_id(), None),
+            Some(ctx) => (self.ids.charm_span_id, Some(ctx)),
+            None => (self.ids.charm_span_id, None),
+        };
+        let mut span = self.span(
+            span_id,
+            parent,
+            SpanKind::Client,
+            record.tool.clone(),
+            (
+                unix_nanos_to_time(record.start_unix_nanos),
+                unix_nanos_to_time(record.end_unix_nanos),
+            ),
+        );
+        let command = std::iter::once(record.tool.clone()).chain(record.args.iter().cloned());
+        span.attributes
+            .push(KeyValue::new("process.command_args", string_array(command)));
+        if record.args.len() < record.arg_count {
+            span.attributes.push(KeyValue::new(
+                "dispatch.args_omitted",
+                (record.arg_count - record.args.len()) as i64,
+            ));
+        }
+        if record.pid != 0 {
+            span.attributes
+                .push(KeyValue::new("process.pid", record.pid as i64));
+        }
+        match record.end {
+            CallEnd::Exited(code) => {
+                span.attributes
+                    .push(KeyValue::new("process.exit.code", code as i64));
+                if code != 0 {
+                    span.attributes
+                        .push(KeyValue::new("error.type", code.to_string()));
+                    span.status = Status::error(format!("exit code {code}"));
+                }
+            }
+            CallEnd::Signaled(signal) => {
+                let name = signal_name(signal);
+                span.attributes
+                    .push(KeyValue::new("error.type", name.clone()));
+                span.status = Status::error(format!("killed by {name}"));
+            }
+            CallEnd::SpawnFailed(errno) => {
+                span.attributes
+                    .push(KeyValue::new("process.exit.code", 127_i64));
+                span.attributes
+                    .push(KeyValue::new("error.type", "127".to_string()));
+                span.status = Status::error(format!(
+                    "could not run the real tool: {}",
+                    std::io::Error::from_raw_os_error(errno)
+                ));
+            }
+        }
+        match record.tool.as_str() {
+            "status-set" => {
+                let positional: Vec<&String> =
+                    record.args.iter().filter(|a| !a.starts_with('-')).collect();
+                if let Some(status) = positional.first() {
+                    span.attributes
+                        .push(KeyValue::new("juju.status", status.to_string()));
+                }
+                if let Some(message) = positional.get(1) {
+                    span.attributes
+                        .push(KeyValue::new("juju.status.message", message.to_string()));
+                }
+                let app = record.args.iter().any(|a| a == "--application");
+                span.attributes
+                    .push(KeyValue::new("juju.status.application", app));
+            }
+            "juju-log" | "action-log" => {
+                if !record.log_level.is_empty() {
+                    span.attributes
+                        .push(KeyValue::new("juju.log.level", record.log_level.clone()));
+                }
+                span.attributes.push(KeyValue::new(
+                    "juju.log.message_length",
+                    record.log_length as i64,
+                ));
+                if !record.log_text.is_empty() {
+                    span.attributes
+                        .push(KeyValue::new("juju.log.message", record.log_text.clone()));
+                }
+            }
+            _ => {}
+        }
+        if let Some(foreign) = foreign {
+            span.links.links.push(Link::new(
+                foreign,
+                vec![KeyValue::new("dispatch.link.source", "TRACEPARENT")],
+                0,
+            ));
+        }
+        span
+    }
+
+    /// Encodes spans as one OTLP request (protobuf bytes).
+    pub fn encode(&self, spans: Vec<SpanData>) -> Vec<u8> {
+        self.request(spans).encode_to_vec()
+    }
+
+    pub fn request(&self, spans: Vec<SpanData>) -> ExportTraceServiceRequest {
+        let resource = ResourceAttributesWithSchema::from(&self.resource);
+        ExportTraceServiceRequest {
+            resource_spans: group_spans_by_resource_and_scope(spans, &resource),
+        }
+    }
+}
+
+fn string_array(items: impl Iterator<Item = String>) -> Value {
+    Value::Array(Array::String(items.map(StringValue::from).collect()))
+}
+
+pub fn unix_nanos_to_time(nanos: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_nanos(nanos)
+}
+
+pub fn time_to_unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn env(pairs: &[(&str, &str)]) -> HookEnv {
+        HookEnv::from_vars(
+            pairs
+                .iter()
+                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+            &OsString::from("dispatch"),
+        )
+    }
+
+    #[test]
+    fn traceparent_parsing_accepts_w3c_and_rejects_garbage() {
+        let ok =
+            parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        assert_eq!(
+            ok.trace_id(),
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap()
+        );
+        assert!(ok.is_sampled());
+        for bad in [
+            "",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",
+            "00-xyz7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+        // A future version may carry more fields.
+        assert!(
+            parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-ab")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn juju4_trace_variables_are_an_incoming_context() {
+        let incoming = incoming_context(&env(&[
+            ("JUJU_TRACE_ID", "0af7651916cd43dd8448eb211c80319c"),
+            ("JUJU_SPAN_ID", "b7ad6b7169203331"),
+            ("JUJU_TRACE_FLAGS", "1"),
+        ]))
+        .unwrap();
+        assert_eq!(incoming.source, "JUJU_TRACE_ID");
+        assert!(incoming.context.is_sampled());
+        assert!(incoming_context(&env(&[("JUJU_TRACE_ID", "nothex")])).is_none());
+    }
+
+    #[test]
+    fn continuing_reuses_the_incoming_trace_id() {
+        let incoming = incoming_context(&env(&[(
+            "TRACEPARENT",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )]))
+        .unwrap();
+        let ids = DispatchIds::new(Some(&incoming));
+        assert_eq!(ids.trace_id, incoming.context.trace_id());
+        assert_eq!(ids.root_parent, Some(incoming.context.span_id()));
+        let fresh = DispatchIds::new(None);
+        assert_ne!(fresh.trace_id, incoming.context.trace_id());
+        assert!(fresh
+            .child_traceparent()
+            .ends_with(&format!("-{}-01", fresh.charm_span_id)));
+    }
+
+    fn record(traceparent: String) -> Record {
+        Record {
+            nonce: "n".into(),
+            tool: "status-set".into(),
+            pid: 7,
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            end: CallEnd::Exited(1),
+            traceparent,
+            log_level: String::new(),
+            log_length: 0,
+            log_text: String::new(),
+            arg_count: 2,
+            args: vec!["active".into(), "ready".into()],
+        }
+    }
+
+    #[test]
+    fn tool_spans_nest_under_a_same_trace_parent_and_link_a_foreign_one() {
+        let ids = DispatchIds::new(None);
+        let builder = TraceBuilder::new(ids, &env(&[]), None, None);
+        let mine = format!("00-{}-{}-01", ids.trace_id, "1111111111111111");
+        let span = builder.tool_span(&record(mine));
+        assert_eq!(
+            span.parent_span_id,
+            SpanId::from_hex("1111111111111111").unwrap()
+        );
+        assert!(span.links.links.is_empty());
+        assert_eq!(span.span_kind, SpanKind::Client);
+        assert!(matches!(span.status, Status::Error { .. }));
+
+        let foreign = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string();
+        let span = builder.tool_span(&record(foreign));
+        assert_eq!(span.parent_span_id, ids.charm_span_id);
+        assert_eq!(span.links.links.len(), 1);
+        assert!(span
+            .attributes
+            .contains(&KeyValue::new("juju.status", "active".to_string())));
+    }
+}

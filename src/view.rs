@@ -1,0 +1,315 @@
+//! Showing stored traces to people and programs: the indented `tree` view, a simplified `json`
+//! document, and OTLP/JSON lines (`otlp-json`, produced by opentelemetry-proto's serde support,
+//! so a test or a collector can consume them as any OTLP/JSON).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{span, status, Span};
+use prost::Message;
+use serde_json::{json, Value};
+
+use crate::store::{StoredChunk, STATE_PENDING, STATE_SHIPPED, STATE_STARTED};
+
+pub fn decode(chunk: &StoredChunk) -> Result<ExportTraceServiceRequest> {
+    ExportTraceServiceRequest::decode(chunk.payload.as_slice())
+        .with_context(|| format!("chunk {} is not a valid OTLP request", chunk.id))
+}
+
+fn state_name(state: i64) -> &'static str {
+    match state {
+        STATE_STARTED => "running",
+        STATE_PENDING => "pending",
+        STATE_SHIPPED => "shipped",
+        _ => "unknown",
+    }
+}
+
+fn priority_name(priority: i64) -> &'static str {
+    match priority {
+        2 => "failed",
+        1 => "changed",
+        _ => "quiet",
+    }
+}
+
+/// All spans of a request, flattened.
+fn spans(request: &ExportTraceServiceRequest) -> Vec<&Span> {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| r.scope_spans.iter())
+        .flat_map(|s| s.spans.iter())
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+fn duration_ms(span: &Span) -> f64 {
+    span.end_time_unix_nano
+        .saturating_sub(span.start_time_unix_nano) as f64
+        / 1e6
+}
+
+fn is_error(span: &Span) -> bool {
+    span.status
+        .as_ref()
+        .is_some_and(|s| s.code == status::StatusCode::Error as i32)
+}
+
+fn value_text(value: &Option<AnyValue>) -> String {
+    match value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => format!("{d}"),
+        Some(any_value::Value::ArrayValue(a)) => {
+            let items: Vec<String> = a
+                .values
+                .iter()
+                .map(|v| value_text(&Some(v.clone())))
+                .collect();
+            items.join(" ")
+        }
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+fn value_json(value: &Option<AnyValue>) -> Value {
+    match value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => json!(s),
+        Some(any_value::Value::BoolValue(b)) => json!(b),
+        Some(any_value::Value::IntValue(i)) => json!(i),
+        Some(any_value::Value::DoubleValue(d)) => json!(d),
+        Some(any_value::Value::ArrayValue(a)) => Value::Array(
+            a.values
+                .iter()
+                .map(|v| value_json(&Some(v.clone())))
+                .collect(),
+        ),
+        Some(other) => json!(format!("{other:?}")),
+        None => Value::Null,
+    }
+}
+
+fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Option<AnyValue>> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| &kv.value)
+}
+
+/// One line summary of a span for the tree.
+fn span_line(span: &Span) -> String {
+    let mut line = span.name.clone();
+    if span.kind == span::SpanKind::Client as i32 {
+        if let Some(args) = attribute(&span.attributes, "process.command_args") {
+            let text = value_text(args);
+            let rest = text.strip_prefix(&span.name).unwrap_or(&text).trim();
+            if !rest.is_empty() {
+                let _ = write!(line, " {rest}");
+            }
+        }
+    }
+    let _ = write!(line, "  {:.2} ms", duration_ms(span));
+    if let Some(code) = attribute(&span.attributes, "process.exit.code") {
+        let _ = write!(line, "  exit {}", value_text(code));
+    }
+    if is_error(span) {
+        let message = span
+            .status
+            .as_ref()
+            .map(|s| s.message.as_str())
+            .unwrap_or("");
+        let _ = write!(line, "  ERROR {message}");
+    }
+    line
+}
+
+/// Renders chunks as indented trees, oldest first.
+pub fn tree(chunks: &[StoredChunk]) -> Result<String> {
+    let mut out = String::new();
+    for chunk in chunks {
+        let request = decode(chunk)?;
+        let spans = spans(&request);
+        let ids: HashMap<&[u8], &Span> = spans.iter().map(|s| (s.span_id.as_slice(), *s)).collect();
+        let mut children: HashMap<&[u8], Vec<&Span>> = HashMap::new();
+        let mut roots = Vec::new();
+        for span in &spans {
+            if ids.contains_key(span.parent_span_id.as_slice()) {
+                children
+                    .entry(span.parent_span_id.as_slice())
+                    .or_default()
+                    .push(span);
+            } else {
+                roots.push(*span);
+            }
+        }
+        for list in children.values_mut() {
+            list.sort_by_key(|s| s.start_time_unix_nano);
+        }
+        let when = format_time(chunk.started_at);
+        let _ = writeln!(
+            out,
+            "{}  {}  trace {}  [{}, {}]",
+            chunk.event,
+            when,
+            chunk.trace_id,
+            state_name(chunk.state),
+            priority_name(chunk.priority)
+        );
+        for root in roots {
+            render(&mut out, root, &children, "", true, true);
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn render(
+    out: &mut String,
+    span: &Span,
+    children: &HashMap<&[u8], Vec<&Span>>,
+    prefix: &str,
+    last: bool,
+    top: bool,
+) {
+    let (branch, next) = if top {
+        ("", String::from("  "))
+    } else if last {
+        ("└─ ", format!("{prefix}   "))
+    } else {
+        ("├─ ", format!("{prefix}│  "))
+    };
+    let _ = writeln!(out, "  {prefix}{branch}{}", span_line(span));
+    if let Some(kids) = children.get(span.span_id.as_slice()) {
+        for (i, kid) in kids.iter().enumerate() {
+            let child_prefix = if top { "" } else { next.as_str() };
+            render(out, kid, children, child_prefix, i + 1 == kids.len(), false);
+        }
+    }
+}
+
+fn format_time(unix_nanos: i64) -> String {
+    let secs = unix_nanos.div_euclid(1_000_000_000);
+    let millis = unix_nanos.rem_euclid(1_000_000_000) / 1_000_000;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// A simplified JSON document: one object per dispatch with its spans.
+pub fn json(chunks: &[StoredChunk]) -> Result<String> {
+    let mut dispatches = Vec::new();
+    for chunk in chunks {
+        let request = decode(chunk)?;
+        let resource: serde_json::Map<String, Value> = request
+            .resource_spans
+            .first()
+            .and_then(|r| r.resource.as_ref())
+            .map(|r| {
+                r.attributes
+                    .iter()
+                    .map(|kv| (kv.key.clone(), value_json(&kv.value)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let spans: Vec<Value> = spans(&request)
+            .into_iter()
+            .map(|s| {
+                let attributes: serde_json::Map<String, Value> = s
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.clone(), value_json(&kv.value)))
+                    .collect();
+                let links: Vec<Value> = s
+                    .links
+                    .iter()
+                    .map(|l| json!({"trace_id": hex(&l.trace_id), "span_id": hex(&l.span_id)}))
+                    .collect();
+                json!({
+                    "name": s.name,
+                    "span_id": hex(&s.span_id),
+                    "parent_span_id": hex(&s.parent_span_id),
+                    "kind": span::SpanKind::try_from(s.kind).map(|k| k.as_str_name()).unwrap_or("SPAN_KIND_UNSPECIFIED"),
+                    "start_unix_nano": s.start_time_unix_nano,
+                    "end_unix_nano": s.end_time_unix_nano,
+                    "duration_ms": duration_ms(s),
+                    "status": if is_error(s) { "ERROR" } else { "OK" },
+                    "status_message": s.status.as_ref().map(|st| st.message.clone()).unwrap_or_default(),
+                    "attributes": attributes,
+                    "links": links,
+                })
+            })
+            .collect();
+        dispatches.push(json!({
+            "id": chunk.id,
+            "event": chunk.event,
+            "trace_id": chunk.trace_id,
+            "state": state_name(chunk.state),
+            "priority": priority_name(chunk.priority),
+            "started_at": format_time(chunk.started_at),
+            "resource": resource,
+            "spans": spans,
+        }));
+    }
+    Ok(serde_json::to_string_pretty(&Value::Array(dispatches))? + "\n")
+}
+
+/// One OTLP/JSON `ExportTraceServiceRequest` per line.
+pub fn otlp_json(chunks: &[StoredChunk]) -> Result<String> {
+    let mut out = String::new();
+    for chunk in chunks {
+        let request = decode(chunk)?;
+        out.push_str(&serde_json::to_string(&request)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rendered_as_utc() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_time(1_700_000_000_123_000_000),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            format_time(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+}

@@ -1,0 +1,498 @@
+//! Hook mode: what `dispatch` does when Juju runs it (no arguments).
+//!
+//! Order of work, and why:
+//! 1. Decide whether to trace at all (`OPERATOR_DISPATCH`, a nested dispatch,
+//!    `OTEL_SDK_DISABLED`, `enabled: false`, `dispatch disable`): if not, exec the target so
+//!    nothing of ours stays in the process tree.
+//! 2. Before the spawn: open the store and record the dispatch as started, set up the shims and
+//!    the record channel. Any failure here is a problem to report, never a reason not to run
+//!    the charm.
+//! 3. Run the child and mirror its end. After the spawn our problems are warnings: building,
+//!    persisting and reporting the trace happen inside `catch_unwind` and cannot change the
+//!    exit, the output or the signal the hook ends with.
+
+use std::ffi::OsString;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use dispatch_shim::{changes_state, ENV_CHANNEL, ENV_LOG_TEXT, ENV_NONCE, ENV_TOOLS_DIR};
+use opentelemetry::KeyValue;
+
+use crate::channel::{Channel, Collected, Reader};
+use crate::config::{Config, TraceContextMode};
+use crate::juju::{EventKind, HookEnv};
+use crate::metadata::CharmMetadata;
+use crate::operator::Operator;
+use crate::shims;
+use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
+use crate::state_dir;
+use crate::store::{OpenError, Priority, Store};
+use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
+use crate::target::{self, Target};
+
+/// How long a dispatch waits for the store's dispatch lock (held by a concurrent `flush`).
+const LOCK_WAIT: Duration = Duration::from_millis(200);
+
+/// The last panic message from tracing code, so it can be reported on the trace.
+static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
+
+pub fn run(argv0: OsString, inherited: InheritedSignals) -> i32 {
+    let start = SystemTime::now();
+    std::panic::set_hook(Box::new(|info| {
+        if let Ok(mut slot) = PANIC_MESSAGE.lock() {
+            *slot = Some(info.to_string().replace('\n', " "));
+        }
+    }));
+    let plan = catch_unwind(AssertUnwindSafe(|| plan(&argv0, start)));
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(_) => return fallback_exec(&argv0, &inherited),
+    };
+    match plan {
+        Plan::Passthrough { target, env } => passthrough(&target, &argv0, &env, &inherited),
+        Plan::Trace(prepared) => traced(*prepared, &argv0, &inherited),
+    }
+}
+
+enum Plan {
+    Passthrough { target: Target, env: HookEnv },
+    Trace(Box<Prepared>),
+}
+
+struct Prepared {
+    charm_dir: PathBuf,
+    config: Config,
+    env: HookEnv,
+    target: Target,
+    problems: Vec<String>,
+    state_dir: Option<PathBuf>,
+    store: Option<Store>,
+    start: SystemTime,
+}
+
+fn locate_charm_dir(argv0: &OsString) -> (PathBuf, PathBuf) {
+    let exe = std::env::current_exe()
+        .or_else(|_| std::fs::canonicalize(argv0))
+        .unwrap_or_else(|_| PathBuf::from(argv0));
+    let dir = exe
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    (exe, dir)
+}
+
+fn plan(argv0: &OsString, start: SystemTime) -> Plan {
+    let (exe, charm_dir) = locate_charm_dir(argv0);
+    let env = HookEnv::from_vars(std::env::vars_os(), argv0);
+    let loaded = Config::load(&charm_dir);
+    let mut problems: Vec<String> = loaded.problem.into_iter().collect();
+    let target = target::resolve(&charm_dir, &loaded.config, &env, &exe, &mut problems);
+
+    let sdk_disabled =
+        std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let nested =
+        std::env::var_os("OPERATOR_DISPATCH").is_some() || std::env::var_os(ENV_NONCE).is_some();
+    if nested || sdk_disabled || !loaded.config.enabled {
+        return Plan::Passthrough { target, env };
+    }
+
+    let state_dir = state_dir::path(&charm_dir);
+    let state_dir = match state_dir::ensure_private_dir(&state_dir) {
+        Ok(()) => Some(state_dir),
+        Err(e) => {
+            problems.push(format!(
+                "cannot use {}: {e}; hook tools are not traced",
+                state_dir.display()
+            ));
+            None
+        }
+    };
+    let store_path = loaded.config.store_file(&charm_dir);
+    let store = match Store::open(&store_path, Some(LOCK_WAIT)) {
+        Ok(store) => {
+            problems.extend(store.notes.iter().cloned());
+            Some(store)
+        }
+        Err(e @ OpenError::NewerSchema(_)) | Err(e @ OpenError::Unusable(_)) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    if let Some(store) = &store {
+        if store.setting("disabled").ok().flatten().is_some() {
+            return Plan::Passthrough { target, env };
+        }
+    }
+    Plan::Trace(Box::new(Prepared {
+        charm_dir,
+        config: loaded.config,
+        env,
+        target,
+        problems,
+        state_dir,
+        store,
+        start,
+    }))
+}
+
+/// Exec the target with nothing of ours around it (pass-through modes).
+fn passthrough(
+    target: &Target,
+    argv0: &OsString,
+    env: &HookEnv,
+    inherited: &InheritedSignals,
+) -> i32 {
+    match target {
+        Target::Nothing => 0,
+        Target::Program(program) => {
+            if env.dispatch_path_derived {
+                std::env::set_var("JUJU_DISPATCH_PATH", &env.dispatch_path);
+            }
+            let error = supervise::exec(program, argv0, inherited);
+            if env.event_kind() != EventKind::Action {
+                eprintln!("dispatch: cannot run {}: {error}", program.display());
+            }
+            exec_failure_code(&error)
+        }
+    }
+}
+
+fn exec_failure_code(error: &std::io::Error) -> i32 {
+    match error.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) => 127,
+        _ => 126,
+    }
+}
+
+/// Last resort when planning itself failed: run `dispatch.orig` beside us, untraced.
+fn fallback_exec(argv0: &OsString, inherited: &InheritedSignals) -> i32 {
+    let (_, charm_dir) = locate_charm_dir(argv0);
+    let original = charm_dir.join(target::ORIGINAL_DISPATCH);
+    eprintln!("dispatch: internal error while preparing the trace; running the charm untraced");
+    let error = supervise::exec(&original, argv0, inherited);
+    eprintln!("dispatch: cannot run {}: {error}", original.display());
+    exec_failure_code(&error)
+}
+
+/// What was set up before the spawn and is finished after it.
+struct Tracing {
+    builder: TraceBuilder,
+    facts: RootFacts,
+    row: Option<i64>,
+    reader: Option<Reader>,
+}
+
+fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals) -> i32 {
+    // Signals are blocked before any thread exists, so only our sigwait sees them.
+    supervise::block_signals();
+    let setup = catch_unwind(AssertUnwindSafe(|| set_up(&mut prepared)));
+    let (mut tracing, env_changes) = match setup {
+        Ok(ready) => ready,
+        Err(_) => {
+            prepared.problems.push(panic_problem("preparing the trace"));
+            (None, Vec::new())
+        }
+    };
+
+    let run = match &prepared.target {
+        Target::Nothing => None,
+        Target::Program(program) => {
+            let launch = Launch {
+                program,
+                argv0,
+                env_changes,
+            };
+            match supervise::run(&launch, inherited) {
+                Ok(run) => Some(run),
+                Err(unavailable) => {
+                    // Could not fork at all: the charm must still run, so become it.
+                    prepared.problems.push(format!(
+                        "cannot start the charm under the wrapper ({}); ran it untraced",
+                        unavailable.0
+                    ));
+                    let _ = catch_unwind(AssertUnwindSafe(|| {
+                        finish(&mut prepared, tracing.take(), None)
+                    }));
+                    return passthrough(&prepared.target, argv0, &prepared.env, inherited);
+                }
+            }
+        }
+    };
+
+    let finished = catch_unwind(AssertUnwindSafe(|| {
+        finish(&mut prepared, tracing, run.as_ref())
+    }));
+    if finished.is_err() {
+        prepared.problems.push(panic_problem("recording the trace"));
+        let _ = catch_unwind(AssertUnwindSafe(|| report(&prepared)));
+    }
+    match run {
+        Some(run) => supervise::mirror(run.end),
+        None => 0,
+    }
+}
+
+fn panic_problem(phase: &str) -> String {
+    let message = PANIC_MESSAGE
+        .lock()
+        .ok()
+        .and_then(|mut m| m.take())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("internal error while {phase} ({message}); the charm's run was not affected")
+}
+
+fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)>) {
+    let env = &prepared.env;
+    let charm_name = match CharmMetadata::load(&prepared.charm_dir) {
+        Ok(meta) => meta.and_then(|m| m.name),
+        Err(problem) => {
+            prepared.problems.push(problem);
+            None
+        }
+    };
+    let incoming = spans::incoming_context(env);
+    let continued =
+        prepared.config.juju_trace_context == TraceContextMode::Continue && incoming.is_some();
+    let ids = DispatchIds::new(if continued { incoming.as_ref() } else { None });
+    let builder = TraceBuilder::new(
+        ids,
+        env,
+        charm_name.as_deref(),
+        prepared.config.service_name.as_deref(),
+    );
+    let mut facts = RootFacts {
+        start: Some(prepared.start),
+        target: match &prepared.target {
+            Target::Program(p) => Some(p.display().to_string()),
+            Target::Nothing => None,
+        },
+        skipped: prepared.target == Target::Nothing,
+        incoming,
+        continued,
+        ..RootFacts::default()
+    };
+
+    let mut row = None;
+    if let Some(store) = prepared.store.as_mut() {
+        let provisional = builder.encode(vec![builder.root_span(
+            &facts,
+            prepared.start,
+            Some(
+                "dispatch interrupted: the wrapper was killed before the charm's run was recorded"
+                    .into(),
+            ),
+            vec![KeyValue::new("dispatch.interrupted", true)],
+        )]);
+        match store.begin_dispatch(
+            spans::time_to_unix_nanos(prepared.start) as i64,
+            env.event_name(),
+            &ids.trace_id.to_string(),
+            &provisional,
+        ) {
+            Ok((id, _orphans)) => row = Some(id),
+            Err(e) => {
+                prepared.problems.push(format!(
+                    "cannot record the dispatch in {}: {e}",
+                    store.path().display()
+                ));
+                prepared.store = None;
+            }
+        }
+    }
+
+    let mut env_changes: Vec<(OsString, OsString)> =
+        vec![("TRACEPARENT".into(), ids.child_traceparent().into())];
+    if env.dispatch_path_derived {
+        env_changes.push((
+            "JUJU_DISPATCH_PATH".into(),
+            env.dispatch_path.clone().into(),
+        ));
+    }
+    let nonce = spans::new_nonce();
+    let mut reader = None;
+    if let (Target::Program(_), Some(state_dir)) = (&prepared.target, &prepared.state_dir) {
+        match intercept(&prepared.charm_dir, state_dir, &nonce) {
+            Ok(Some(interception)) => {
+                env_changes.extend(interception.env(&nonce, prepared.config.record_log_messages));
+                reader = Some(interception.reader);
+            }
+            Ok(None) => {}
+            Err(problem) => prepared.problems.push(problem),
+        }
+    }
+    facts.problems = prepared.problems.clone();
+    (
+        Some(Tracing {
+            builder,
+            facts,
+            row,
+            reader,
+        }),
+        env_changes,
+    )
+}
+
+struct Interception {
+    shim_dir: PathBuf,
+    tools_dir: PathBuf,
+    channel: PathBuf,
+    path_var: OsString,
+    reader: Reader,
+}
+
+impl Interception {
+    fn env(&self, nonce: &str, log_text: bool) -> Vec<(OsString, OsString)> {
+        let mut env = vec![
+            (
+                "PATH".into(),
+                shims::child_path(&self.shim_dir, &self.path_var),
+            ),
+            (
+                ENV_TOOLS_DIR.into(),
+                self.tools_dir.clone().into_os_string(),
+            ),
+            (ENV_CHANNEL.into(), self.channel.clone().into_os_string()),
+            (ENV_NONCE.into(), nonce.into()),
+        ];
+        if log_text {
+            env.push((ENV_LOG_TEXT.into(), "1".into()));
+        }
+        env
+    }
+}
+
+/// Sets up hook-tool interception; `Ok(None)` when there are no hook tools on PATH (not a
+/// problem: `juju exec` style runs and tests without tools).
+fn intercept(
+    charm_dir: &Path,
+    state_dir: &Path,
+    nonce: &str,
+) -> Result<Option<Interception>, String> {
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    let shim_dir_path = state_dir.join("shims");
+    let Some(tools_dir) = shims::find_tools_dir(&path_var, &shim_dir_path) else {
+        return Ok(None);
+    };
+    let shim_binary = charm_dir.join(shims::SHIM_BINARY);
+    if !shim_binary.exists() {
+        return Err(format!(
+            "{} is missing, so hook-tool calls are not traced (install it beside dispatch)",
+            shim_binary.display()
+        ));
+    }
+    let shim_dir = shims::ensure_shim_dir(state_dir, &tools_dir, &shim_binary).map_err(|e| {
+        format!(
+            "cannot prepare the hook-tool shims in {}: {e}",
+            state_dir.display()
+        )
+    })?;
+    let channel = Channel::open(state_dir).map_err(|e| {
+        format!(
+            "cannot open the record channel in {}: {e}",
+            state_dir.display()
+        )
+    })?;
+    let channel_path = channel.path.clone();
+    let reader = channel
+        .start_reader(nonce.to_string())
+        .map_err(|e| format!("cannot start the record reader: {e}"))?;
+    Ok(Some(Interception {
+        shim_dir,
+        tools_dir,
+        channel: channel_path,
+        path_var,
+        reader,
+    }))
+}
+
+fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildRun>) {
+    let Some(mut tracing) = tracing else {
+        report(prepared);
+        return;
+    };
+    let collected = tracing
+        .reader
+        .take()
+        .map(Reader::finish)
+        .unwrap_or_else(Collected::default);
+    if let Some(run) = run {
+        if let Some(error) = &run.spawn_error {
+            if let Target::Program(program) = &prepared.target {
+                prepared
+                    .problems
+                    .push(format!("cannot run {}: {error}", program.display()));
+            }
+        }
+    }
+    if collected.dropped > 0 {
+        prepared.problems.push(format!(
+            "{} hook-tool call records were dropped (record channel full)",
+            collected.dropped
+        ));
+    }
+    let builder = &tracing.builder;
+    let mut facts = tracing.facts;
+    facts.problems = prepared.problems.clone();
+    facts.records_dropped = collected.dropped;
+    facts.records_ignored = collected.ignored;
+
+    let mut spans = Vec::with_capacity(collected.records.len() + 2);
+    let mut changed = false;
+    let mut extra = vec![KeyValue::new(
+        "dispatch.tool_calls",
+        collected.records.len() as i64,
+    )];
+    for record in &collected.records {
+        changed |= changes_state(&record.tool);
+        spans.push(builder.tool_span(record));
+    }
+    let failure = match run {
+        Some(run) => {
+            let target = facts.target.clone().unwrap_or_default();
+            spans.push(builder.charm_span(run, &target));
+            match run.end {
+                ChildEnd::Exited(0) => None,
+                ChildEnd::Exited(code) => Some(format!("charm exited with code {code}")),
+                ChildEnd::Signaled(signal) => Some(format!(
+                    "charm killed by {}",
+                    supervise::signal_name(signal)
+                )),
+            }
+        }
+        None => None,
+    };
+    if let Some(run) = run {
+        if let ChildEnd::Exited(code) = run.end {
+            extra.push(KeyValue::new("dispatch.exit_code", code as i64));
+        }
+    }
+    let failed = failure.is_some();
+    spans.push(builder.root_span(&facts, SystemTime::now(), failure, extra));
+    let payload = builder.encode(spans);
+    let priority = if failed {
+        Priority::Failed
+    } else if changed {
+        Priority::Changed
+    } else {
+        Priority::Quiet
+    };
+
+    if let (Some(store), Some(row)) = (prepared.store.as_mut(), tracing.row) {
+        if let Err(e) =
+            store.finish_dispatch(row, &payload, priority, prepared.config.store_max_bytes)
+        {
+            prepared.problems.push(format!(
+                "cannot store the trace in {}: {e}",
+                store.path().display()
+            ));
+        }
+    }
+    report(prepared);
+}
+
+fn report(prepared: &Prepared) {
+    let silent = prepared.env.event_kind() == EventKind::Action;
+    Operator::new(prepared.state_dir.as_deref(), silent).report(&prepared.problems);
+}
