@@ -359,6 +359,22 @@ impl TraceBuilder {
                 span.status = Status::error(format!("killed by {name}"));
             }
         }
+        if !run.signals.is_empty() {
+            let names = |forwarded: bool| {
+                string_array(
+                    run.signals
+                        .iter()
+                        .filter(move |s| s.forwarded == forwarded)
+                        .map(|s| signal_name(s.signal)),
+                )
+            };
+            span.attributes
+                .push(KeyValue::new("dispatch.signals.forwarded", names(true)));
+            span.attributes.push(KeyValue::new(
+                "dispatch.signals.not_forwarded",
+                names(false),
+            ));
+        }
         if let Some(usage) = &run.usage {
             span.attributes.extend([
                 KeyValue::new("dispatch.child.cpu_user_seconds", usage.user.as_secs_f64()),

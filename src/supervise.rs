@@ -130,6 +130,14 @@ pub struct ChildRun {
     pub usage: Option<Usage>,
     /// Set when the target could not be executed at all (the end is then 126/127).
     pub spawn_error: Option<String>,
+    /// Signals we received while the child ran, and whether each was forwarded.
+    pub signals: Vec<ReceivedSignal>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedSignal {
+    pub signal: i32,
+    pub forwarded: bool,
 }
 
 /// How the child is to be run.
@@ -210,13 +218,15 @@ pub fn run(launch: &Launch, inherited: &InheritedSignals) -> Result<ChildRun, Sp
                 end: ChildEnd::Exited(code),
                 usage: None,
                 spawn_error: Some(error.to_string()),
+                signals: Vec::new(),
             });
         }
     };
     let pid = child.id() as libc::pid_t;
     // We reap the child ourselves with wait4 to get its resource usage.
     std::mem::forget(child);
-    let (end, usage) = supervise(pid, inherited);
+    let mut signals = Vec::new();
+    let (end, usage) = supervise(pid, inherited, &mut signals);
     Ok(ChildRun {
         pid: Some(pid as u32),
         started,
@@ -224,10 +234,19 @@ pub fn run(launch: &Launch, inherited: &InheritedSignals) -> Result<ChildRun, Sp
         end,
         usage: Some(usage),
         spawn_error: None,
+        signals,
     })
 }
 
-fn supervise(pid: libc::pid_t, inherited: &InheritedSignals) -> (ChildEnd, Usage) {
+/// Keeps at most this many received signals for the trace (a signal storm must not grow
+/// memory without bound).
+const MAX_SIGNALS_KEPT: usize = 64;
+
+fn supervise(
+    pid: libc::pid_t,
+    inherited: &InheritedSignals,
+    received: &mut Vec<ReceivedSignal>,
+) -> (ChildEnd, Usage) {
     let set = watched_set();
     loop {
         if let Some(done) = try_reap(pid) {
@@ -241,9 +260,13 @@ fn supervise(pid: libc::pid_t, inherited: &InheritedSignals) -> (ChildEnd, Usage
         }
         // SAFETY: si_pid is valid for the codes that carry a sender.
         let sender = unsafe { info.si_pid() };
-        if should_forward(signal, info.si_code, sender, &inherited.ignored) {
+        let forwarded = should_forward(signal, info.si_code, sender, &inherited.ignored);
+        if forwarded {
             // SAFETY: signalling our own child; ESRCH (already gone) is fine.
             unsafe { libc::kill(pid, signal) };
+        }
+        if received.len() < MAX_SIGNALS_KEPT {
+            received.push(ReceivedSignal { signal, forwarded });
         }
     }
 }

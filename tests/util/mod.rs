@@ -1,0 +1,308 @@
+//! Shared harness for the integration tests: a scratch charm directory holding the real
+//! `dispatch` and `dispatch-shim` binaries and a fixture charm, a tools directory of fake Juju
+//! hook tools (`fixtures/fake-juju`) with their state directory, and helpers to run a
+//! dispatch the way Juju does (environment built from scratch, cwd = charm dir, stdin
+//! /dev/null) or to run the charm bare for comparison.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+pub const UNIT: &str = "myapp/0";
+
+/// Directory holding the built binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let dispatch = PathBuf::from(env!("CARGO_BIN_EXE_dispatch"));
+    dispatch.parent().unwrap().to_path_buf()
+}
+
+fn built(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`; tests/run does)",
+        path.display()
+    );
+    path
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A scratch area: `charm/`, `tools/`, `state/` under target/tmp, removed on drop unless the
+/// test failed (then kept for a look).
+pub struct Scratch {
+    pub root: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        Scratch { root }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Places a built binary in the charm dir: a hard link when possible (fast), else a copy.
+fn install_binary(name: &str, dir: &Path) {
+    let from = built(name);
+    let to = dir.join(name);
+    if std::fs::hard_link(&from, &to).is_err() {
+        std::fs::copy(&from, &to).unwrap();
+    }
+}
+
+/// A charm directory with our dispatch installed in front of a fixture charm, plus fake hook
+/// tools and their state.
+pub struct Charm {
+    pub scratch: Scratch,
+    pub dir: PathBuf,
+    pub tools: PathBuf,
+    pub state: PathBuf,
+    /// Extra environment for every run (after the Juju-like base).
+    pub env: BTreeMap<String, String>,
+}
+
+impl Charm {
+    /// `fixture` is a directory under fixtures/charms (e.g. "shell").
+    pub fn new(fixture: &str) -> Charm {
+        let scratch = Scratch::new(fixture);
+        let dir = scratch.path("charm");
+        copy_dir(&repo_root().join("fixtures/charms").join(fixture), &dir);
+        install_binary("dispatch", &dir);
+        install_binary("dispatch-shim", &dir);
+        let tools = scratch.path("tools");
+        let status = Command::new(built("fake-jujuc"))
+            .arg("--install-tools")
+            .arg(&tools)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let state = scratch.path("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(
+            state.join("state.json"),
+            format!(r#"{{"unit": "{UNIT}", "leader": true}}"#),
+        )
+        .unwrap();
+        Charm {
+            scratch,
+            dir,
+            tools,
+            state,
+            env: BTreeMap::new(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// The environment Juju would give a hook for `event` (a dispatch path such as
+    /// `hooks/install` or `actions/backup`), built from scratch.
+    pub fn juju_env(&self, dispatch_path: &str) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let path = format!("{}:/usr/local/bin:/usr/bin:/bin", self.tools.display());
+        for (k, v) in [
+            ("PATH", path.as_str()),
+            ("FAKE_JUJU_STATE", self.state.to_str().unwrap()),
+            ("JUJU_DISPATCH_PATH", dispatch_path),
+            ("JUJU_UNIT_NAME", UNIT),
+            ("JUJU_MODEL_NAME", "test-model"),
+            ("JUJU_MODEL_UUID", "f00dfeed-0000-4000-8000-000000000001"),
+            ("JUJU_CHARM_DIR", self.dir.to_str().unwrap()),
+            ("JUJU_VERSION", "3.6.4"),
+            ("JUJU_CONTEXT_ID", "myapp/0-install-123"),
+            ("JUJU_MACHINE_ID", "0"),
+            ("JUJU_AVAILABILITY_ZONE", "zone-a"),
+        ] {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let hook = dispatch_path.strip_prefix("hooks/").unwrap_or("");
+        env.insert("JUJU_HOOK_NAME".into(), hook.into());
+        if let Some(action) = dispatch_path.strip_prefix("actions/") {
+            env.insert("JUJU_ACTION_NAME".into(), action.into());
+            env.insert("JUJU_ACTION_UUID".into(), "1".into());
+        }
+        env.extend(self.env.clone());
+        env
+    }
+
+    /// A command running `program` (relative to the charm dir) as Juju would.
+    pub fn command(&self, program: &str, dispatch_path: &str, extra: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(self.dir.join(program));
+        command.current_dir(&self.dir).env_clear();
+        for (k, v) in self.juju_env(dispatch_path) {
+            command.env(k, v);
+        }
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        command.stdin(Stdio::null());
+        command
+    }
+
+    /// Runs our dispatch for `dispatch_path` with extra environment.
+    pub fn dispatch(&self, dispatch_path: &str, extra: &[(&str, &str)]) -> Output {
+        self.command("dispatch", dispatch_path, extra)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the charm's own entrypoint with the same environment, without us.
+    pub fn bare(&self, dispatch_path: &str, extra: &[(&str, &str)]) -> Output {
+        self.command("dispatch.orig", dispatch_path, extra)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `dispatch <args>` in tool mode from an unrelated cwd.
+    pub fn tool(&self, args: &[&str]) -> Output {
+        Command::new(self.dir.join("dispatch"))
+            .args(args)
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// All stored dispatches, oldest first, from `dispatch traces --format json`.
+    pub fn traces(&self) -> Vec<Value> {
+        let out = self.tool(&["traces", "--last", "0", "--format", "json"]);
+        assert!(out.status.success(), "traces failed: {}", text(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("bad json ({e}): {}", text(&out.stdout)))
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The only (or last) stored dispatch.
+    pub fn last_trace(&self) -> Value {
+        self.traces().pop().expect("no trace stored")
+    }
+
+    /// Calls recorded by the fake hook tools.
+    pub fn tool_calls(&self) -> Vec<Value> {
+        match std::fs::read_to_string(self.state.join("calls.jsonl")) {
+            Ok(text) => text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub fn write(&self, rel: &str, contents: impl AsRef<[u8]>) {
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(path, contents).unwrap();
+    }
+
+    pub fn chmod(&self, rel: &str, mode: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(self.dir.join(rel), std::fs::Permissions::from_mode(mode))
+            .unwrap();
+    }
+
+    pub fn store_file(&self) -> PathBuf {
+        self.dir.join(".dispatch-trace.db")
+    }
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The exit code, or panics with the signal.
+pub fn code(output: &Output) -> i32 {
+    output.status.code().unwrap_or_else(|| {
+        panic!(
+            "killed by signal {:?}; stderr: {}",
+            output.status.signal(),
+            text(&output.stderr)
+        )
+    })
+}
+
+/// Spans of a trace (from `traces --format json`) with this name.
+pub fn spans_named<'a>(trace: &'a Value, name: &str) -> Vec<&'a Value> {
+    trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == name)
+        .collect()
+}
+
+pub fn span<'a>(trace: &'a Value, name: &str) -> &'a Value {
+    let found = spans_named(trace, name);
+    assert_eq!(found.len(), 1, "expected one span {name:?} in {trace:#}");
+    found[0]
+}
+
+pub fn root(trace: &Value) -> &Value {
+    let event = trace["event"].as_str().unwrap().to_string();
+    trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == event.as_str() && s["attributes"]["juju.dispatch_path"].is_string())
+        .unwrap_or_else(|| panic!("no root span in {trace:#}"))
+}
+
+/// Writes a file with `contents` and returns its path as a string.
+pub fn write_file(path: &Path, contents: &[u8]) -> String {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(contents).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+pub fn os(s: &str) -> OsString {
+    OsString::from(s)
+}
