@@ -448,8 +448,7 @@ impl TraceBuilder {
         }
         match record.tool.as_str() {
             "status-set" => {
-                let positional: Vec<&String> =
-                    record.args.iter().filter(|a| !a.starts_with('-')).collect();
+                let (application, positional) = status_set_args(&record.args);
                 if let Some(status) = positional.first() {
                     span.attributes
                         .push(KeyValue::new("juju.status", status.to_string()));
@@ -458,9 +457,8 @@ impl TraceBuilder {
                     span.attributes
                         .push(KeyValue::new("juju.status.message", message.to_string()));
                 }
-                let app = record.args.iter().any(|a| a == "--application");
                 span.attributes
-                    .push(KeyValue::new("juju.status.application", app));
+                    .push(KeyValue::new("juju.status.application", application));
             }
             "juju-log" | "action-log" => {
                 if !record.log_level.is_empty() {
@@ -499,6 +497,29 @@ impl TraceBuilder {
             resource_spans: group_spans_by_resource_and_scope(spans, &resource),
         }
     }
+}
+
+/// `status-set [--application[=BOOL]] [--] <status> [message]` as Juju's flag parser reads
+/// it (ops passes `--application=True|False`): whose status, and the positional arguments.
+fn status_set_args(args: &[String]) -> (bool, Vec<&String>) {
+    let mut application = false;
+    let mut positional = Vec::new();
+    let mut flags_done = false;
+    for arg in args {
+        if flags_done || !arg.starts_with('-') || arg == "-" {
+            positional.push(arg);
+        } else if arg == "--" {
+            flags_done = true;
+        } else if arg == "--application" || arg == "-application" {
+            application = true;
+        } else if let Some(value) = arg
+            .strip_prefix("--application=")
+            .or_else(|| arg.strip_prefix("-application="))
+        {
+            application = matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True");
+        }
+    }
+    (application, positional)
 }
 
 fn string_array(items: impl Iterator<Item = String>) -> Value {
@@ -553,6 +574,23 @@ mod tests {
             parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-ab")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn status_set_flags_are_read_like_juju_reads_them() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let read = |a: &[&str]| {
+            let owned = args(a);
+            let (app, pos) = status_set_args(&owned);
+            (app, pos.into_iter().cloned().collect::<Vec<String>>())
+        };
+        assert_eq!(
+            read(&["--application=True", "active", "ready"]),
+            (true, args(&["active", "ready"]))
+        );
+        assert!(!read(&["--application=False", "blocked"]).0);
+        assert!(read(&["--application", "waiting"]).0);
+        assert_eq!(read(&["--", "blocked", "-x"]).1, args(&["blocked", "-x"]));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //!   2 shipped; `priority` is 0 quiet, 1 changed something (a state-changing hook tool was
 //!   called), 2 failed (charm failed or dispatch interrupted); `started_at` is unix nanos.
 //! - `setting`: small persisted switches and answers (`disabled`, ...), key -> text.
-//! - `usage`: a single row with the sum of `chunk.size`, kept by triggers, so the size cap
-//!   never needs a scan.
+//! - `usage`: a single row with the sum of `chunk.size`, kept up to date by every statement
+//!   that adds, resizes or removes a chunk (in the same transaction), so the size cap never
+//!   needs a scan. Not triggers: SQLite parses the whole schema on every open, and a dispatch
+//!   opens the store once, so every schema object costs every hook.
 //!
 //! # Invariants
 //! - A dispatch inserts its row as `started`, with a provisional payload (the root span marked
@@ -65,12 +67,6 @@ CREATE INDEX chunk_by_state ON chunk(state, priority, id);
 CREATE TABLE setting (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE usage (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
 INSERT INTO usage VALUES (0, 0);
-CREATE TRIGGER chunk_added AFTER INSERT ON chunk
-    BEGIN UPDATE usage SET bytes = bytes + NEW.size; END;
-CREATE TRIGGER chunk_removed AFTER DELETE ON chunk
-    BEGIN UPDATE usage SET bytes = bytes - OLD.size; END;
-CREATE TRIGGER chunk_resized AFTER UPDATE OF size ON chunk
-    BEGIN UPDATE usage SET bytes = bytes - OLD.size + NEW.size; END;
 ";
 
 pub const STATE_STARTED: i64 = 0;
@@ -170,7 +166,12 @@ impl Store {
 
     fn open_once(path: &Path, lock_wait: Option<Duration>) -> Result<Store, OpenFailure> {
         create_private_file(path).map_err(|e| {
-            OpenFailure::Other(anyhow::Error::new(e).context(format!("opening {}", path.display())))
+            let context = if e.raw_os_error() == Some(libc::ELOOP) {
+                format!("{} is a symlink; refusing to follow it", path.display())
+            } else {
+                format!("opening {}", path.display())
+            };
+            OpenFailure::Other(anyhow::Error::new(e).context(context))
         })?;
         let lock = match lock_wait {
             Some(wait) => take_lock(&lock_path(path), wait).map_err(OpenFailure::Other)?,
@@ -202,6 +203,25 @@ impl Store {
             lock,
             notes: Vec::new(),
         })
+    }
+
+    /// For corruption SQLite only notices past the header (a write fails "malformed"): closes
+    /// this store, moves the file aside and opens a fresh one.
+    pub fn quarantine_and_reopen(
+        self,
+        cause: &rusqlite::Error,
+        lock_wait: Option<Duration>,
+    ) -> Result<Store, OpenError> {
+        let path = self.path.clone();
+        drop(self);
+        quarantine(&path).map_err(OpenError::Unusable)?;
+        let mut store = Store::open(&path, lock_wait)?;
+        store.notes.push(format!(
+            "the trace store {} was damaged ({cause}); moved it aside to {} and started a new one",
+            path.display(),
+            corrupt_copy(&path, "").display()
+        ));
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {
@@ -248,6 +268,7 @@ impl Store {
             ],
         )?;
         let id = tx.last_insert_rowid();
+        add_usage(&tx, provisional.len() as i64)?;
         tx.commit()?;
         Ok((id, orphans))
     }
@@ -263,6 +284,9 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let old_size: Option<i64> = tx
+            .query_row("SELECT size FROM chunk WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
         tx.execute(
             "UPDATE chunk SET state = ?1, priority = ?2, payload = ?3, size = ?4 WHERE id = ?5",
             params![
@@ -273,6 +297,9 @@ impl Store {
                 id
             ],
         )?;
+        if let Some(old_size) = old_size {
+            add_usage(&tx, payload.len() as i64 - old_size)?;
+        }
         let evicted = evict(&tx, max_bytes, Some(id))?;
         tx.commit()?;
         Ok(evicted)
@@ -431,7 +458,12 @@ fn evict(conn: &Connection, max_bytes: u64, keep: Option<i64>) -> rusqlite::Resu
             return Ok(evicted);
         }
         for id in victims {
-            conn.execute("DELETE FROM chunk WHERE id = ?1", [id])?;
+            let size: i64 = conn.query_row(
+                "DELETE FROM chunk WHERE id = ?1 RETURNING size",
+                [id],
+                |r| r.get(0),
+            )?;
+            add_usage(conn, -size)?;
             evicted += 1;
             let bytes: i64 = conn.query_row("SELECT bytes FROM usage", [], |r| r.get(0))?;
             if bytes <= max_bytes as i64 {
@@ -439,6 +471,11 @@ fn evict(conn: &Connection, max_bytes: u64, keep: Option<i64>) -> rusqlite::Resu
             }
         }
     }
+}
+
+fn add_usage(conn: &Connection, delta: i64) -> rusqlite::Result<()> {
+    conn.execute("UPDATE usage SET bytes = bytes + ?1", [delta])?;
+    Ok(())
 }
 
 fn create_private_file(path: &Path) -> io::Result<()> {

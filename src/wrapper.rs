@@ -28,7 +28,7 @@ use crate::operator::Operator;
 use crate::shims;
 use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
 use crate::state_dir;
-use crate::store::{OpenError, Priority, Store};
+use crate::store::{self, OpenError, Priority, Store};
 use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
 use crate::target::{self, Target};
 
@@ -244,7 +244,8 @@ fn panic_problem(phase: &str) -> String {
 }
 
 fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)>) {
-    let env = &prepared.env;
+    let env = prepared.env.clone();
+    let env = &env;
     let charm_name = match CharmMetadata::load(&prepared.charm_dir) {
         Ok(meta) => meta.and_then(|m| m.name),
         Err(problem) => {
@@ -275,7 +276,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     };
 
     let mut row = None;
-    if let Some(store) = prepared.store.as_mut() {
+    if prepared.store.is_some() {
         let provisional = builder.encode(vec![builder.root_span(
             &facts,
             prepared.start,
@@ -285,21 +286,9 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
             ),
             vec![KeyValue::new("dispatch.interrupted", true)],
         )]);
-        match store.begin_dispatch(
-            spans::time_to_unix_nanos(prepared.start) as i64,
-            env.event_name(),
-            &ids.trace_id.to_string(),
-            &provisional,
-        ) {
-            Ok((id, _orphans)) => row = Some(id),
-            Err(e) => {
-                prepared.problems.push(format!(
-                    "cannot record the dispatch in {}: {e}",
-                    store.path().display()
-                ));
-                prepared.store = None;
-            }
-        }
+        let started_at = spans::time_to_unix_nanos(prepared.start) as i64;
+        let trace_id = ids.trace_id.to_string();
+        row = record_start(prepared, started_at, &trace_id, &provisional);
     }
 
     let mut env_changes: Vec<(OsString, OsString)> =
@@ -332,6 +321,47 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         }),
         env_changes,
     )
+}
+
+/// Records the dispatch as started; a store found damaged here is moved aside and replaced
+/// once. On failure the dispatch goes on without a store.
+fn record_start(
+    prepared: &mut Prepared,
+    started_at: i64,
+    trace_id: &str,
+    provisional: &[u8],
+) -> Option<i64> {
+    let event = prepared.env.event_name().to_string();
+    let mut store = prepared.store.take()?;
+    let mut attempt = store.begin_dispatch(started_at, &event, trace_id, provisional);
+    if let Err(e) = &attempt {
+        if store::is_corruption(e) {
+            match store.quarantine_and_reopen(e, Some(LOCK_WAIT)) {
+                Ok(fresh) => {
+                    store = fresh;
+                    prepared.problems.append(&mut store.notes);
+                    attempt = store.begin_dispatch(started_at, &event, trace_id, provisional);
+                }
+                Err(open) => {
+                    prepared.problems.push(open.to_string());
+                    return None;
+                }
+            }
+        }
+    }
+    match attempt {
+        Ok((id, _orphans)) => {
+            prepared.store = Some(store);
+            Some(id)
+        }
+        Err(e) => {
+            prepared.problems.push(format!(
+                "cannot record the dispatch in {}: {e}",
+                store.path().display()
+            ));
+            None
+        }
+    }
 }
 
 struct Interception {

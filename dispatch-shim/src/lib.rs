@@ -189,30 +189,41 @@ pub fn summarize_args(tool: &str, args: &[&[u8]], keep_log_text: bool) -> ArgSum
     };
     let mut text_parts: Vec<&[u8]> = Vec::new();
     let mut expect_level = false;
+    // After `--` every argument is positional, whatever it starts with (ops passes log
+    // messages as `juju-log --log-level LEVEL -- message`).
+    let mut flags_done = false;
     let mut total = 0usize;
     let mut kept_all = true;
     for &raw in args {
-        let shown: Vec<u8> = if free_text {
+        let is_flag = !flags_done && raw.starts_with(b"-") && raw.len() > 1;
+        let shown: Vec<u8> = if !flags_done && raw == b"--" {
+            flags_done = true;
+            raw.to_vec()
+        } else if free_text {
             if expect_level {
                 expect_level = false;
                 summary.log_level = lossy(raw);
                 raw.to_vec()
-            } else if raw == b"-l" || raw == b"--log-level" {
+            } else if is_flag && (raw == b"-l" || raw == b"--log-level") {
                 expect_level = true;
                 raw.to_vec()
-            } else if let Some(level) = raw.strip_prefix(b"--log-level=") {
+            } else if let Some(level) = raw
+                .strip_prefix(b"--log-level=")
+                .or_else(|| raw.strip_prefix(b"-l="))
+                .filter(|_| is_flag)
+            {
                 summary.log_level = lossy(level);
                 raw.to_vec()
-            } else if raw == b"--debug" {
+            } else if is_flag && raw == b"--debug" {
                 summary.log_level = "DEBUG".to_string();
                 raw.to_vec()
-            } else if raw.starts_with(b"-") && raw.len() > 1 {
+            } else if is_flag {
                 raw.to_vec()
             } else {
                 text_parts.push(raw);
                 format!("<{} bytes>", raw.len()).into_bytes()
             }
-        } else if redact_values && !raw.starts_with(b"-") {
+        } else if redact_values && !is_flag {
             match raw.iter().position(|&b| b == b'=') {
                 Some(eq) => {
                     let mut v = raw[..eq + 1].to_vec();
@@ -539,6 +550,35 @@ mod tests {
         let summary = summarize_args("juju-log", &[b"-l", b"DEBUG", b"hello", b"world"], true);
         assert_eq!(summary.log_level, "DEBUG");
         assert_eq!(summary.log_text, "hello world");
+    }
+
+    #[test]
+    fn juju_log_text_after_double_dash_is_text_even_with_a_leading_dash() {
+        let summary = summarize_args(
+            "juju-log",
+            &[b"--log-level", b"DEBUG", b"--", b"-> CANARY", b"--debug"],
+            false,
+        );
+        assert_eq!(summary.log_level, "DEBUG");
+        assert_eq!(
+            summary.args,
+            ["--log-level", "DEBUG", "--", "<9 bytes>", "<7 bytes>"]
+        );
+        assert_eq!(summary.log_length, "-> CANARY --debug".len());
+    }
+
+    #[test]
+    fn juju_log_level_with_short_flag_and_equals_is_read() {
+        assert_eq!(
+            summarize_args("juju-log", &[b"-l=ERROR", b"x"], false).log_level,
+            "ERROR"
+        );
+    }
+
+    #[test]
+    fn values_after_double_dash_are_redacted_whatever_they_start_with() {
+        let summary = summarize_args("relation-set", &[b"--", b"-k=CANARY"], false);
+        assert_eq!(summary.args, ["--", "-k=<redacted>"]);
     }
 
     #[test]

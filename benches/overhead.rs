@@ -1,0 +1,400 @@
+//! What dispatch costs, measured against the bare charm in the same run (DESIGN §7).
+//!
+//! Run with `benches/run` (it builds the release binaries first). Everything is measured as
+//! medians of interleaved runs, so the machine's noise hits every variant alike; only the
+//! differences and ratios printed at the end are meant to be compared with the targets.
+//!
+//! The floor is a minimal statically linked C program that posix_spawns its argument, waits
+//! and mirrors the exit: the unavoidable cost of any extra process layer.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FLOOR_C: &str = r#"
+#include <spawn.h>
+#include <signal.h>
+#include <sys/wait.h>
+extern char **environ;
+int main(int argc, char **argv) {
+    pid_t pid; int status;
+    if (argc < 2 || posix_spawn(&pid, argv[1], 0, 0, argv + 1, environ) != 0) return 127;
+    while (waitpid(pid, &status, 0) < 0) {}
+    if (WIFSIGNALED(status)) { signal(WTERMSIG(status), SIG_DFL); raise(WTERMSIG(status)); }
+    return WEXITSTATUS(status);
+}
+"#;
+
+/// A hook tool that answers instantly, so tool-call timings show the layers, not the tool.
+const TOOL_C: &str = r#"
+#include <unistd.h>
+int main(void) { write(1, "True\n", 5); return 0; }
+"#;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let release = repo_root().join("target/release");
+    for binary in ["dispatch", "dispatch-shim"] {
+        assert!(
+            release.join(binary).exists(),
+            "target/release/{binary} is missing: run `cargo build --release --workspace` (benches/run does)"
+        );
+    }
+    let work = repo_root().join("target/bench");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let floor = compile(&work, "floor", FLOOR_C);
+    let tool = compile(&work, "tool", TOOL_C);
+
+    // A trivial shell charm, with our dispatch in front, and a tools dir of instant tools.
+    let charm = work.join("charm");
+    std::fs::create_dir_all(&charm).unwrap();
+    std::fs::write(charm.join("metadata.yaml"), "name: bench-charm\n").unwrap();
+    write_script(&charm.join("dispatch.orig"), "#!/bin/sh\nexit 0\n");
+    write_script(
+        &charm.join("calls.sh"),
+        "#!/bin/sh\ni=0\nwhile [ $i -lt $CALLS ]; do is-leader >/dev/null; i=$((i+1)); done\n",
+    );
+    for binary in ["dispatch", "dispatch-shim"] {
+        std::fs::copy(release.join(binary), charm.join(binary)).unwrap();
+    }
+    let tools = work.join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    for name in [
+        "is-leader",
+        "juju-log",
+        "status-set",
+        "relation-get",
+        "config-get",
+    ] {
+        std::fs::copy(&tool, tools.join(name)).unwrap();
+    }
+    let path = format!("{}:/usr/bin:/bin", tools.display());
+    let juju_env = |command: &mut Command| {
+        command
+            .env_clear()
+            .env("PATH", &path)
+            .env("JUJU_DISPATCH_PATH", "hooks/update-status")
+            .env("JUJU_UNIT_NAME", "bench/0")
+            .env("JUJU_MODEL_NAME", "bench")
+            .env("JUJU_MODEL_UUID", "00000000-0000-4000-8000-000000000000")
+            .env("JUJU_HOOK_NAME", "update-status")
+            .current_dir(&charm)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    };
+    let run = |program: &[&Path], extra: &[(&str, &str)]| -> Sample {
+        let mut command = Command::new(program[0]);
+        command.args(&program[1..]);
+        juju_env(&mut command);
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        measure(command)
+    };
+
+    // Warm up: the first wrapped run builds the persistent shim dir, FIFO and store.
+    let orig = charm.join("dispatch.orig");
+    let wrapped = charm.join("dispatch");
+    for _ in 0..20 {
+        run(&[&wrapped], &[]);
+        run(&[&orig], &[]);
+    }
+
+    let rounds = if quick { 100 } else { 400 };
+    println!("dispatch overhead benchmark ({rounds} interleaved rounds; medians)");
+    println!("machine: {} cores, {}", cores(), cpu_model());
+    println!();
+
+    // 1. Per dispatch: bare charm vs floor vs wrapped (no destination).
+    let mut bare = Vec::new();
+    let mut floored = Vec::new();
+    let mut traced = Vec::new();
+    for _ in 0..rounds {
+        bare.push(run(&[&orig], &[]));
+        floored.push(run(&[&floor, &orig], &[]));
+        traced.push(run(&[&wrapped], &[]));
+    }
+    let bare_ms = median(&bare, |s| s.wall);
+    let floor_ms = median(&floored, |s| s.wall);
+    let traced_ms = median(&traced, |s| s.wall);
+
+    // 2. Per hook-tool call: the tool bare, behind the floor, and behind our shim (with the
+    // wrapper's channel open and drained, as during a dispatch).
+    let shim_dir = charm.join(".dispatch-trace/shims");
+    let fifo = charm.join(".dispatch-trace/records");
+    assert!(
+        shim_dir.join("is-leader").exists(),
+        "the warm-up did not build the shims"
+    );
+    let drain = Drain::start(&fifo);
+    let channel_env = [
+        ("DISPATCH_TRACE_TOOLS", tools.to_str().unwrap()),
+        ("DISPATCH_TRACE_CHANNEL", fifo.to_str().unwrap()),
+        ("DISPATCH_TRACE_NONCE", "0123456789abcdef"),
+    ];
+    let real_tool = tools.join("is-leader");
+    let shim_tool = shim_dir.join("is-leader");
+    let mut tool_bare = Vec::new();
+    let mut tool_floor = Vec::new();
+    let mut tool_shim = Vec::new();
+    for _ in 0..rounds * 2 {
+        tool_bare.push(run(&[&real_tool], &channel_env));
+        tool_floor.push(run(&[&floor, &real_tool], &channel_env));
+        tool_shim.push(run(&[&shim_tool], &channel_env));
+    }
+    let records = drain.stop();
+    let tool_bare_ms = median(&tool_bare, |s| s.wall);
+    let tool_floor_ms = median(&tool_floor, |s| s.wall);
+    let tool_shim_ms = median(&tool_shim, |s| s.wall);
+    assert!(
+        records >= tool_shim.len(),
+        "the shim did not report every call ({records})"
+    );
+
+    // 3. Many tool calls in one dispatch: all recorded, memory and cost linear.
+    let calls = if quick { 2_000 } else { 10_000 };
+    let calls_text = calls.to_string();
+    let calls_script = charm.join("calls.sh");
+    let many_bare = run(&[&calls_script], &[("CALLS", &calls_text)]);
+    std::fs::write(charm.join("dispatch-trace.yaml"), "target: calls.sh\n").unwrap();
+    let many_traced = run(&[&wrapped], &[("CALLS", &calls_text)]);
+    std::fs::remove_file(charm.join("dispatch-trace.yaml")).unwrap();
+    let recorded = recorded_tool_spans(&wrapped);
+
+    // Peak RSS: the largest process of the tree (the wrapper; the charm is a tiny sh).
+    let rss_dispatch = traced.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
+    let rss_bare = bare.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
+    let rss_shim = tool_shim.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
+
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let dispatch_size = size(&release.join("dispatch"));
+    let shim_size = size(&release.join("dispatch-shim"));
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let per_call_added = (many_traced.wall - many_bare.wall) / calls as f64;
+    let rows: Vec<(String, String, String, bool)> = vec![
+        (
+            "added wall time per dispatch (trivial charm, no destination)".into(),
+            format!("{:.3} ms", traced_ms - bare_ms),
+            "<= 1.5 ms".into(),
+            traced_ms - bare_ms <= 1.5,
+        ),
+        (
+            "  floor: one extra process layer per dispatch".into(),
+            format!("{:.3} ms", floor_ms - bare_ms),
+            "reference".into(),
+            true,
+        ),
+        (
+            "added time per hook-tool call (shim vs bare tool)".into(),
+            format!("{:.3} ms", tool_shim_ms - tool_bare_ms),
+            format!(
+                "<= floor + 0.1 = {:.3} ms",
+                tool_floor_ms - tool_bare_ms + 0.1
+            ),
+            tool_shim_ms - tool_floor_ms <= 0.1,
+        ),
+        (
+            "  shim vs floor per call".into(),
+            format!("{:+.3} ms", tool_shim_ms - tool_floor_ms),
+            "<= +0.1 ms".into(),
+            tool_shim_ms - tool_floor_ms <= 0.1,
+        ),
+        (
+            format!("{calls} tool calls in one dispatch: recorded"),
+            format!("{recorded}"),
+            format!("{calls}"),
+            recorded == calls,
+        ),
+        (
+            format!("{calls} tool calls: added per call inside a dispatch"),
+            format!("{per_call_added:.3} ms"),
+            "linear (compare with the per-call figure)".into(),
+            true,
+        ),
+        (
+            format!("{calls} tool calls: peak RSS"),
+            format!("{:.1} MiB", mib(many_traced.max_rss_kib)),
+            "<= 32 MiB".into(),
+            mib(many_traced.max_rss_kib) <= 32.0,
+        ),
+        (
+            "peak RSS, trivial dispatch (largest process)".into(),
+            format!(
+                "{:.1} MiB (bare charm {:.1} MiB)",
+                mib(rss_dispatch),
+                mib(rss_bare)
+            ),
+            "<= 8 MiB".into(),
+            mib(rss_dispatch) <= 8.0,
+        ),
+        (
+            "peak RSS, shim (largest process)".into(),
+            format!("{:.1} MiB", mib(rss_shim)),
+            "<= 2 MiB".into(),
+            mib(rss_shim) <= 2.0,
+        ),
+        (
+            "stripped size: dispatch".into(),
+            format!("{:.2} MiB", dispatch_size as f64 / 1048576.0),
+            "<= 4 MiB".into(),
+            dispatch_size <= 4 * 1048576,
+        ),
+        (
+            "stripped size: dispatch-shim".into(),
+            format!("{:.2} MiB", shim_size as f64 / 1048576.0),
+            "<= 1.5 MiB".into(),
+            shim_size as f64 <= 1.5 * 1048576.0,
+        ),
+    ];
+
+    println!("medians: bare charm {bare_ms:.3} ms, floor {floor_ms:.3} ms, traced {traced_ms:.3} ms (ratio traced/bare {:.2}x)", traced_ms / bare_ms);
+    println!("medians: bare tool {tool_bare_ms:.3} ms, floor {tool_floor_ms:.3} ms, shim {tool_shim_ms:.3} ms (ratio shim/bare {:.2}x)", tool_shim_ms / tool_bare_ms);
+    println!(
+        "{calls} calls: bare {:.0} ms, traced {:.0} ms",
+        many_bare.wall, many_traced.wall
+    );
+    println!();
+    println!("| measure | result | target | met |");
+    println!("|---|---|---|---|");
+    for (name, result, target, met) in &rows {
+        println!(
+            "| {name} | {result} | {target} | {} |",
+            if *met { "yes" } else { "NO" }
+        );
+    }
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn compile(work: &Path, name: &str, source: &str) -> PathBuf {
+    let c = work.join(format!("{name}.c"));
+    std::fs::write(&c, source).unwrap();
+    let out = work.join(name);
+    let status = Command::new("cc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&out)
+        .arg(&c)
+        .status()
+        .expect("cc (gcc) is needed to build the floor");
+    assert!(status.success(), "compiling {name} failed");
+    out
+}
+
+fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+struct Sample {
+    /// Milliseconds from spawn to reaped.
+    wall: f64,
+    max_rss_kib: u64,
+}
+
+/// Spawns, waits with wait4 for the rusage, and times it.
+fn measure(mut command: Command) -> Sample {
+    let start = Instant::now();
+    let child = command.spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: reaping our own child with valid out-pointers.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    std::mem::forget(child);
+    Sample {
+        wall: wall.as_secs_f64() * 1000.0,
+        max_rss_kib: usage.ru_maxrss as u64,
+    }
+}
+
+fn median(samples: &[Sample], value: impl Fn(&Sample) -> f64) -> f64 {
+    let mut values: Vec<f64> = samples.iter().map(value).collect();
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    values[values.len() / 2]
+}
+
+/// Reads the record channel while the tool-call rounds run, counting records.
+struct Drain {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl Drain {
+    fn start(fifo: &Path) -> Drain {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo)
+            .unwrap();
+        // Keep a writer so reads never see end-of-file between shims.
+        let writer = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let _writer = writer;
+            let mut lines = 0;
+            let mut buffer = vec![0u8; 65536];
+            loop {
+                match reader.read(&mut buffer) {
+                    Ok(n) if n > 0 => lines += buffer[..n].iter().filter(|&&b| b == b'\n').count(),
+                    _ => {
+                        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                            return lines;
+                        }
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                }
+            }
+        });
+        Drain { stop, thread }
+    }
+
+    fn stop(self) -> usize {
+        std::thread::sleep(Duration::from_millis(50));
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+fn recorded_tool_spans(dispatch: &Path) -> usize {
+    let out = Command::new(dispatch)
+        .args(["traces", "--last", "1", "--format", "json"])
+        .output()
+        .unwrap();
+    let traces: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    traces[0]["spans"]
+        .as_array()
+        .map(|spans| {
+            spans
+                .iter()
+                .filter(|s| s["kind"] == "SPAN_KIND_CLIENT")
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}

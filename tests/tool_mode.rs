@@ -1,0 +1,748 @@
+//! `dispatch <command>`: the tool an operator runs by hand (`juju ssh`, `juju exec`) and a test
+//! runs to read traces. Usage and its errors, reading without a store, the trace views and
+//! their filters, finding the store from the binary's own directory, the production switches
+//! (`disable`, `enabled: false`, and the pass-through environment), `check-config`, the one
+//! operator line a bad config file earns, and `status`.
+mod util;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use util::{code, root, text, Charm};
+
+/// Our own lines on stderr: everything we write starts with `dispatch:`.
+fn our_lines(stderr: &[u8]) -> Vec<String> {
+    text(stderr)
+        .lines()
+        .filter(|l| l.starts_with("dispatch:"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// stderr without our lines: what the charm itself wrote.
+fn charm_stderr(stderr: &[u8]) -> String {
+    text(stderr)
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("dispatch:"))
+        .collect()
+}
+
+/// The hook ends exactly as the bare charm does: same exit code, same stdout, and the
+/// charm's own stderr passed through untouched.
+fn assert_same_outcome(traced: &Output, bare: &Output) {
+    assert_eq!(
+        code(traced),
+        code(bare),
+        "exit code differs; stderr: {}",
+        text(&traced.stderr)
+    );
+    assert_eq!(text(&traced.stdout), text(&bare.stdout), "stdout differs");
+    assert_eq!(
+        charm_stderr(&traced.stderr),
+        text(&bare.stderr),
+        "the charm's stderr differs"
+    );
+}
+
+/// A charm run that writes to all three channels and fails, so any interference shows.
+const NOISY: &[(&str, &str)] = &[
+    ("CHARM_STDOUT", "out of the charm\n"),
+    ("CHARM_STDERR", "charm complains\n"),
+    ("CHARM_EXIT", "3"),
+];
+
+/// Runs `dispatch <args>` from `cwd` with a minimal environment, through `program`.
+fn run_tool(program: &Path, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok_stdout(out: &Output) -> String {
+    assert_eq!(code(out), 0, "stderr: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+fn traces_json(charm: &Charm, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["traces", "--format", "json"];
+    all.extend_from_slice(args);
+    let out = charm.tool(&all);
+    let stdout = ok_stdout(&out);
+    serde_json::from_str::<Value>(&stdout)
+        .unwrap_or_else(|e| panic!("bad json ({e}): {stdout}"))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn events(traces: &[Value]) -> Vec<String> {
+    traces
+        .iter()
+        .map(|t| t["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every entry of the charm dir (names only), to see that nothing was created.
+fn listing(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn help_and_version_go_to_stdout_and_bad_usage_exits_2_with_a_message_on_stderr_only() {
+    let charm = Charm::new("shell");
+    for flag in ["--help", "-h"] {
+        let out = charm.tool(&[flag]);
+        let usage = ok_stdout(&out);
+        for command in ["traces", "status", "disable", "enable", "check-config"] {
+            assert!(usage.contains(command), "{flag} lacks {command}: {usage}");
+        }
+        assert!(usage.contains("--format tree|json|otlp-json"), "{usage}");
+        assert_eq!(text(&out.stderr), "");
+    }
+
+    let out = charm.tool(&["--version"]);
+    assert_eq!(
+        ok_stdout(&out),
+        format!("dispatch {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(text(&out.stderr), "");
+
+    let before = listing(&charm.dir);
+    let bad: &[(&[&str], &str)] = &[
+        (&["frobnicate"], "frobnicate"),
+        (&["--frobnicate"], "--frobnicate"),
+        (&["traces", "--bogus"], "--bogus"),
+        (&["traces", "--last", "abc"], "abc"),
+        (&["traces", "--last"], "--last"),
+        (&["traces", "--format", "xml"], "xml"),
+        (&["traces", "--format=xml"], "xml"),
+        (&["status", "extra"], "extra"),
+        (&["check-config", "now"], "now"),
+    ];
+    for (args, culprit) in bad {
+        let out = charm.tool(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: stderr {}",
+            text(&out.stderr)
+        );
+        assert_eq!(text(&out.stdout), "", "{args:?} wrote to stdout");
+        let stderr = text(&out.stderr);
+        assert!(stderr.starts_with("dispatch: "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(culprit),
+            "{args:?} names {culprit}: {stderr}"
+        );
+        assert!(
+            stderr.contains("--help"),
+            "{args:?} points at --help: {stderr}"
+        );
+    }
+    assert_eq!(listing(&charm.dir), before, "bad usage created files");
+}
+
+#[test]
+fn reading_traces_before_any_dispatch_shows_nothing_and_creates_no_store() {
+    let charm = Charm::new("shell");
+    let before = listing(&charm.dir);
+
+    let tree = charm.tool(&["traces"]);
+    assert_eq!(ok_stdout(&tree), "");
+    let json = charm.tool(&["traces", "--format", "json"]);
+    let stdout = ok_stdout(&json);
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap(),
+        serde_json::json!([])
+    );
+    let otlp = charm.tool(&["traces", "--format", "otlp-json", "--failed"]);
+    assert_eq!(ok_stdout(&otlp), "");
+    let status = ok_stdout(&charm.tool(&["status"]));
+    assert!(status.contains("not created yet"), "{status}");
+
+    assert!(!charm.store_file().exists(), "reading created the store");
+    assert_eq!(listing(&charm.dir), before, "reading created files");
+}
+
+/// Four dispatches: a changing install, a failing config-changed (its tool call fails too),
+/// a quiet update-status and a good config-changed.
+fn four_dispatches(charm: &Charm) {
+    let install = charm.dispatch(
+        "hooks/install",
+        &[
+            ("CHARM_TOOL", "status-set"),
+            ("CHARM_TOOL_ARGS", "maintenance installing"),
+            ("CHARM_TOOL_CALLS", "1"),
+        ],
+    );
+    assert_eq!(code(&install), 0, "{}", text(&install.stderr));
+    std::fs::create_dir_all(charm.state.join("fail")).unwrap();
+    std::fs::write(charm.state.join("fail/is-leader"), "1\nERROR not today\n").unwrap();
+    let failing = charm.dispatch(
+        "hooks/config-changed",
+        &[
+            ("CHARM_TOOL", "is-leader"),
+            ("CHARM_TOOL_CALLS", "1"),
+            ("CHARM_EXIT", "1"),
+        ],
+    );
+    assert_eq!(code(&failing), 1);
+    std::fs::remove_file(charm.state.join("fail/is-leader")).unwrap();
+    let quiet = charm.dispatch(
+        "hooks/update-status",
+        &[("CHARM_TOOL", "status-get"), ("CHARM_TOOL_CALLS", "2")],
+    );
+    assert_eq!(code(&quiet), 0);
+    let good = charm.dispatch("hooks/config-changed", &[]);
+    assert_eq!(code(&good), 0);
+}
+
+/// The tree view's sections, one per dispatch (separated by blank lines).
+fn tree_sections(tree: &str) -> Vec<Vec<String>> {
+    tree.split("\n\n")
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.lines().map(str::to_string).collect())
+        .collect()
+}
+
+/// The line for a span in a tree section: the span name is the first word after the
+/// tree drawing.
+fn tree_line<'a>(section: &'a [String], name: &str) -> &'a str {
+    section[1..]
+        .iter()
+        .find(|l| {
+            l.trim_start_matches([' ', '│', '├', '└', '─'])
+                .split_whitespace()
+                .next()
+                == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no {name} line in {section:#?}"))
+}
+
+fn has_duration(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .any(|w| w[1] == "ms" && w[0].parse::<f64>().is_ok_and(|ms| ms >= 0.0))
+}
+
+#[test]
+fn traces_filters_select_by_count_event_and_failure_and_every_format_shows_them() {
+    let charm = Charm::new("shell");
+    four_dispatches(&charm);
+
+    let all = traces_json(&charm, &["--last", "0"]);
+    assert_eq!(
+        events(&all),
+        [
+            "install",
+            "config-changed",
+            "update-status",
+            "config-changed"
+        ]
+    );
+    assert_eq!(
+        events(&traces_json(&charm, &["--last", "2"])),
+        ["update-status", "config-changed"],
+        "--last N is the newest N, oldest first"
+    );
+    let by_event = traces_json(&charm, &["--event", "config-changed"]);
+    assert_eq!(events(&by_event), ["config-changed", "config-changed"]);
+    assert_eq!(by_event[0]["trace_id"], all[1]["trace_id"]);
+    assert_eq!(by_event[1]["trace_id"], all[3]["trace_id"]);
+    let failed = traces_json(&charm, &["--failed"]);
+    assert_eq!(events(&failed), ["config-changed"]);
+    assert_eq!(failed[0]["trace_id"], all[1]["trace_id"]);
+    assert_eq!(failed[0]["priority"], "failed");
+    assert_eq!(
+        traces_json(&charm, &["--event=update-status", "--last=1"])[0]["trace_id"],
+        all[2]["trace_id"]
+    );
+    assert_eq!(
+        traces_json(&charm, &["--event", "remove"]),
+        Vec::<Value>::new()
+    );
+
+    // tree (the default format)
+    let tree = ok_stdout(&charm.tool(&["traces"]));
+    let sections = tree_sections(&tree);
+    assert_eq!(sections.len(), 4, "{tree}");
+    let expected = [
+        ("install", "status-set", false),
+        ("config-changed", "is-leader", true),
+        ("update-status", "status-get", false),
+        ("config-changed", "", false),
+    ];
+    for ((event, tool, fails), (section, trace)) in
+        expected.iter().zip(sections.iter().zip(all.iter()))
+    {
+        let header = &section[0];
+        assert!(header.starts_with(event), "{header}");
+        assert!(
+            header.contains(trace["trace_id"].as_str().unwrap()),
+            "{header}"
+        );
+        let root_line = tree_line(section, event);
+        let charm_line = tree_line(section, "charm");
+        let mut lines = vec![root_line, charm_line];
+        if !tool.is_empty() {
+            lines.push(tree_line(section, tool));
+        }
+        for line in &lines {
+            assert!(has_duration(line), "no duration in {line:?}");
+            assert_eq!(line.contains("ERROR"), *fails, "{line:?}");
+        }
+    }
+    assert!(
+        tree_line(&sections[0], "status-set").contains("maintenance installing"),
+        "{tree}"
+    );
+    assert!(
+        tree_line(&sections[1], "charm").contains("exit 1"),
+        "{tree}"
+    );
+    assert!(
+        tree_line(&sections[1], "is-leader").contains("exit 1"),
+        "{tree}"
+    );
+    assert_eq!(
+        tree_line(&sections[2], "charm")
+            .matches("status-get")
+            .count(),
+        0
+    );
+    assert_eq!(
+        sections[2]
+            .iter()
+            .filter(|l| l.contains("status-get"))
+            .count(),
+        2,
+        "{tree}"
+    );
+    let failed_tree = ok_stdout(&charm.tool(&["traces", "--failed", "--format", "tree"]));
+    assert_eq!(tree_sections(&failed_tree).len(), 1, "{failed_tree}");
+    assert!(failed_tree.starts_with("config-changed"), "{failed_tree}");
+
+    // otlp-json: one ExportTraceServiceRequest per line
+    let otlp = ok_stdout(&charm.tool(&["traces", "--format", "otlp-json", "--last", "0"]));
+    let lines: Vec<&str> = otlp.lines().collect();
+    assert_eq!(lines.len(), 4, "{otlp}");
+    for (line, trace) in lines.iter().zip(all.iter()) {
+        let request: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line ({e}): {line}"));
+        let resource_spans = request["resourceSpans"].as_array().unwrap();
+        assert_eq!(resource_spans.len(), 1, "{line}");
+        let resource: Vec<(String, Value)> = resource_spans[0]["resource"]["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| (kv["key"].as_str().unwrap().to_string(), kv["value"].clone()))
+            .collect();
+        let attr = |key: &str| {
+            resource
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v["stringValue"].clone())
+                .unwrap_or_else(|| panic!("no resource attribute {key} in {line}"))
+        };
+        assert_eq!(attr("service.name"), "myapp");
+        assert_eq!(attr("juju_unit"), "myapp/0");
+        assert_eq!(attr("charm"), "shell-charm");
+        assert!(attr("telemetry.sdk.language").is_string());
+
+        let spans: Vec<&Value> = resource_spans[0]["scopeSpans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["spans"].as_array().unwrap().iter())
+            .collect();
+        assert!(spans.len() >= 2, "{line}");
+        for span in &spans {
+            let id = span["traceId"].as_str().unwrap();
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+                "{id}"
+            );
+            assert_ne!(id, "0".repeat(32));
+            assert_eq!(id, trace["trace_id"], "one trace per line");
+        }
+        let roots: Vec<&&Value> = spans
+            .iter()
+            .filter(|s| s["parentSpanId"].as_str().unwrap_or("").is_empty())
+            .collect();
+        assert_eq!(roots.len(), 1, "{line}");
+        assert_eq!(roots[0]["name"], trace["event"]);
+    }
+    let failed_otlp = ok_stdout(&charm.tool(&["traces", "--failed", "--format", "otlp-json"]));
+    assert_eq!(failed_otlp.lines().count(), 1);
+    assert_eq!(failed_otlp.lines().next(), Some(lines[1]));
+}
+
+#[test]
+fn tool_mode_finds_the_store_beside_the_real_binary_from_any_cwd_and_through_a_symlink() {
+    let charm = Charm::new("shell");
+    let other = Charm::new("shell");
+    assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
+    assert_eq!(code(&charm.dispatch("hooks/start", &[])), 0);
+    assert_eq!(code(&other.dispatch("hooks/remove", &[])), 0);
+    let expected = ok_stdout(&charm.tool(&["traces", "--format", "json"]));
+    assert_eq!(
+        events(
+            &serde_json::from_str::<Value>(&expected)
+                .unwrap()
+                .as_array()
+                .unwrap()[..]
+        ),
+        ["install", "start"]
+    );
+
+    // From inside another charm's directory: our binary's store, not the cwd's.
+    let from_other_dir = run_tool(
+        &charm.path("dispatch"),
+        &other.dir,
+        &["traces", "--format", "json"],
+    );
+    assert_eq!(ok_stdout(&from_other_dir), expected);
+    let relative = run_tool(
+        Path::new("../charm/dispatch"),
+        &charm.scratch.path("tools"),
+        &["traces", "--format", "json"],
+    );
+    assert_eq!(ok_stdout(&relative), expected);
+
+    // Through a symlink placed elsewhere, by path and through PATH.
+    let bin = charm.scratch.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(charm.path("dispatch"), bin.join("dispatch")).unwrap();
+    let through_link = run_tool(
+        &bin.join("dispatch"),
+        &other.dir,
+        &["traces", "--format", "json"],
+    );
+    assert_eq!(ok_stdout(&through_link), expected);
+    let through_path = Command::new("dispatch")
+        .args(["traces", "--format", "json"])
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(ok_stdout(&through_path), expected);
+
+    let status = ok_stdout(&run_tool(&bin.join("dispatch"), &other.dir, &["status"]));
+    let real_store = std::fs::canonicalize(charm.store_file()).unwrap();
+    assert!(
+        status.contains(real_store.to_str().unwrap()),
+        "status through a link names the real store: {status}"
+    );
+    assert_eq!(
+        listing(&bin),
+        BTreeSet::from(["dispatch".to_string()]),
+        "nothing is created beside the link"
+    );
+    assert_eq!(
+        other.traces().len(),
+        1,
+        "the other charm's store is untouched"
+    );
+}
+
+/// Runs a dispatch that dumps the charm's environment; returns (output, env lines).
+fn dispatch_dumping_env(
+    charm: &Charm,
+    program: &str,
+    extra: &[(&str, &str)],
+) -> (Output, Vec<String>) {
+    let dump = charm.scratch.path("env.txt");
+    let _ = std::fs::remove_file(&dump);
+    let mut env: Vec<(&str, &str)> = vec![
+        ("CHARM_DUMP_ENV", dump.to_str().unwrap()),
+        ("CHARM_STDOUT", "charm ran\n"),
+        ("CHARM_EXIT", "4"),
+    ];
+    env.extend_from_slice(extra);
+    let out = charm
+        .command(program, "hooks/config-changed", &env)
+        .output()
+        .unwrap();
+    let lines = std::fs::read_to_string(&dump)
+        .unwrap_or_else(|e| panic!("the charm did not run ({e}): {}", text(&out.stderr)))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (out, lines)
+}
+
+fn has_tracing_vars(env: &[String]) -> bool {
+    env.iter()
+        .any(|l| l.starts_with("TRACEPARENT=") || l.starts_with("DISPATCH_TRACE_"))
+}
+
+/// A pass-through dispatch: the charm runs as if we were not there, and nothing is stored.
+fn assert_passes_through(charm: &Charm, extra: &[(&str, &str)], stored: usize) {
+    let (traced, traced_env) = dispatch_dumping_env(charm, "dispatch", extra);
+    let (bare, bare_env) = dispatch_dumping_env(charm, "dispatch.orig", extra);
+    assert_same_outcome(&traced, &bare);
+    assert_eq!(code(&traced), 4);
+    assert_eq!(our_lines(&traced.stderr), Vec::<String>::new());
+    assert!(!has_tracing_vars(&traced_env), "{traced_env:#?}");
+    assert_eq!(
+        traced_env, bare_env,
+        "the charm's environment is exactly the bare one"
+    );
+    assert_eq!(
+        charm.traces().len(),
+        stored,
+        "a pass-through stored a trace"
+    );
+}
+
+/// A traced dispatch: stored, and the charm sees our variables.
+fn assert_traced(charm: &Charm, stored_before: usize) {
+    let (out, env) = dispatch_dumping_env(charm, "dispatch", &[]);
+    assert_eq!(code(&out), 4);
+    assert_eq!(text(&out.stdout), "charm ran\n");
+    assert!(has_tracing_vars(&env), "{env:#?}");
+    assert_eq!(charm.traces().len(), stored_before + 1);
+}
+
+#[test]
+fn dispatch_disable_makes_the_next_dispatches_run_the_charm_untraced_until_dispatch_enable() {
+    let charm = Charm::new("shell");
+    assert_traced(&charm, 0);
+
+    let disable = ok_stdout(&charm.tool(&["disable"]));
+    assert!(disable.contains("disabled"), "{disable}");
+    let status = ok_stdout(&charm.tool(&["status"]));
+    assert!(
+        status.lines().any(|l| l.starts_with("tracing: disabled")),
+        "{status}"
+    );
+    assert_passes_through(&charm, &[], 1);
+    assert_passes_through(&charm, &[], 1);
+
+    let enable = ok_stdout(&charm.tool(&["enable"]));
+    assert!(enable.contains("enabled"), "{enable}");
+    let status = ok_stdout(&charm.tool(&["status"]));
+    assert!(status.lines().any(|l| l == "tracing: enabled"), "{status}");
+    assert_traced(&charm, 1);
+}
+
+#[test]
+fn enabled_false_in_the_config_file_otel_sdk_disabled_and_operator_dispatch_each_pass_through() {
+    let charm = Charm::new("shell");
+    assert_traced(&charm, 0);
+
+    charm.write("dispatch-trace.yaml", "enabled: false\n");
+    assert_passes_through(&charm, &[], 1);
+    let status = ok_stdout(&charm.tool(&["status"]));
+    assert!(
+        status.lines().any(|l| l.starts_with("tracing: disabled")),
+        "{status}"
+    );
+    std::fs::remove_file(charm.path("dispatch-trace.yaml")).unwrap();
+    assert_traced(&charm, 1);
+
+    assert_passes_through(&charm, &[("OTEL_SDK_DISABLED", "true")], 2);
+    assert_passes_through(&charm, &[("OTEL_SDK_DISABLED", "TRUE")], 2);
+    // ops re-running hooks/<name> for install, start and upgrade-charm.
+    assert_passes_through(&charm, &[("OPERATOR_DISPATCH", "1")], 2);
+    assert_traced(&charm, 2);
+}
+
+fn check_config(charm: &Charm) -> (i32, String) {
+    let out = charm.tool(&["check-config"]);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    (out.status.code().unwrap(), all)
+}
+
+#[test]
+fn check_config_passes_a_good_charm_and_fails_with_the_reason_for_each_problem() {
+    let good = Charm::new("shell");
+    let (status, said) = check_config(&good);
+    assert_eq!(status, 0, "{said}");
+    assert!(said.contains("ok"), "{said}");
+    assert!(!said.contains("PROBLEM"), "{said}");
+    good.write(
+        "dispatch-trace.yaml",
+        "store_max_bytes: 1048576\nprotocol: http/json\n",
+    );
+    let (status, said) = check_config(&good);
+    assert_eq!(status, 0, "a valid config file is ok: {said}");
+
+    let cases: &[(&str, &str, &str)] = &[
+        ("unknown key", "enabeld: false\n", "enabeld"),
+        ("bad value", "protocol: grpc\n", "grpc"),
+        (
+            "too small a cap",
+            "store_max_bytes: 1000\n",
+            "store_max_bytes",
+        ),
+        ("not yaml", "enabled: [nope\n", "dispatch-trace.yaml"),
+    ];
+    for (what, contents, reason) in cases {
+        let charm = Charm::new("shell");
+        charm.write("dispatch-trace.yaml", contents);
+        let (status, said) = check_config(&charm);
+        assert_ne!(status, 0, "{what}: {said}");
+        assert!(said.contains(reason), "{what}: no {reason:?} in {said}");
+    }
+
+    let no_shim = Charm::new("shell");
+    std::fs::remove_file(no_shim.path("dispatch-shim")).unwrap();
+    let (status, said) = check_config(&no_shim);
+    assert_ne!(status, 0, "{said}");
+    assert!(said.contains("dispatch-shim"), "{said}");
+
+    let not_executable = Charm::new("shell");
+    not_executable.chmod("dispatch.orig", 0o644);
+    let (status, said) = check_config(&not_executable);
+    assert_ne!(status, 0, "{said}");
+    assert!(said.contains("dispatch.orig"), "{said}");
+    assert!(said.contains("not executable"), "{said}");
+
+    // Checking never runs the charm or creates the store.
+    assert!(not_executable.tool_calls().is_empty());
+    assert!(!good.store_file().exists());
+}
+
+#[test]
+fn a_broken_config_file_earns_one_operator_line_until_fixed_and_none_during_actions() {
+    let charm = Charm::new("shell");
+    let broken = "enabeld: false\n";
+    charm.write("dispatch-trace.yaml", broken);
+
+    let first = charm.dispatch("hooks/config-changed", NOISY);
+    let bare = charm.bare("hooks/config-changed", NOISY);
+    assert_same_outcome(&first, &bare);
+    let ours = our_lines(&first.stderr);
+    assert_eq!(ours.len(), 1, "stderr: {}", text(&first.stderr));
+    assert!(ours[0].contains("dispatch-trace.yaml"), "{}", ours[0]);
+    assert!(ours[0].contains("enabeld"), "{}", ours[0]);
+    assert_eq!(
+        charm.traces().len(),
+        1,
+        "a bad file means defaults: still traced"
+    );
+
+    let second = charm.dispatch("hooks/config-changed", NOISY);
+    assert_same_outcome(&second, &bare);
+    assert_eq!(
+        our_lines(&second.stderr),
+        Vec::<String>::new(),
+        "said again"
+    );
+
+    // Fixed, one clean dispatch, broken again: said again.
+    charm.write("dispatch-trace.yaml", "enabled: true\n");
+    let clean = charm.dispatch("hooks/update-status", &[]);
+    assert_eq!(code(&clean), 0);
+    assert_eq!(text(&clean.stderr), "");
+    charm.write("dispatch-trace.yaml", broken);
+    let again = charm.dispatch("hooks/config-changed", NOISY);
+    assert_same_outcome(&again, &bare);
+    assert_eq!(our_lines(&again.stderr), ours);
+
+    // During an action: nothing on stderr (it lands in the action's results), but the
+    // problem is on the trace.
+    charm.write("dispatch-trace.yaml", "enabled: true\n");
+    assert_eq!(text(&charm.dispatch("hooks/update-status", &[]).stderr), "");
+    charm.write("dispatch-trace.yaml", broken);
+    let action = charm.dispatch("actions/backup", NOISY);
+    let bare_action = charm.bare("actions/backup", NOISY);
+    assert_same_outcome(&action, &bare_action);
+    assert_eq!(
+        our_lines(&action.stderr),
+        Vec::<String>::new(),
+        "an action's output is the user's"
+    );
+    let trace = charm.last_trace();
+    assert_eq!(trace["event"], "backup");
+    let problems = root(&trace)["attributes"]["dispatch.problems"].clone();
+    let problems: Vec<&str> = problems
+        .as_array()
+        .unwrap_or_else(|| panic!("no dispatch.problems on {trace:#}"))
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("dispatch-trace.yaml") && p.contains("enabeld")),
+        "{problems:?}"
+    );
+
+    // Nothing was said during the action, so the next hook tells the operator.
+    let hook = charm.dispatch("hooks/config-changed", NOISY);
+    assert_same_outcome(&hook, &bare);
+    assert_eq!(our_lines(&hook.stderr), ours);
+}
+
+#[test]
+fn several_problems_in_one_dispatch_still_make_a_single_operator_line() {
+    let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", "enabeld: false\n");
+    let elsewhere = charm.scratch.path("elsewhere.db");
+    std::os::unix::fs::symlink(&elsewhere, charm.store_file()).unwrap();
+
+    let traced = charm.dispatch("hooks/config-changed", NOISY);
+    let bare = charm.bare("hooks/config-changed", NOISY);
+    assert_same_outcome(&traced, &bare);
+    let ours = our_lines(&traced.stderr);
+    assert_eq!(ours.len(), 1, "stderr: {}", text(&traced.stderr));
+    assert!(ours[0].contains("enabeld"), "{}", ours[0]);
+    assert!(ours[0].contains(".dispatch-trace.db"), "{}", ours[0]);
+    assert!(!elsewhere.exists());
+}
+
+#[test]
+fn status_names_the_store_counts_the_stored_dispatches_and_says_there_is_no_destination() {
+    let charm = Charm::new("shell");
+    assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
+    assert_eq!(
+        code(&charm.dispatch("hooks/config-changed", &[("CHARM_EXIT", "1")])),
+        1
+    );
+    let out = charm.tool(&["status"]);
+    let status = ok_stdout(&out);
+    assert_eq!(text(&out.stderr), "");
+    let store = std::fs::canonicalize(charm.store_file()).unwrap();
+    let store_line = status
+        .lines()
+        .find(|l| l.starts_with("store:"))
+        .unwrap_or_else(|| panic!("no store line: {status}"));
+    assert!(store_line.contains(store.to_str().unwrap()), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("dispatches: 2 stored")),
+        "{status}"
+    );
+    let destination = status
+        .lines()
+        .find(|l| l.starts_with("destination:"))
+        .unwrap_or_else(|| panic!("no destination line: {status}"));
+    assert!(destination.contains("none"), "{destination}");
+
+    assert_eq!(code(&charm.dispatch("hooks/start", &[])), 0);
+    let status = ok_stdout(&charm.tool(&["status"]));
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("dispatches: 3 stored")),
+        "{status}"
+    );
+}
