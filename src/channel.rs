@@ -66,16 +66,23 @@ impl Channel {
         })
     }
 
-    /// Starts draining on a thread; `nonce` selects this dispatch's records.
-    pub fn start_reader(self, nonce: String) -> io::Result<Reader> {
+    /// Starts draining on a thread; `nonce` selects this dispatch's records. The thread first
+    /// runs `prelude` (work that should overlap with the child, such as opening the store;
+    /// the FIFO's buffer holds records meanwhile) and hands its result back with the records.
+    pub fn start_reader<T: Send + 'static>(
+        self,
+        nonce: String,
+        prelude: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<Reader<T>> {
         let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let dropped_path = dropped_path(&self.path);
         let thread = std::thread::Builder::new()
             .name("records".into())
             .spawn(move || {
+                let early = std::panic::catch_unwind(std::panic::AssertUnwindSafe(prelude)).ok();
                 let mut collector = Collector::new(nonce);
                 drain_until_stopped(&self, &stop_read, &mut collector);
-                collector.finish(&dropped_path)
+                (collector.finish(&dropped_path), early)
             })?;
         Ok(Reader {
             thread: Some(thread),
@@ -196,19 +203,20 @@ impl Collector {
 }
 
 /// The running reader; `finish` stops it and returns what it collected.
-pub struct Reader {
-    thread: Option<JoinHandle<Collected>>,
+pub struct Reader<T> {
+    thread: Option<JoinHandle<(Collected, Option<T>)>>,
     stop: Option<OwnedFd>,
 }
 
-impl Reader {
-    pub fn finish(mut self) -> Collected {
+impl<T> Reader<T> {
+    /// Stops the reader; returns the records and the prelude's result (`None` if it panicked).
+    pub fn finish(mut self) -> (Collected, Option<T>) {
         if let Some(stop) = self.stop.take() {
             let _ = nix::unistd::write(&stop, b"x");
         }
         match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(collected)) => collected,
-            _ => Collected::default(),
+            Some(Ok(done)) => done,
+            _ => (Collected::default(), None),
         }
     }
 }
@@ -257,14 +265,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let channel = Channel::open(&dir).unwrap();
         let path = channel.path.clone();
-        let reader = channel.start_reader("n1".into()).unwrap();
+        let reader = channel.start_reader("n1".into(), || 7).unwrap();
         let writer = open_fifo(&path, libc::O_WRONLY).unwrap();
         for _ in 0..500 {
             nix::unistd::write(&writer, &record("n1").encode()).unwrap();
         }
         nix::unistd::write(&writer, &record("n0").encode()).unwrap();
         std::fs::write(dropped_path(&path), "n1\nn0\nn1\n").unwrap();
-        let collected = reader.finish();
+        let (collected, early) = reader.finish();
+        assert_eq!(early, Some(7));
         assert_eq!(collected.records.len(), 500);
         assert_eq!(collected.ignored, 1);
         assert_eq!(collected.dropped, 2);

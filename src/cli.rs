@@ -142,7 +142,7 @@ fn existing_store(charm_dir: &Path) -> Result<Option<Store>> {
     if !path.exists() {
         return Ok(None);
     }
-    Store::open(&path, None)
+    Store::open(&path)
         .map(Some)
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -222,10 +222,7 @@ fn status(charm_dir: &Path) -> Result<i32> {
     let path = loaded.config.store_file(charm_dir);
     let mut out = String::new();
     let store = existing_store(charm_dir)?;
-    let disabled_in_store = match &store {
-        Some(store) => store.setting("disabled")?.is_some(),
-        None => false,
-    };
+    let disabled_in_store = crate::store::disabled_flag(&path).exists();
     let tracing = if !loaded.config.enabled {
         format!("disabled (enabled: false in {CONFIG_FILE})")
     } else if disabled_in_store {
@@ -250,12 +247,15 @@ fn status(charm_dir: &Path) -> Result<i32> {
                 "store: {} ({} on disk; {} of traces, cap {})\n",
                 path.display(),
                 human_bytes(stats.file_bytes),
-                human_bytes(stats.payload_bytes.max(0) as u64),
+                human_bytes(stats.used_bytes.max(0) as u64),
                 human_bytes(loaded.config.store_max_bytes)
             ));
             out.push_str(&format!(
-                "dispatches: {} stored, {} waiting to be shipped, {} shipped, {} running\n",
-                stats.chunks, stats.pending, stats.shipped, stats.started
+                "dispatches: {} stored, {} waiting to be shipped, {} shipped, {} in flight\n",
+                stats.chunks,
+                stats.pending,
+                stats.shipped,
+                in_flight(&path)
             ));
         }
     }
@@ -276,10 +276,32 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Dispatches recorded as started and not finished: running now, or killed and waiting for
+/// the next dispatch to import them.
+fn in_flight(store: &Path) -> usize {
+    std::fs::read_dir(crate::inflight::dir_path(store)).map_or(0, |d| d.count())
+}
+
+/// `disable` leaves a flag file beside the store (one `stat` per dispatch to check).
 fn set_enabled(charm_dir: &Path, enabled: bool) -> Result<i32> {
-    let path = store_path(charm_dir);
-    let store = Store::open(&path, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    store.set_setting("disabled", if enabled { None } else { Some("1") })?;
+    let flag = crate::store::disabled_flag(&store_path(charm_dir));
+    if enabled {
+        match std::fs::remove_file(&flag) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", flag.display())),
+        }
+    } else {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&flag)
+            .with_context(|| format!("creating {}", flag.display()))?;
+    }
     let note = if enabled {
         "tracing enabled"
     } else {

@@ -9,6 +9,7 @@
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod inflight;
 pub mod juju;
 pub mod metadata;
 pub mod operator;

@@ -2,51 +2,54 @@
 //!
 //! # Format (schema version 1, `PRAGMA user_version`)
 //! - `chunk`: one row per dispatch. `payload` is the dispatch's whole trace as one protobuf
-//!   OTLP `ExportTraceServiceRequest`; `state` is 0 started, 1 pending (finished, not shipped),
-//!   2 shipped; `priority` is 0 quiet, 1 changed something (a state-changing hook tool was
-//!   called), 2 failed (charm failed or dispatch interrupted); `started_at` is unix nanos.
-//! - `setting`: small persisted switches and answers (`disabled`, ...), key -> text.
-//! - `usage`: a single row with the sum of `chunk.size`, kept up to date by every statement
-//!   that adds, resizes or removes a chunk (in the same transaction), so the size cap never
-//!   needs a scan. Not triggers: SQLite parses the whole schema on every open, and a dispatch
-//!   opens the store once, so every schema object costs every hook.
+//!   OTLP `ExportTraceServiceRequest`; `state` is 1 pending (not shipped yet) or 2 shipped;
+//!   `priority` is 0 quiet, 1 changed something (a state-changing hook tool was called),
+//!   2 failed (charm failed or dispatch interrupted); `started_at` is unix nanos.
+//! - `setting`: small persisted answers (destination, backoff, ...), key -> text.
 //!
 //! # Invariants
-//! - A dispatch inserts its row as `started`, with a provisional payload (the root span marked
-//!   ERROR "interrupted"), before the child runs, and replaces it when it finishes. No
-//!   transaction is open while the child runs.
-//! - The dispatch holds an exclusive `flock` on `<db>.lock` for its whole run. Whoever holds
-//!   that lock may treat every other `started` row as an orphan of a killed wrapper and turn
-//!   it into a pending (interrupted, failed) chunk; nobody else may.
-//! - Rows become `shipped` only after the backend answered 2xx. Eviction (when `usage.bytes`
-//!   exceeds the cap) removes shipped rows first (oldest first), then pending rows by lowest
-//!   priority, oldest first; `started` rows are never evicted.
-//! - The file and its lock are created 0600 and never followed through a symlink.
+//! - A dispatch adds its chunk in one transaction after the child ended. That it started is
+//!   recorded before the child runs, outside SQLite, by `inflight`; whoever holds the dispatch
+//!   lock imports the in-flight records of killed wrappers as failed ("interrupted") chunks.
+//!   No transaction is open while the child runs.
+//! - Rows become `shipped` only after the backend answered 2xx.
+//! - The size cap applies to the pages in use ((page_count - freelist_count) * page_size):
+//!   what the file needs, so the file stops growing at the cap. Over it, eviction removes
+//!   shipped rows first (oldest first), then pending rows by lowest priority, oldest first;
+//!   the chunk being added is never evicted by its own insertion.
+//! - The file is created 0600 and never followed through a symlink.
 //!
 //! # Performance
-//! WAL with `synchronous=NORMAL` (no fsync per commit), `wal_autocheckpoint=32` pages so the
-//! WAL that SQLite re-reads on every first open stays small, and no checkpoint on close: a
-//! dispatch costs an open, two short transactions and a close.
+//! WAL with `synchronous=NORMAL` (no fsync per commit), no checkpoint on close, and a small
+//! schema (SQLite parses all of it on every open). The first connection of a process rebuilds
+//! the WAL index by reading the whole WAL, and a rebuilt index counts nothing as checkpointed,
+//! so SQLite's own auto-checkpoint (PASSIVE) never lets a short-lived process restart the
+//! WAL: it would grow and be re-read, and checkpointed, by every dispatch. Instead
+//! `maintain` truncates it with a TRUNCATE checkpoint once it holds more than
+//! `WAL_CHECKPOINT_FRAMES` frames; the wrapper calls it while the child runs, off the hook's
+//! critical path. A dispatch opens the store while the child runs and spends one short
+//! transaction after it.
 //!
 //! # Failure handling
-//! A file SQLite reports as corrupt or not a database is moved aside (to `<db>.corrupt`, with
-//! its -wal/-shm; one copy kept) and recreated. A schema newer than this binary (a downgrade)
-//! is left alone: the caller runs the dispatch without a store. Lock waits are short and
-//! bounded. Migration: a future version N+1 upgrades version N in place inside one
+//! A file SQLite reports as corrupt or not a database, on open or on a write, is moved aside
+//! (to `<db>.corrupt`, with its -wal/-shm; one copy kept) and recreated. A schema newer than
+//! this binary (a downgrade) is left alone: the caller goes on without a store. Lock waits are
+//! short and bounded. Migration: a future version N+1 upgrades version N in place inside one
 //! transaction and bumps `user_version`.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
 pub const SCHEMA_VERSION: i32 = 1;
+
+/// WAL size (in frames of one page) past which `maintain` checkpoints and truncates it.
+const WAL_CHECKPOINT_FRAMES: u64 = 32;
 
 /// How long SQLite waits on a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
@@ -65,11 +68,8 @@ CREATE TABLE chunk (
 );
 CREATE INDEX chunk_by_state ON chunk(state, priority, id);
 CREATE TABLE setting (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE usage (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL);
-INSERT INTO usage VALUES (0, 0);
 ";
 
-pub const STATE_STARTED: i64 = 0;
 pub const STATE_PENDING: i64 = 1;
 pub const STATE_SHIPPED: i64 = 2;
 
@@ -121,31 +121,39 @@ pub struct ChunkFilter {
     pub failed_only: bool,
 }
 
+/// A chunk to add.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    pub started_at: i64,
+    pub event: String,
+    pub trace_id: String,
+    pub payload: Vec<u8>,
+    pub priority: Priority,
+}
+
 /// Totals for `dispatch status`.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     pub chunks: i64,
     pub pending: i64,
     pub shipped: i64,
-    pub started: i64,
-    pub payload_bytes: i64,
+    /// Bytes of pages in use: what the size cap limits.
+    pub used_bytes: i64,
     pub file_bytes: u64,
 }
 
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    lock: Option<File>,
     /// What happened while opening that the operator should hear about.
     pub notes: Vec<String>,
 }
 
 impl Store {
-    /// Opens (creating if needed) the store; waits up to `lock_wait` for the dispatch lock
-    /// (`None`: do not take it).
-    pub fn open(path: &Path, lock_wait: Option<Duration>) -> Result<Store, OpenError> {
+    /// Opens (creating if needed) the store.
+    pub fn open(path: &Path) -> Result<Store, OpenError> {
         let mut notes = Vec::new();
-        match Store::open_once(path, lock_wait) {
+        match Store::open_once(path) {
             Ok(store) => Ok(store),
             Err(OpenFailure::Corrupt(e)) => {
                 quarantine(path).map_err(|q| OpenError::Unusable(q.context(format!("{e:#}"))))?;
@@ -155,8 +163,7 @@ impl Store {
                     path.display(),
                     corrupt_copy(path, "").display()
                 ));
-                let mut store =
-                    Store::open_once(path, lock_wait).map_err(OpenFailure::into_error)?;
+                let mut store = Store::open_once(path).map_err(OpenFailure::into_error)?;
                 store.notes = notes;
                 Ok(store)
             }
@@ -164,7 +171,7 @@ impl Store {
         }
     }
 
-    fn open_once(path: &Path, lock_wait: Option<Duration>) -> Result<Store, OpenFailure> {
+    fn open_once(path: &Path) -> Result<Store, OpenFailure> {
         create_private_file(path).map_err(|e| {
             let context = if e.raw_os_error() == Some(libc::ELOOP) {
                 format!("{} is a symlink; refusing to follow it", path.display())
@@ -173,10 +180,6 @@ impl Store {
             };
             OpenFailure::Other(anyhow::Error::new(e).context(context))
         })?;
-        let lock = match lock_wait {
-            Some(wait) => take_lock(&lock_path(path), wait).map_err(OpenFailure::Other)?,
-            None => None,
-        };
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -186,7 +189,7 @@ impl Store {
             .map_err(OpenFailure::classify)?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(OpenFailure::classify)?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=32;")
+        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;")
             .map_err(OpenFailure::classify)?;
         let version: i32 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -200,22 +203,17 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_path_buf(),
-            lock,
             notes: Vec::new(),
         })
     }
 
     /// For corruption SQLite only notices past the header (a write fails "malformed"): closes
     /// this store, moves the file aside and opens a fresh one.
-    pub fn quarantine_and_reopen(
-        self,
-        cause: &rusqlite::Error,
-        lock_wait: Option<Duration>,
-    ) -> Result<Store, OpenError> {
+    pub fn quarantine_and_reopen(self, cause: &rusqlite::Error) -> Result<Store, OpenError> {
         let path = self.path.clone();
         drop(self);
         quarantine(&path).map_err(OpenError::Unusable)?;
-        let mut store = Store::open(&path, lock_wait)?;
+        let mut store = Store::open(&path)?;
         store.notes.push(format!(
             "the trace store {} was damaged ({cause}); moved it aside to {} and started a new one",
             path.display(),
@@ -224,83 +222,65 @@ impl Store {
         Ok(store)
     }
 
+    /// Keeps the WAL short (see the module docs): checkpoints and truncates it when it holds
+    /// more than a few dozen frames. Returns whether it did.
+    pub fn maintain(&self) -> rusqlite::Result<bool> {
+        let wal = std::fs::metadata(with_suffix(&self.path, "-wal")).map_or(0, |m| m.len());
+        let page_size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        if wal <= WAL_CHECKPOINT_FRAMES * (page_size.max(512) as u64 + 24) + 32 {
+            return Ok(false);
+        }
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(true)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    #[cfg(test)]
-    pub fn holds_lock(&self) -> bool {
-        self.lock.is_some()
+    /// Whether the pages in use might exceed `max_bytes` once `adding` more bytes are stored:
+    /// the database file plus its WAL, plus twice what is added (index and page slack), is an
+    /// upper bound that costs two `stat`s instead of a query.
+    fn may_exceed(&self, max_bytes: u64, adding: u64) -> bool {
+        let size = |suffix: &str| {
+            std::fs::metadata(with_suffix(&self.path, suffix)).map_or(0, |m| m.len())
+        };
+        size("") + size("-wal") + 2 * adding + 16 * 1024 > max_bytes
     }
 
-    /// Turns orphaned `started` rows into pending failed chunks (only with the lock), then
-    /// records this dispatch as started. Returns the new row id and how many orphans were found.
-    pub fn begin_dispatch(
-        &mut self,
-        started_at: i64,
-        event: &str,
-        trace_id: &str,
-        provisional: &[u8],
-    ) -> rusqlite::Result<(i64, usize)> {
-        let holds_lock = self.lock.is_some();
+    /// Adds finished chunks (a dispatch's trace, or interrupted ones found by `inflight`) in
+    /// one transaction and applies the size cap; returns how many chunks were evicted.
+    pub fn add_chunks(&mut self, chunks: &[NewChunk], max_bytes: u64) -> rusqlite::Result<u64> {
+        let adding: usize = chunks.iter().map(|c| c.payload.len()).sum();
+        let may_exceed = self.may_exceed(max_bytes, adding as u64);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let orphans = if holds_lock {
-            tx.execute(
-                "UPDATE chunk SET state = ?1, priority = ?2 WHERE state = ?3",
-                params![STATE_PENDING, Priority::Failed as i64, STATE_STARTED],
-            )?
+        let mut last = None;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO chunk (state, priority, started_at, event, trace_id, payload, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for chunk in chunks {
+                insert.execute(params![
+                    STATE_PENDING,
+                    chunk.priority as i64,
+                    chunk.started_at,
+                    chunk.event,
+                    chunk.trace_id,
+                    chunk.payload,
+                    chunk.payload.len() as i64
+                ])?;
+                last = Some(tx.last_insert_rowid());
+            }
+        }
+        let evicted = if may_exceed {
+            evict(&tx, max_bytes, last)?
         } else {
             0
         };
-        tx.execute(
-            "INSERT INTO chunk (state, priority, started_at, event, trace_id, payload, size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                STATE_STARTED,
-                Priority::Failed as i64,
-                started_at,
-                event,
-                trace_id,
-                provisional,
-                provisional.len() as i64
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
-        add_usage(&tx, provisional.len() as i64)?;
-        tx.commit()?;
-        Ok((id, orphans))
-    }
-
-    /// Stores the finished trace of the dispatch and applies the size cap.
-    pub fn finish_dispatch(
-        &mut self,
-        id: i64,
-        payload: &[u8],
-        priority: Priority,
-        max_bytes: u64,
-    ) -> rusqlite::Result<u64> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let old_size: Option<i64> = tx
-            .query_row("SELECT size FROM chunk WHERE id = ?1", [id], |r| r.get(0))
-            .optional()?;
-        tx.execute(
-            "UPDATE chunk SET state = ?1, priority = ?2, payload = ?3, size = ?4 WHERE id = ?5",
-            params![
-                STATE_PENDING,
-                priority as i64,
-                payload,
-                payload.len() as i64,
-                id
-            ],
-        )?;
-        if let Some(old_size) = old_size {
-            add_usage(&tx, payload.len() as i64 - old_size)?;
-        }
-        let evicted = evict(&tx, max_bytes, Some(id))?;
         tx.commit()?;
         Ok(evicted)
     }
@@ -363,24 +343,19 @@ impl Store {
 
     pub fn stats(&self) -> rusqlite::Result<Stats> {
         let mut stats = self.conn.query_row(
-            "SELECT COUNT(*),
-                    COALESCE(SUM(state = 1), 0),
-                    COALESCE(SUM(state = 2), 0),
-                    COALESCE(SUM(state = 0), 0),
-                    (SELECT bytes FROM usage)
-             FROM chunk",
+            "SELECT COUNT(*), COALESCE(SUM(state = 1), 0), COALESCE(SUM(state = 2), 0) FROM chunk",
             [],
             |r| {
                 Ok(Stats {
                     chunks: r.get(0)?,
                     pending: r.get(1)?,
                     shipped: r.get(2)?,
-                    started: r.get(3)?,
-                    payload_bytes: r.get(4)?,
+                    used_bytes: 0,
                     file_bytes: 0,
                 })
             },
         )?;
+        stats.used_bytes = used_bytes(&self.conn)?;
         stats.file_bytes = ["", "-wal"]
             .iter()
             .filter_map(|suffix| std::fs::metadata(with_suffix(&self.path, suffix)).ok())
@@ -435,47 +410,39 @@ fn initialize(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch("COMMIT")
 }
 
-/// Removes rows until the payload total is within `max_bytes`; returns how many went.
+/// Bytes of database pages in use (not on the free list).
+fn used_bytes(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT (SELECT page_count FROM pragma_page_count())
+              - (SELECT freelist_count FROM pragma_freelist_count()),
+                (SELECT page_size FROM pragma_page_size())",
+        [],
+        |r| Ok(r.get::<_, i64>(0)? * r.get::<_, i64>(1)?),
+    )
+}
+
+/// Removes rows until the pages in use fit in `max_bytes`; returns how many went.
 fn evict(conn: &Connection, max_bytes: u64, keep: Option<i64>) -> rusqlite::Result<u64> {
     let mut evicted = 0;
-    loop {
-        let bytes: i64 = conn.query_row("SELECT bytes FROM usage", [], |r| r.get(0))?;
-        if bytes <= max_bytes as i64 {
-            return Ok(evicted);
-        }
-        let victims: Vec<i64> = {
-            let mut statement = conn.prepare_cached(
-                "SELECT id FROM chunk WHERE state != 0 AND id != ?1
+    while used_bytes(conn)? > max_bytes as i64 {
+        let victim: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM chunk WHERE id != ?1
                  ORDER BY CASE state WHEN 2 THEN 0 ELSE 1 END,
                           CASE state WHEN 2 THEN 0 ELSE priority END,
                           id
-                 LIMIT 16",
-            )?;
-            let rows = statement.query_map([keep.unwrap_or(-1)], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        if victims.is_empty() {
-            return Ok(evicted);
-        }
-        for id in victims {
-            let size: i64 = conn.query_row(
-                "DELETE FROM chunk WHERE id = ?1 RETURNING size",
-                [id],
+                 LIMIT 1",
+                [keep.unwrap_or(-1)],
                 |r| r.get(0),
-            )?;
-            add_usage(conn, -size)?;
-            evicted += 1;
-            let bytes: i64 = conn.query_row("SELECT bytes FROM usage", [], |r| r.get(0))?;
-            if bytes <= max_bytes as i64 {
-                return Ok(evicted);
-            }
-        }
+            )
+            .optional()?;
+        let Some(id) = victim else {
+            return Ok(evicted);
+        };
+        conn.execute("DELETE FROM chunk WHERE id = ?1", [id])?;
+        evicted += 1;
     }
-}
-
-fn add_usage(conn: &Connection, delta: i64) -> rusqlite::Result<()> {
-    conn.execute("UPDATE usage SET bytes = bytes + ?1", [delta])?;
-    Ok(())
+    Ok(evicted)
 }
 
 fn create_private_file(path: &Path) -> io::Result<()> {
@@ -490,8 +457,10 @@ fn create_private_file(path: &Path) -> io::Result<()> {
         .map(drop)
 }
 
-pub fn lock_path(path: &Path) -> PathBuf {
-    with_suffix(path, ".lock")
+/// `dispatch disable` leaves this file beside the store: checking it costs one `stat`, so a
+/// disabled dispatch never opens the store at all.
+pub fn disabled_flag(path: &Path) -> PathBuf {
+    with_suffix(path, ".disabled")
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -502,34 +471,6 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 
 fn corrupt_copy(path: &Path, suffix: &str) -> PathBuf {
     with_suffix(path, &format!(".corrupt{suffix}"))
-}
-
-/// Takes the dispatch lock, retrying until `wait` has passed. `Ok(None)`: someone else holds it.
-fn take_lock(path: &Path, wait: Duration) -> Result<Option<File>> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let deadline = Instant::now() + wait;
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Some(file));
-        }
-        let error = io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(anyhow::Error::new(error).context(format!("locking {}", path.display())));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Moves an unreadable store aside (one copy kept) so a new one can be created.
@@ -575,18 +516,29 @@ mod tests {
         }
     }
 
-    fn add(store: &mut Store, event: &str, priority: Priority, size: usize, max: u64) -> i64 {
-        let (id, _) = store.begin_dispatch(1, event, "t", b"p").unwrap();
+    fn chunk(event: &str, priority: Priority, size: usize) -> NewChunk {
+        NewChunk {
+            started_at: 1,
+            event: event.into(),
+            trace_id: "t".into(),
+            payload: vec![0x5a; size],
+            priority,
+        }
+    }
+
+    fn events(store: &Store) -> Vec<String> {
         store
-            .finish_dispatch(id, &vec![0u8; size], priority, max)
-            .unwrap();
-        id
+            .chunks(&ChunkFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|c| c.event)
+            .collect()
     }
 
     #[test]
     fn new_store_is_private_wal_and_versioned() {
         let scratch = Scratch::new("new");
-        let store = Store::open(&scratch.db(), Some(Duration::ZERO)).unwrap();
+        let store = Store::open(&scratch.db()).unwrap();
         let mode = std::fs::metadata(scratch.db())
             .unwrap()
             .permissions()
@@ -602,79 +554,90 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
-        assert!(store.holds_lock());
     }
 
     #[test]
-    fn started_rows_become_interrupted_chunks_for_the_next_lock_holder() {
-        let scratch = Scratch::new("orphan");
-        {
-            let mut store = Store::open(&scratch.db(), Some(Duration::ZERO)).unwrap();
-            store
-                .begin_dispatch(1, "install", "t1", b"provisional")
-                .unwrap();
-            // Dropped without finishing: like a wrapper killed with SIGKILL.
-        }
-        let mut store = Store::open(&scratch.db(), Some(Duration::ZERO)).unwrap();
-        let (_, orphans) = store.begin_dispatch(2, "start", "t2", b"p").unwrap();
-        assert_eq!(orphans, 1);
-        let chunks = store.chunks(&ChunkFilter::default()).unwrap();
-        assert_eq!(chunks[0].event, "install");
-        assert_eq!(chunks[0].state, STATE_PENDING);
-        assert_eq!(chunks[0].priority, Priority::Failed as i64);
-        assert_eq!(chunks[0].payload, b"provisional");
+    fn chunks_are_listed_oldest_first_and_filtered() {
+        let scratch = Scratch::new("list");
+        let mut store = Store::open(&scratch.db()).unwrap();
+        store
+            .add_chunks(
+                &[
+                    chunk("install", Priority::Quiet, 10),
+                    chunk("start", Priority::Failed, 10),
+                    chunk("install", Priority::Changed, 10),
+                ],
+                DEFAULT_CAP,
+            )
+            .unwrap();
+        assert_eq!(events(&store), ["install", "start", "install"]);
+        let failed = ChunkFilter {
+            failed_only: true,
+            ..ChunkFilter::default()
+        };
+        assert_eq!(store.chunks(&failed).unwrap().len(), 1);
+        let last = ChunkFilter {
+            last: Some(1),
+            event: Some("install".into()),
+            ..ChunkFilter::default()
+        };
+        let found = store.chunks(&last).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].priority, Priority::Changed as i64);
     }
 
-    #[test]
-    fn a_live_dispatch_is_not_taken_for_an_orphan_without_the_lock() {
-        let scratch = Scratch::new("live");
-        let mut live = Store::open(&scratch.db(), Some(Duration::ZERO)).unwrap();
-        live.begin_dispatch(1, "install", "t1", b"p").unwrap();
-        let mut other = Store::open(&scratch.db(), Some(Duration::from_millis(20))).unwrap();
-        assert!(!other.holds_lock());
-        let (_, orphans) = other.begin_dispatch(2, "start", "t2", b"p").unwrap();
-        assert_eq!(orphans, 0);
-    }
+    const DEFAULT_CAP: u64 = 40 * 1024 * 1024;
 
     #[test]
     fn eviction_removes_shipped_then_quiet_oldest_first_and_keeps_failed_longest() {
         let scratch = Scratch::new("evict");
-        let mut store = Store::open(&scratch.db(), Some(Duration::ZERO)).unwrap();
-        let max = 10_000;
-        let failed = add(&mut store, "failed", Priority::Failed, 3000, max);
-        let quiet_old = add(&mut store, "quiet-old", Priority::Quiet, 3000, max);
-        let changed = add(&mut store, "changed", Priority::Changed, 3000, max);
+        let mut store = Store::open(&scratch.db()).unwrap();
+        let big = 40_000;
+        for (event, priority) in [
+            ("failed", Priority::Failed),
+            ("quiet-old", Priority::Quiet),
+            ("changed", Priority::Changed),
+        ] {
+            store
+                .add_chunks(&[chunk(event, priority, big)], DEFAULT_CAP)
+                .unwrap();
+        }
         store
             .conn
-            .execute("UPDATE chunk SET state = 2 WHERE id = ?1", [changed])
+            .execute("UPDATE chunk SET state = 2 WHERE event = 'changed'", [])
             .unwrap();
-        // 9000 bytes stored; the next 3000 push it over: the shipped one goes first.
-        add(&mut store, "quiet-new", Priority::Quiet, 3000, max);
-        let events: Vec<String> = store
-            .chunks(&ChunkFilter::default())
-            .unwrap()
-            .into_iter()
-            .map(|c| c.event)
-            .collect();
-        assert_eq!(events, ["failed", "quiet-old", "quiet-new"]);
-        // Next: the oldest quiet one.
-        add(&mut store, "quiet-newer", Priority::Quiet, 3000, max);
-        let ids: Vec<i64> = store
-            .chunks(&ChunkFilter::default())
-            .unwrap()
-            .iter()
-            .map(|c| c.id)
-            .collect();
-        assert!(ids.contains(&failed));
-        assert!(!ids.contains(&quiet_old));
-        assert!(store.stats().unwrap().payload_bytes <= max as i64);
+        // Room for about three big chunks: the fourth pushes out the shipped one first.
+        let cap = used_bytes(&store.conn).unwrap() as u64 + 8192;
+        store
+            .add_chunks(&[chunk("quiet-new", Priority::Quiet, big)], cap)
+            .unwrap();
+        assert_eq!(events(&store), ["failed", "quiet-old", "quiet-new"]);
+        // Next: the oldest quiet one, never the failed one.
+        store
+            .add_chunks(&[chunk("quiet-newer", Priority::Quiet, big)], cap)
+            .unwrap();
+        assert_eq!(events(&store), ["failed", "quiet-new", "quiet-newer"]);
+        assert!(store.stats().unwrap().used_bytes <= cap as i64);
+    }
+
+    #[test]
+    fn the_chunk_being_added_is_kept_even_when_alone_over_the_cap() {
+        let scratch = Scratch::new("alone");
+        let mut store = Store::open(&scratch.db()).unwrap();
+        store
+            .add_chunks(&[chunk("old", Priority::Failed, 1000)], DEFAULT_CAP)
+            .unwrap();
+        store
+            .add_chunks(&[chunk("huge", Priority::Quiet, 200_000)], 65_536)
+            .unwrap();
+        assert_eq!(events(&store), ["huge"]);
     }
 
     #[test]
     fn a_corrupt_store_is_moved_aside_and_recreated() {
         let scratch = Scratch::new("corrupt");
         std::fs::write(scratch.db(), vec![0x42u8; 8192]).unwrap();
-        let store = Store::open(&scratch.db(), Some(Duration::ZERO)).unwrap();
+        let store = Store::open(&scratch.db()).unwrap();
         assert_eq!(store.notes.len(), 1, "{:?}", store.notes);
         assert!(corrupt_copy(&scratch.db(), "").exists());
         assert_eq!(store.stats().unwrap().chunks, 0);
@@ -684,13 +647,13 @@ mod tests {
     fn a_newer_schema_is_left_alone() {
         let scratch = Scratch::new("newer");
         {
-            let store = Store::open(&scratch.db(), Some(Duration::ZERO)).unwrap();
+            let store = Store::open(&scratch.db()).unwrap();
             store
                 .conn
                 .execute_batch("PRAGMA user_version = 99")
                 .unwrap();
         }
-        match Store::open(&scratch.db(), Some(Duration::ZERO)) {
+        match Store::open(&scratch.db()) {
             Err(OpenError::NewerSchema(99)) => {}
             other => panic!("expected NewerSchema, got {:?}", other.err()),
         }
@@ -701,18 +664,19 @@ mod tests {
         let scratch = Scratch::new("symlink");
         let target = scratch.0.join("elsewhere.db");
         std::os::unix::fs::symlink(&target, scratch.db()).unwrap();
-        assert!(Store::open(&scratch.db(), Some(Duration::ZERO)).is_err());
+        let error = Store::open(&scratch.db()).err().unwrap().to_string();
+        assert!(error.contains("symlink"), "{error}");
         assert!(!target.exists());
     }
 
     #[test]
     fn settings_round_trip_and_clear() {
         let scratch = Scratch::new("settings");
-        let store = Store::open(&scratch.db(), None).unwrap();
-        assert_eq!(store.setting("disabled").unwrap(), None);
-        store.set_setting("disabled", Some("1")).unwrap();
-        assert_eq!(store.setting("disabled").unwrap().as_deref(), Some("1"));
-        store.set_setting("disabled", None).unwrap();
-        assert_eq!(store.setting("disabled").unwrap(), None);
+        let store = Store::open(&scratch.db()).unwrap();
+        assert_eq!(store.setting("destination").unwrap(), None);
+        store.set_setting("destination", Some("x")).unwrap();
+        assert_eq!(store.setting("destination").unwrap().as_deref(), Some("x"));
+        store.set_setting("destination", None).unwrap();
+        assert_eq!(store.setting("destination").unwrap(), None);
     }
 }

@@ -174,7 +174,13 @@ fn watched_set() -> libc::sigset_t {
 }
 
 /// Runs the child to its end, forwarding signals. Signals must already be blocked.
-pub fn run(launch: &Launch, inherited: &InheritedSignals) -> Result<ChildRun, SpawnUnavailable> {
+/// `while_running` is called once right after the spawn, so work that need not precede the
+/// child overlaps with it; signals arriving meanwhile wait (blocked) and are handled after.
+pub fn run(
+    launch: &Launch,
+    inherited: &InheritedSignals,
+    while_running: &mut dyn FnMut(),
+) -> Result<ChildRun, SpawnUnavailable> {
     let mut command = Command::new(launch.program);
     command.arg0(launch.argv0);
     for (key, value) in &launch.env_changes {
@@ -225,6 +231,7 @@ pub fn run(launch: &Launch, inherited: &InheritedSignals) -> Result<ChildRun, Sp
     let pid = child.id() as libc::pid_t;
     // We reap the child ourselves with wait4 to get its resource usage.
     std::mem::forget(child);
+    while_running();
     let mut signals = Vec::new();
     let (end, usage) = supervise(pid, inherited, &mut signals);
     Ok(ChildRun {

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::trace::v1::{span, status, Span};
 use prost::Message;
 use serde_json::{json, Value};
 
-use crate::store::{StoredChunk, STATE_PENDING, STATE_SHIPPED, STATE_STARTED};
+use crate::store::{StoredChunk, STATE_PENDING, STATE_SHIPPED};
 
 pub fn decode(chunk: &StoredChunk) -> Result<ExportTraceServiceRequest> {
     ExportTraceServiceRequest::decode(chunk.payload.as_slice())
@@ -21,7 +21,6 @@ pub fn decode(chunk: &StoredChunk) -> Result<ExportTraceServiceRequest> {
 
 fn state_name(state: i64) -> &'static str {
     match state {
-        STATE_STARTED => "running",
         STATE_PENDING => "pending",
         STATE_SHIPPED => "shipped",
         _ => "unknown",

@@ -4,12 +4,14 @@
 //! 1. Decide whether to trace at all (`OPERATOR_DISPATCH`, a nested dispatch,
 //!    `OTEL_SDK_DISABLED`, `enabled: false`, `dispatch disable`): if not, exec the target so
 //!    nothing of ours stays in the process tree.
-//! 2. Before the spawn: open the store and record the dispatch as started, set up the shims and
-//!    the record channel. Any failure here is a problem to report, never a reason not to run
-//!    the charm.
-//! 3. Run the child and mirror its end. After the spawn our problems are warnings: building,
-//!    persisting and reporting the trace happen inside `catch_unwind` and cannot change the
-//!    exit, the output or the signal the hook ends with.
+//! 2. Before the spawn, only what must precede the child: the dispatch lock and the started
+//!    record (`inflight`), the hook-tool shims and the record channel. Any failure here is a
+//!    problem to report, never a reason not to run the charm.
+//! 3. While the child runs (it has the other core): open the store and import the records of
+//!    killed wrappers, off the hook's critical path.
+//! 4. After the child: build the trace, store it in one transaction, mirror the child's end.
+//!    After the spawn our problems are warnings: everything runs inside `catch_unwind` and
+//!    cannot change the exit, the output or the signal the hook ends with.
 
 use std::ffi::OsString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,17 +24,18 @@ use opentelemetry::KeyValue;
 
 use crate::channel::{Channel, Collected, Reader};
 use crate::config::{Config, TraceContextMode};
+use crate::inflight::{self, Inflight, OrphanScan, Started};
 use crate::juju::{EventKind, HookEnv};
 use crate::metadata::CharmMetadata;
 use crate::operator::Operator;
 use crate::shims;
 use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
 use crate::state_dir;
-use crate::store::{self, OpenError, Priority, Store};
+use crate::store::{self, NewChunk, Priority, Store};
 use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
 use crate::target::{self, Target};
 
-/// How long a dispatch waits for the store's dispatch lock (held by a concurrent `flush`).
+/// How long a dispatch waits for the dispatch lock (held by a concurrent `flush`).
 const LOCK_WAIT: Duration = Duration::from_millis(200);
 
 /// The last panic message from tracing code, so it can be reported on the trace.
@@ -68,7 +71,11 @@ struct Prepared {
     target: Target,
     problems: Vec<String>,
     state_dir: Option<PathBuf>,
+    store_path: PathBuf,
+    /// Opened while the child runs (or after, when there was no child to overlap with).
     store: Option<Store>,
+    store_tried: bool,
+    inflight: Option<Inflight>,
     start: SystemTime,
 }
 
@@ -110,20 +117,8 @@ fn plan(argv0: &OsString, start: SystemTime) -> Plan {
         }
     };
     let store_path = loaded.config.store_file(&charm_dir);
-    let store = match Store::open(&store_path, Some(LOCK_WAIT)) {
-        Ok(store) => {
-            problems.extend(store.notes.iter().cloned());
-            Some(store)
-        }
-        Err(e @ OpenError::NewerSchema(_)) | Err(e @ OpenError::Unusable(_)) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
-    if let Some(store) = &store {
-        if store.setting("disabled").ok().flatten().is_some() {
-            return Plan::Passthrough { target, env };
-        }
+    if store::disabled_flag(&store_path).exists() {
+        return Plan::Passthrough { target, env };
     }
     Plan::Trace(Box::new(Prepared {
         charm_dir,
@@ -132,7 +127,10 @@ fn plan(argv0: &OsString, start: SystemTime) -> Plan {
         target,
         problems,
         state_dir,
-        store,
+        store_path,
+        store: None,
+        store_tried: false,
+        inflight: None,
         start,
     }))
 }
@@ -180,8 +178,7 @@ fn fallback_exec(argv0: &OsString, inherited: &InheritedSignals) -> i32 {
 struct Tracing {
     builder: TraceBuilder,
     facts: RootFacts,
-    row: Option<i64>,
-    reader: Option<Reader>,
+    reader: Option<Reader<OpenedStore>>,
 }
 
 fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals) -> i32 {
@@ -196,15 +193,22 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
         }
     };
 
-    let run = match &prepared.target {
+    let run = match prepared.target.clone() {
         Target::Nothing => None,
         Target::Program(program) => {
             let launch = Launch {
-                program,
+                program: &program,
                 argv0,
                 env_changes,
             };
-            match supervise::run(&launch, inherited) {
+            // The record reader opens the store on its thread; without one, do it here.
+            let reader_opens = tracing.as_ref().is_some_and(|t| t.reader.is_some());
+            let mut while_running = || {
+                if !reader_opens {
+                    let _ = catch_unwind(AssertUnwindSafe(|| open_store(&mut prepared)));
+                }
+            };
+            match supervise::run(&launch, inherited, &mut while_running) {
                 Ok(run) => Some(run),
                 Err(unavailable) => {
                     // Could not fork at all: the charm must still run, so become it.
@@ -275,20 +279,28 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         ..RootFacts::default()
     };
 
-    let mut row = None;
-    if prepared.store.is_some() {
-        let provisional = builder.encode(vec![builder.root_span(
-            &facts,
-            prepared.start,
-            Some(
-                "dispatch interrupted: the wrapper was killed before the charm's run was recorded"
-                    .into(),
-            ),
-            vec![KeyValue::new("dispatch.interrupted", true)],
-        )]);
-        let started_at = spans::time_to_unix_nanos(prepared.start) as i64;
-        let trace_id = ids.trace_id.to_string();
-        row = record_start(prepared, started_at, &trace_id, &provisional);
+    let provisional = builder.encode(vec![builder.root_span(
+        &facts,
+        prepared.start,
+        Some(
+            "dispatch interrupted: the wrapper was killed before the charm's run was recorded"
+                .into(),
+        ),
+        vec![KeyValue::new("dispatch.interrupted", true)],
+    )]);
+    let trace_id = ids.trace_id.to_string();
+    let started = Started {
+        started_at: spans::time_to_unix_nanos(prepared.start) as i64,
+        trace_id: &trace_id,
+        event: env.event_name(),
+        provisional: &provisional,
+    };
+    match Inflight::begin(&prepared.store_path, LOCK_WAIT, &started) {
+        Ok(inflight) => prepared.inflight = Some(inflight),
+        Err(e) => prepared.problems.push(format!(
+            "cannot record the dispatch as started beside {}: {e}",
+            prepared.store_path.display()
+        )),
     }
 
     let mut env_changes: Vec<(OsString, OsString)> =
@@ -302,7 +314,11 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     let nonce = spans::new_nonce();
     let mut reader = None;
     if let (Target::Program(_), Some(state_dir)) = (&prepared.target, &prepared.state_dir) {
-        match intercept(&prepared.charm_dir, state_dir, &nonce) {
+        let store_path = prepared.store_path.clone();
+        let scan = prepared.inflight.as_ref().map(Inflight::orphan_scan);
+        let max_bytes = prepared.config.store_max_bytes;
+        let open_early = move || open_store_at(&store_path, scan.as_ref(), max_bytes);
+        match intercept(&prepared.charm_dir, state_dir, &nonce, open_early) {
             Ok(Some(interception)) => {
                 env_changes.extend(interception.env(&nonce, prepared.config.record_log_messages));
                 reader = Some(interception.reader);
@@ -316,50 +332,106 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         Some(Tracing {
             builder,
             facts,
-            row,
             reader,
         }),
         env_changes,
     )
 }
 
-/// Records the dispatch as started; a store found damaged here is moved aside and replaced
-/// once. On failure the dispatch goes on without a store.
-fn record_start(
-    prepared: &mut Prepared,
-    started_at: i64,
-    trace_id: &str,
-    provisional: &[u8],
-) -> Option<i64> {
-    let event = prepared.env.event_name().to_string();
-    let mut store = prepared.store.take()?;
-    let mut attempt = store.begin_dispatch(started_at, &event, trace_id, provisional);
-    if let Err(e) = &attempt {
-        if store::is_corruption(e) {
-            match store.quarantine_and_reopen(e, Some(LOCK_WAIT)) {
-                Ok(fresh) => {
-                    store = fresh;
-                    prepared.problems.append(&mut store.notes);
-                    attempt = store.begin_dispatch(started_at, &event, trace_id, provisional);
-                }
-                Err(open) => {
-                    prepared.problems.push(open.to_string());
-                    return None;
+/// Opens the store (while the child runs) and imports the started records of wrappers that
+/// were killed. Problems are reported, never fatal.
+fn open_store(prepared: &mut Prepared) {
+    if prepared.store_tried {
+        return;
+    }
+    prepared.store_tried = true;
+    let scan = prepared.inflight.as_ref().map(Inflight::orphan_scan);
+    let opened = open_store_at(
+        &prepared.store_path,
+        scan.as_ref(),
+        prepared.config.store_max_bytes,
+    );
+    prepared.store = opened.store;
+    prepared.problems.extend(opened.problems);
+}
+
+/// The store, opened and tidied (WAL kept short, orphans of killed wrappers imported), with
+/// what went wrong on the way. Runs on the record reader's thread while the child runs.
+struct OpenedStore {
+    store: Option<Store>,
+    problems: Vec<String>,
+}
+
+fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> OpenedStore {
+    let mut problems = Vec::new();
+    let mut store = match Store::open(path) {
+        Ok(store) => store,
+        Err(e) => {
+            problems.push(e.to_string());
+            return OpenedStore {
+                store: None,
+                problems,
+            };
+        }
+    };
+    problems.append(&mut store.notes);
+    if let Err(e) = store.maintain() {
+        problems.push(format!(
+            "cannot checkpoint the trace store {}: {e}",
+            store.path().display()
+        ));
+    }
+    let orphans = scan.map(OrphanScan::orphans).unwrap_or_default();
+    if orphans.is_empty() {
+        return OpenedStore {
+            store: Some(store),
+            problems,
+        };
+    }
+    let (paths, chunks): (Vec<PathBuf>, Vec<NewChunk>) = orphans.into_iter().unzip();
+    let (kept, added) = add_with_recovery(store, &chunks, max_bytes, &mut problems);
+    if added {
+        inflight::forget(&paths);
+    }
+    OpenedStore {
+        store: kept,
+        problems,
+    }
+}
+
+/// Adds chunks; a store found damaged only now (a write fails "malformed") is moved aside and
+/// replaced once. Returns the store to go on with (if any) and whether the chunks were added.
+fn add_with_recovery(
+    store: Store,
+    chunks: &[NewChunk],
+    max_bytes: u64,
+    problems: &mut Vec<String>,
+) -> (Option<Store>, bool) {
+    let cannot = |path: &Path, e: &rusqlite::Error| {
+        format!("cannot store the trace in {}: {e}", path.display())
+    };
+    let mut store = store;
+    match store.add_chunks(chunks, max_bytes) {
+        Ok(_) => (Some(store), true),
+        Err(e) if store::is_corruption(&e) => match store.quarantine_and_reopen(&e) {
+            Ok(mut fresh) => {
+                problems.append(&mut fresh.notes);
+                match fresh.add_chunks(chunks, max_bytes) {
+                    Ok(_) => (Some(fresh), true),
+                    Err(e) => {
+                        problems.push(cannot(fresh.path(), &e));
+                        (None, false)
+                    }
                 }
             }
-        }
-    }
-    match attempt {
-        Ok((id, _orphans)) => {
-            prepared.store = Some(store);
-            Some(id)
-        }
+            Err(open) => {
+                problems.push(open.to_string());
+                (None, false)
+            }
+        },
         Err(e) => {
-            prepared.problems.push(format!(
-                "cannot record the dispatch in {}: {e}",
-                store.path().display()
-            ));
-            None
+            problems.push(cannot(store.path(), &e));
+            (Some(store), false)
         }
     }
 }
@@ -369,7 +441,7 @@ struct Interception {
     tools_dir: PathBuf,
     channel: PathBuf,
     path_var: OsString,
-    reader: Reader,
+    reader: Reader<OpenedStore>,
 }
 
 impl Interception {
@@ -399,6 +471,7 @@ fn intercept(
     charm_dir: &Path,
     state_dir: &Path,
     nonce: &str,
+    open_early: impl FnOnce() -> OpenedStore + Send + 'static,
 ) -> Result<Option<Interception>, String> {
     let path_var = std::env::var_os("PATH").unwrap_or_default();
     let shim_dir_path = state_dir.join("shims");
@@ -426,7 +499,7 @@ fn intercept(
     })?;
     let channel_path = channel.path.clone();
     let reader = channel
-        .start_reader(nonce.to_string())
+        .start_reader(nonce.to_string(), open_early)
         .map_err(|e| format!("cannot start the record reader: {e}"))?;
     Ok(Some(Interception {
         shim_dir,
@@ -442,11 +515,18 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
         report(prepared);
         return;
     };
-    let collected = tracing
-        .reader
-        .take()
-        .map(Reader::finish)
-        .unwrap_or_else(Collected::default);
+    let collected = match tracing.reader.take() {
+        Some(reader) => {
+            let (collected, opened) = reader.finish();
+            if let Some(opened) = opened {
+                prepared.store_tried = true;
+                prepared.store = opened.store;
+                prepared.problems.extend(opened.problems);
+            }
+            collected
+        }
+        None => Collected::default(),
+    };
     if let Some(run) = run {
         if let Some(error) = &run.spawn_error {
             if let Target::Program(program) = &prepared.target {
@@ -509,15 +589,22 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
         Priority::Quiet
     };
 
-    if let (Some(store), Some(row)) = (prepared.store.as_mut(), tracing.row) {
-        if let Err(e) =
-            store.finish_dispatch(row, &payload, priority, prepared.config.store_max_bytes)
-        {
-            prepared.problems.push(format!(
-                "cannot store the trace in {}: {e}",
-                store.path().display()
-            ));
-        }
+    open_store(prepared);
+    if let Some(store) = prepared.store.take() {
+        let chunk = NewChunk {
+            started_at: spans::time_to_unix_nanos(prepared.start) as i64,
+            event: prepared.env.event_name().to_string(),
+            trace_id: builder.ids.trace_id.to_string(),
+            payload,
+            priority,
+        };
+        let max = prepared.config.store_max_bytes;
+        let (kept, _) = add_with_recovery(store, &[chunk], max, &mut prepared.problems);
+        prepared.store = kept;
+    }
+    // Stored or given up on: either way this dispatch is no longer in flight.
+    if let Some(inflight) = prepared.inflight.take() {
+        inflight.finish();
     }
     report(prepared);
 }

@@ -1,0 +1,330 @@
+//! Dispatches in flight: the dispatch lock, and the record that a dispatch started, written
+//! before the child runs so that a wrapper killed with SIGKILL still leaves a trace.
+//!
+//! Why outside SQLite: recording the start in the store would put a store open and a
+//! transaction in front of every hook's child (about a millisecond here). A small file costs
+//! one create and one write; the store is then opened while the child runs and written once
+//! after it.
+//!
+//! Layout, beside the store: `<db>.lock` (flock, held for the whole dispatch) and the private
+//! directory `<db>.inflight/` holding one file per running dispatch, named
+//! `<start unix nanos>-<pid>`: a header line `DTI1\t<started_at>\t<trace id>\t<event>` and the
+//! provisional trace (root span marked ERROR "interrupted") as OTLP protobuf. A dispatch
+//! removes its file once its real trace is stored. Whoever holds the lock may take every other
+//! file for the record of a killed wrapper and import it as a failed chunk; nobody else may,
+//! so a concurrent `dispatch flush` never mistakes a live dispatch for a dead one.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::store::{NewChunk, Priority};
+
+const TAG: &str = "DTI1";
+
+/// The dispatch's hold on the store: its lock (if it got it) and its started record.
+pub struct Inflight {
+    dir: PathBuf,
+    lock: Option<File>,
+    mine: Option<PathBuf>,
+}
+
+/// What a dispatch writes before its child runs.
+pub struct Started<'a> {
+    pub started_at: i64,
+    pub trace_id: &'a str,
+    pub event: &'a str,
+    pub provisional: &'a [u8],
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+pub fn lock_path(store: &Path) -> PathBuf {
+    with_suffix(store, ".lock")
+}
+
+pub fn dir_path(store: &Path) -> PathBuf {
+    with_suffix(store, ".inflight")
+}
+
+impl Inflight {
+    /// Takes the lock (waiting at most `lock_wait`; without it the dispatch still records
+    /// itself but adopts no orphans) and writes the started record.
+    pub fn begin(store: &Path, lock_wait: Duration, started: &Started) -> io::Result<Inflight> {
+        let dir = dir_path(store);
+        crate::state_dir::ensure_private_dir(&dir)?;
+        let lock = take_lock(&lock_path(store), lock_wait)?;
+        let mut inflight = Inflight {
+            dir,
+            lock,
+            mine: None,
+        };
+        let path = inflight
+            .dir
+            .join(format!("{}-{}", started.started_at, std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        let event: String = started
+            .event
+            .chars()
+            .map(|c| if c == '\t' || c == '\n' { ' ' } else { c })
+            .collect();
+        let mut bytes = format!(
+            "{TAG}\t{}\t{}\t{event}\n",
+            started.started_at, started.trace_id
+        )
+        .into_bytes();
+        bytes.extend_from_slice(started.provisional);
+        file.write_all(&bytes)?;
+        inflight.mine = Some(path);
+        Ok(inflight)
+    }
+
+    pub fn holds_lock(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    /// What another thread needs to look for orphans while this dispatch goes on.
+    pub fn orphan_scan(&self) -> OrphanScan {
+        OrphanScan {
+            dir: self.dir.clone(),
+            mine: self.mine.clone(),
+            locked: self.lock.is_some(),
+        }
+    }
+
+    pub fn orphans(&self) -> Vec<(PathBuf, NewChunk)> {
+        self.orphan_scan().orphans()
+    }
+
+    /// Removes imported orphan records.
+    pub fn forget(&self, paths: &[PathBuf]) {
+        forget(paths)
+    }
+
+    /// The dispatch is recorded (or given up on): remove its record, release the lock.
+    pub fn finish(mut self) {
+        if let Some(mine) = self.mine.take() {
+            let _ = std::fs::remove_file(mine);
+        }
+    }
+}
+
+/// A snapshot of where to look for orphans, valid while the `Inflight` it came from lives
+/// (its lock is what makes adopting them safe).
+#[derive(Debug, Clone)]
+pub struct OrphanScan {
+    dir: PathBuf,
+    mine: Option<PathBuf>,
+    locked: bool,
+}
+
+impl OrphanScan {
+    /// Started records of dispatches that never finished (only with the lock), as failed
+    /// chunks, with the files to forget once they are stored.
+    pub fn orphans(&self) -> Vec<(PathBuf, NewChunk)> {
+        if !self.locked {
+            return Vec::new();
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if Some(&path) == self.mine.as_ref() || writer_alive(&path) {
+                continue;
+            }
+            match std::fs::read(&path).ok().and_then(|b| parse(&b)) {
+                Some(chunk) => found.push((path, chunk)),
+                // Torn by a kill mid-write, or not ours: nothing to recover.
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        found.sort_by_key(|(_, chunk)| chunk.started_at);
+        found
+    }
+}
+
+/// Removes imported orphan records.
+pub fn forget(paths: &[PathBuf]) {
+    for path in paths {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// A record whose writer still runs is not an orphan (another dispatch that could not get the
+/// lock in time). The writer's pid is the second part of the file name.
+fn writer_alive(path: &Path) -> bool {
+    let pid = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit_once('-'))
+        .and_then(|(_, pid)| pid.parse::<libc::pid_t>().ok());
+    match pid {
+        // SAFETY: signal 0 only probes for existence.
+        Some(pid) if pid > 0 => {
+            (unsafe { libc::kill(pid, 0) }) == 0
+                || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        }
+        _ => false,
+    }
+}
+
+fn parse(bytes: &[u8]) -> Option<NewChunk> {
+    let newline = bytes.iter().position(|&b| b == b'\n')?;
+    let header = std::str::from_utf8(&bytes[..newline]).ok()?;
+    let mut fields = header.split('\t');
+    if fields.next()? != TAG {
+        return None;
+    }
+    let started_at = fields.next()?.parse().ok()?;
+    let trace_id = fields.next()?.to_string();
+    let event = fields.next()?.to_string();
+    Some(NewChunk {
+        started_at,
+        event,
+        trace_id,
+        payload: bytes[newline + 1..].to_vec(),
+        priority: Priority::Failed,
+    })
+}
+
+/// Takes the dispatch lock, retrying until `wait` has passed. `Ok(None)`: someone else has it.
+fn take_lock(path: &Path, wait: Duration) -> io::Result<Option<File>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let deadline = Instant::now() + wait;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(file));
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(error);
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let dir = std::env::temp_dir()
+                .join(format!("dispatch-inflight-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+        fn store(&self) -> PathBuf {
+            self.0.join("t.db")
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn started(at: i64) -> Started<'static> {
+        Started {
+            started_at: at,
+            trace_id: "0af7651916cd43dd8448eb211c80319c",
+            event: "install",
+            provisional: b"\x0a\x00provisional",
+        }
+    }
+
+    /// Writes the record a wrapper with (dead) pid `pid` would have left.
+    fn leave_record(store: &Path, at: i64, pid: i64) {
+        let dir = dir_path(store);
+        crate::state_dir::ensure_private_dir(&dir).unwrap();
+        let mut bytes =
+            format!("{TAG}\t{at}\t0af7651916cd43dd8448eb211c80319c\tinstall\n").into_bytes();
+        bytes.extend_from_slice(b"\x0a\x00provisional");
+        std::fs::write(dir.join(format!("{at}-{pid}")), bytes).unwrap();
+    }
+
+    const DEAD_PID: i64 = 0x3fff_fff0;
+
+    #[test]
+    fn a_record_left_by_a_killed_dispatch_is_an_orphan_for_the_next_lock_holder() {
+        let scratch = Scratch::new("orphan");
+        leave_record(&scratch.store(), 1, DEAD_PID);
+        let next = Inflight::begin(&scratch.store(), Duration::ZERO, &started(2)).unwrap();
+        let orphans = next.orphans();
+        assert_eq!(orphans.len(), 1);
+        let chunk = &orphans[0].1;
+        assert_eq!(chunk.started_at, 1);
+        assert_eq!(chunk.event, "install");
+        assert_eq!(chunk.priority, Priority::Failed);
+        assert_eq!(chunk.payload, b"\x0a\x00provisional");
+        next.forget(&[orphans[0].0.clone()]);
+        assert!(next.orphans().is_empty());
+        next.finish();
+        assert_eq!(
+            std::fs::read_dir(dir_path(&scratch.store()))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn nobody_without_the_lock_adopts_orphans_and_live_writers_are_never_orphans() {
+        let scratch = Scratch::new("live");
+        leave_record(&scratch.store(), 1, DEAD_PID);
+        let live = Inflight::begin(&scratch.store(), Duration::ZERO, &started(2)).unwrap();
+        assert!(live.holds_lock());
+        let other =
+            Inflight::begin(&scratch.store(), Duration::from_millis(20), &started(3)).unwrap();
+        assert!(!other.holds_lock());
+        assert!(other.orphans().is_empty());
+        // The lock holder sees the dead record, but not the live newcomer's.
+        let orphans = live.orphans();
+        assert_eq!(orphans.len(), 1);
+        assert_eq!(orphans[0].1.started_at, 1);
+        other.finish();
+        live.finish();
+    }
+
+    #[test]
+    fn torn_records_are_dropped() {
+        let scratch = Scratch::new("torn");
+        let dir = dir_path(&scratch.store());
+        crate::state_dir::ensure_private_dir(&dir).unwrap();
+        let torn = dir.join(format!("5-{DEAD_PID}"));
+        std::fs::write(&torn, b"DTI1\tnot-a-number").unwrap();
+        let me = Inflight::begin(&scratch.store(), Duration::ZERO, &started(6)).unwrap();
+        assert!(me.orphans().is_empty());
+        assert!(!torn.exists());
+        me.finish();
+    }
+}
