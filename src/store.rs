@@ -49,7 +49,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 pub const SCHEMA_VERSION: i32 = 1;
 
 /// WAL size (in frames of one page) past which `maintain` checkpoints and truncates it.
-const WAL_CHECKPOINT_FRAMES: u64 = 32;
+const WAL_CHECKPOINT_FRAMES: u64 = 16;
 
 /// How long SQLite waits on a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(250);
