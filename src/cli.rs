@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::config::{Config, CONFIG_FILE};
+use crate::destination;
+use crate::export;
 use crate::metadata::CharmMetadata;
 use crate::store::{ChunkFilter, Store};
 use crate::target::{self, Target};
@@ -25,7 +27,12 @@ OpenTelemetry trace of the event. With arguments it is a tool:
 
   dispatch traces [--last N] [--event E] [--failed] [--format tree|json|otlp-json]
                           show recorded dispatches, oldest first (default: --last 10, tree)
-  dispatch status         where traces are kept and what is waiting
+  dispatch status         where traces are kept, where they go, and what is waiting
+  dispatch set-destination URL [--ca-file F]
+                          ship traces to this OTLP/HTTP traces URL (persisted)
+  dispatch clear-destination
+                          forget the destination set with set-destination
+  dispatch flush          ship everything waiting now, ignoring any backoff
   dispatch disable        stop tracing (persisted; the charm runs exactly as without us)
   dispatch enable         trace again
   dispatch check-config   validate dispatch-trace.yaml and the charm layout (exit 1 if bad)
@@ -89,6 +96,15 @@ fn dispatch_command(args: &[String]) -> Result<i32> {
         "status" => {
             no_more(command, rest)?;
             status(&charm_dir)
+        }
+        "set-destination" => set_destination(&charm_dir, rest),
+        "clear-destination" => {
+            no_more(command, rest)?;
+            clear_destination(&charm_dir)
+        }
+        "flush" => {
+            no_more(command, rest)?;
+            flush(&charm_dir)
         }
         "disable" | "enable" => {
             no_more(command, rest)?;
@@ -259,8 +275,139 @@ fn status(charm_dir: &Path) -> Result<i32> {
             ));
         }
     }
-    out.push_str("destination: none (traces are kept in the local store only)\n");
+    let env = crate::wrapper::export_environment();
+    let stored = match &store {
+        Some(store) => stored_destination(store)?,
+        None => None,
+    };
+    match destination::resolve(&env, &loaded.config, stored.as_ref()) {
+        None => out.push_str("destination: none (traces are kept in the local store only)\n"),
+        Some(destination) => {
+            out.push_str(&format!(
+                "destination: {} (from {}; CA: {})\n",
+                destination.url,
+                destination.source.describe(),
+                destination.ca.describe()
+            ));
+            if let Some(store) = &store {
+                if let Some((failures, until)) = export::backoff_state(store, &destination.url) {
+                    out.push_str(&format!(
+                        "backoff: {failures} failed export(s); next try after unix time {until}\n"
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(last) = store.as_ref().and_then(export::last_result) {
+        out.push_str(&format!("last export: {last}\n"));
+    }
     print(&out)?;
+    Ok(0)
+}
+
+fn stored_destination(store: &Store) -> Result<Option<destination::Stored>> {
+    Ok(store
+        .setting(destination::SETTING)?
+        .map(|text| destination::Stored::decode(&text)))
+}
+
+fn set_destination(charm_dir: &Path, args: &[String]) -> Result<i32> {
+    let mut url = None;
+    let mut ca_file = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--ca-file" => {
+                let path = args.next().ok_or_else(|| usage("--ca-file needs a path"))?;
+                ca_file = Some(PathBuf::from(path));
+            }
+            flag if flag.starts_with("--ca-file=") => {
+                ca_file = Some(PathBuf::from(&flag["--ca-file=".len()..]));
+            }
+            flag if flag.starts_with('-') => {
+                return Err(usage(format!("set-destination: unknown option {flag:?}")))
+            }
+            value if url.is_none() => url = Some(value.to_string()),
+            extra => return Err(usage(format!("set-destination: unexpected {extra:?}"))),
+        }
+    }
+    let url = url.ok_or_else(|| usage("set-destination needs a URL"))?;
+    destination::validate_url(&url).map_err(usage)?;
+    let ca_file = match ca_file {
+        Some(path) => {
+            let path = std::fs::canonicalize(&path)
+                .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            let pem = std::fs::read(&path)
+                .with_context(|| format!("cannot read the CA file {}", path.display()))?;
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                bail!("{} holds no PEM certificate", path.display());
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    let wanted = destination::Stored { url, ca_file };
+    let store = Store::open(&store_path(charm_dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if stored_destination(&store)?.as_ref() == Some(&wanted) {
+        print("destination unchanged\n")?;
+        return Ok(0);
+    }
+    store.set_setting(destination::SETTING, Some(&wanted.encode()))?;
+    export::reset_backoff(&store);
+    print(&format!("destination set to {}\n", wanted.url))?;
+    Ok(0)
+}
+
+fn clear_destination(charm_dir: &Path) -> Result<i32> {
+    let Some(store) = existing_store(charm_dir)? else {
+        print("no destination was set\n")?;
+        return Ok(0);
+    };
+    if stored_destination(&store)?.is_none() {
+        print("no destination was set\n")?;
+        return Ok(0);
+    }
+    store.set_setting(destination::SETTING, None)?;
+    export::reset_backoff(&store);
+    print("destination cleared\n")?;
+    Ok(0)
+}
+
+/// Ships everything waiting, ignoring backoff; exit 1 if something could not be sent.
+fn flush(charm_dir: &Path) -> Result<i32> {
+    let loaded = Config::load(charm_dir);
+    let Some(mut store) = existing_store(charm_dir)? else {
+        print("nothing to ship: no traces recorded yet\n")?;
+        return Ok(0);
+    };
+    let env = crate::wrapper::export_environment();
+    let stored = stored_destination(&store)?;
+    let Some(destination) = destination::resolve(&env, &loaded.config, stored.as_ref()) else {
+        bail!("no destination: set one with `dispatch set-destination URL` or relate the charm to a tracing provider");
+    };
+    let http = crate::transport::Http::new(&destination, &env)
+        .map_err(|failure| anyhow::anyhow!("{}", failure.cause))?;
+    // A person is waiting: give it time, but not forever.
+    let budget = std::time::Duration::from_millis(loaded.config.export_budget_ms.max(10_000));
+    let report = export::export(
+        &mut store,
+        &destination,
+        loaded.config.protocol,
+        &http,
+        budget,
+        None,
+        true,
+    );
+    print(&format!(
+        "sent {} dispatch(es) to {} in {} request(s)\n",
+        report.chunks_sent, destination.url, report.requests
+    ))?;
+    if let Some(failure) = report.failure {
+        bail!("{}", failure.cause);
+    }
+    if report.out_of_budget {
+        bail!("ran out of time; run `dispatch flush` again to send the rest");
+    }
     Ok(0)
 }
 

@@ -9,6 +9,8 @@
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod destination;
+pub mod export;
 pub mod inflight;
 pub mod juju;
 pub mod metadata;
@@ -19,6 +21,7 @@ pub mod state_dir;
 pub mod store;
 pub mod supervise;
 pub mod target;
+pub mod transport;
 pub mod view;
 pub mod wrapper;
 

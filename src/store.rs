@@ -252,6 +252,16 @@ impl Store {
     /// Adds finished chunks (a dispatch's trace, or interrupted ones found by `inflight`) in
     /// one transaction and applies the size cap; returns how many chunks were evicted.
     pub fn add_chunks(&mut self, chunks: &[NewChunk], max_bytes: u64) -> rusqlite::Result<u64> {
+        self.add_chunks_returning_last(chunks, max_bytes)
+            .map(|(evicted, _)| evicted)
+    }
+
+    /// As `add_chunks`, also returning the id of the last chunk added.
+    pub fn add_chunks_returning_last(
+        &mut self,
+        chunks: &[NewChunk],
+        max_bytes: u64,
+    ) -> rusqlite::Result<(u64, Option<i64>)> {
         let adding: usize = chunks.iter().map(|c| c.payload.len()).sum();
         let may_exceed = self.may_exceed(max_bytes, adding as u64);
         let tx = self
@@ -282,7 +292,7 @@ impl Store {
             0
         };
         tx.commit()?;
-        Ok(evicted)
+        Ok((evicted, last))
     }
 
     pub fn setting(&self, key: &str) -> rusqlite::Result<Option<String>> {
@@ -305,6 +315,43 @@ impl Store {
                 .execute("DELETE FROM setting WHERE key = ?1", [key])?,
         };
         Ok(())
+    }
+
+    /// Chunks not shipped yet in shipping order: `first` (this dispatch's) first, then the
+    /// best priority, oldest first.
+    pub fn pending_chunks(&self, first: Option<i64>) -> rusqlite::Result<Vec<StoredChunk>> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT id, state, priority, started_at, event, trace_id, payload FROM chunk
+             WHERE state = 1 ORDER BY id = ?1 DESC, priority DESC, id",
+        )?;
+        let rows = statement.query_map([first.unwrap_or(-1)], |r| {
+            Ok(StoredChunk {
+                id: r.get(0)?,
+                state: r.get(1)?,
+                priority: r.get(2)?,
+                started_at: r.get(3)?,
+                event: r.get(4)?,
+                trace_id: r.get(5)?,
+                payload: r.get(6)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Marks chunks shipped (after the backend's 2xx).
+    pub fn mark_shipped(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut update =
+                tx.prepare_cached("UPDATE chunk SET state = 2, shipped_at = ?2 WHERE id = ?1")?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i64);
+            for id in ids {
+                update.execute([*id, now])?;
+            }
+        }
+        tx.commit()
     }
 
     /// Chunks matching `filter`, oldest first.

@@ -13,6 +13,7 @@
 //!    After the spawn our problems are warnings: everything runs inside `catch_unwind` and
 //!    cannot change the exit, the output or the signal the hook ends with.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ use opentelemetry::KeyValue;
 
 use crate::channel::{Channel, Collected, Reader};
 use crate::config::{Config, TraceContextMode};
+use crate::destination;
+use crate::export;
 use crate::inflight::{self, Inflight, OrphanScan, Started};
 use crate::juju::{EventKind, HookEnv};
 use crate::metadata::CharmMetadata;
@@ -34,6 +37,7 @@ use crate::state_dir;
 use crate::store::{self, NewChunk, Priority, Store};
 use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
 use crate::target::{self, Target};
+use crate::transport::Http;
 
 /// How long a dispatch waits for the dispatch lock (held by a concurrent `flush`).
 const LOCK_WAIT: Duration = Duration::from_millis(200);
@@ -390,7 +394,7 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
     }
     let (paths, chunks): (Vec<PathBuf>, Vec<NewChunk>) = orphans.into_iter().unzip();
     let (kept, added) = add_with_recovery(store, &chunks, max_bytes, &mut problems);
-    if added {
+    if added.is_some() {
         inflight::forget(&paths);
     }
     OpenedStore {
@@ -400,38 +404,39 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
 }
 
 /// Adds chunks; a store found damaged only now (a write fails "malformed") is moved aside and
-/// replaced once. Returns the store to go on with (if any) and whether the chunks were added.
+/// replaced once. Returns the store to go on with (if any) and the id of the last chunk added
+/// (`None`: not added).
 fn add_with_recovery(
     store: Store,
     chunks: &[NewChunk],
     max_bytes: u64,
     problems: &mut Vec<String>,
-) -> (Option<Store>, bool) {
+) -> (Option<Store>, Option<i64>) {
     let cannot = |path: &Path, e: &rusqlite::Error| {
         format!("cannot store the trace in {}: {e}", path.display())
     };
     let mut store = store;
-    match store.add_chunks(chunks, max_bytes) {
-        Ok(_) => (Some(store), true),
+    match store.add_chunks_returning_last(chunks, max_bytes) {
+        Ok((_, last)) => (Some(store), last),
         Err(e) if store::is_corruption(&e) => match store.quarantine_and_reopen(&e) {
             Ok(mut fresh) => {
                 problems.append(&mut fresh.notes);
-                match fresh.add_chunks(chunks, max_bytes) {
-                    Ok(_) => (Some(fresh), true),
+                match fresh.add_chunks_returning_last(chunks, max_bytes) {
+                    Ok((_, last)) => (Some(fresh), last),
                     Err(e) => {
                         problems.push(cannot(fresh.path(), &e));
-                        (None, false)
+                        (None, None)
                     }
                 }
             }
             Err(open) => {
                 problems.push(open.to_string());
-                (None, false)
+                (None, None)
             }
         },
         Err(e) => {
             problems.push(cannot(store.path(), &e));
-            (Some(store), false)
+            (Some(store), None)
         }
     }
 }
@@ -590,6 +595,7 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
     };
 
     open_store(prepared);
+    let mut stored_id = None;
     if let Some(store) = prepared.store.take() {
         let chunk = NewChunk {
             started_at: spans::time_to_unix_nanos(prepared.start) as i64,
@@ -599,14 +605,73 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
             priority,
         };
         let max = prepared.config.store_max_bytes;
-        let (kept, _) = add_with_recovery(store, &[chunk], max, &mut prepared.problems);
+        let (kept, id) = add_with_recovery(store, &[chunk], max, &mut prepared.problems);
         prepared.store = kept;
+        stored_id = id;
     }
     // Stored or given up on: either way this dispatch is no longer in flight.
     if let Some(inflight) = prepared.inflight.take() {
         inflight.finish();
     }
+    if let Some(store) = prepared.store.as_mut() {
+        ship(store, &prepared.config, stored_id, &mut prepared.problems);
+    }
     report(prepared);
+}
+
+/// Ships this dispatch's trace and the backlog to the destination, if there is one, within
+/// the export budget. Only causes the operator can act on become problems (stderr); outages
+/// are the backoff's business and show in `dispatch status`.
+fn ship(store: &mut Store, config: &Config, current: Option<i64>, problems: &mut Vec<String>) {
+    let env = export_environment();
+    let stored = store
+        .setting(destination::SETTING)
+        .ok()
+        .flatten()
+        .map(|text| destination::Stored::decode(&text));
+    let Some(destination) = destination::resolve(&env, config, stored.as_ref()) else {
+        return;
+    };
+    let budget = Duration::from_millis(config.export_budget_ms);
+    let failure = match Http::new(&destination, &env) {
+        Ok(http) => {
+            let report = export::export(
+                store,
+                &destination,
+                config.protocol,
+                &http,
+                budget,
+                current,
+                false,
+            );
+            report.failure
+        }
+        Err(failure) => Some(failure),
+    };
+    if let Some(failure) = failure.filter(|f| f.actionable) {
+        problems.push(format!("cannot ship traces: {}", failure.cause));
+    }
+}
+
+/// The variables that configure shipping: OTLP, Juju's trace config and proxies.
+pub fn export_environment() -> BTreeMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| {
+            k.starts_with("OTEL_")
+                || k.starts_with("JUJU_CHARM_")
+                || k == destination::ENV_INJECTED
+                || matches!(
+                    k.as_str(),
+                    "http_proxy"
+                        | "HTTP_PROXY"
+                        | "https_proxy"
+                        | "HTTPS_PROXY"
+                        | "no_proxy"
+                        | "NO_PROXY"
+                )
+        })
+        .collect()
 }
 
 fn report(prepared: &Prepared) {

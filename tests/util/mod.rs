@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+pub mod receiver;
+
 use serde_json::Value;
 
 pub const UNIT: &str = "myapp/0";

@@ -1,0 +1,317 @@
+//! Where traces go (DESIGN §5): the first source that applies, each paired with its own CA.
+//!
+//! 1. `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as is) or `OTEL_EXPORTER_OTLP_ENDPOINT`
+//!    (+ `/v1/traces`), CA `OTEL_EXPORTER_OTLP_CERTIFICATE`. Values the wrapper itself put into
+//!    a hook's environment do not count: `dispatch flush` run by the charm inside a hook must
+//!    not mistake them for the operator's.
+//! 2. `endpoint` in `dispatch-trace.yaml`, CA `ca_file` there.
+//! 3. `dispatch set-destination URL [--ca-file F]`, persisted in the store.
+//! 4. The `tracing` relation (issue #3, next step), CA from `certificate_transfer`.
+//! 5. Juju's `JUJU_CHARM_TRACE_CONFIG_HTTP` (base or full URL), CA
+//!    `JUJU_CHARM_TRACE_CONFIG_CA_CERT` (PEM text or a path).
+//!
+//! None of them: traces stay in the store. The resolution is a pure function of its inputs so
+//! the order is unit-tested without a process or a store.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::config::Config;
+
+/// Environment variables the wrapper injects into the child; their presence with our marker
+/// means the value is ours, not configuration.
+pub const ENV_INJECTED: &str = "DISPATCH_TRACE_INJECTED";
+
+/// Which source a destination came from, for `dispatch status` and the root span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    OtelEnvironment,
+    ConfigFile,
+    SetDestination,
+    Relation,
+    JujuTraceConfig,
+}
+
+impl Source {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Source::OtelEnvironment => "OTEL_EXPORTER_OTLP_*ENDPOINT in the environment",
+            Source::ConfigFile => "endpoint in dispatch-trace.yaml",
+            Source::SetDestination => "dispatch set-destination",
+            Source::Relation => "the tracing relation",
+            Source::JujuTraceConfig => "JUJU_CHARM_TRACE_CONFIG_HTTP from Juju",
+        }
+    }
+}
+
+/// Where the CA bundle for a destination comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ca {
+    /// The system trust store (`/etc/ssl/certs`).
+    System,
+    /// A PEM bundle in a file.
+    File(PathBuf),
+    /// PEM text given directly.
+    Pem(String),
+}
+
+impl Ca {
+    pub fn describe(&self) -> String {
+        match self {
+            Ca::System => "the system trust store".into(),
+            Ca::File(path) => format!("{}", path.display()),
+            Ca::Pem(_) => "PEM text from the environment".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub url: String,
+    pub ca: Ca,
+    pub source: Source,
+}
+
+/// The store setting that holds a `dispatch set-destination` value.
+pub const SETTING: &str = "destination";
+
+/// A destination stored by `dispatch set-destination`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Stored {
+    /// The store keeps it as one setting: the URL, then a tab and the CA path if any.
+    pub fn encode(&self) -> String {
+        match &self.ca_file {
+            Some(ca) => format!("{}\t{}", self.url, ca.display()),
+            None => self.url.clone(),
+        }
+    }
+
+    pub fn decode(text: &str) -> Stored {
+        match text.split_once('\t') {
+            Some((url, ca)) => Stored {
+                url: url.to_string(),
+                ca_file: Some(PathBuf::from(ca)),
+            },
+            None => Stored {
+                url: text.to_string(),
+                ca_file: None,
+            },
+        }
+    }
+}
+
+/// Checks a URL is one we can send to.
+pub fn validate_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok(())
+}
+
+fn non_empty<'a>(env: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
+    env.get(key)
+        .map(String::as_str)
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// Resolves the destination. `env` is the environment to read; variables listed in
+/// `DISPATCH_TRACE_INJECTED` (comma-separated names) were put there by a wrapper and are ignored.
+pub fn resolve(
+    env: &BTreeMap<String, String>,
+    config: &Config,
+    stored: Option<&Stored>,
+) -> Option<Destination> {
+    let injected: Vec<&str> = env
+        .get(ENV_INJECTED)
+        .map(|v| v.split(',').collect())
+        .unwrap_or_default();
+    let from_env = |key: &str| non_empty(env, key).filter(|_| !injected.contains(&key));
+    if let Some(url) = from_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        return Some(Destination {
+            url: url.trim().to_string(),
+            ca: env_ca(env),
+            source: Source::OtelEnvironment,
+        });
+    }
+    if let Some(base) = from_env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        return Some(Destination {
+            url: format!("{}/v1/traces", base.trim().trim_end_matches('/')),
+            ca: env_ca(env),
+            source: Source::OtelEnvironment,
+        });
+    }
+    if let Some(url) = &config.endpoint {
+        return Some(Destination {
+            url: url.clone(),
+            ca: config.ca_file.clone().map_or(Ca::System, Ca::File),
+            source: Source::ConfigFile,
+        });
+    }
+    if let Some(stored) = stored {
+        return Some(Destination {
+            url: stored.url.clone(),
+            ca: stored.ca_file.clone().map_or(Ca::System, Ca::File),
+            source: Source::SetDestination,
+        });
+    }
+    if let Some(url) = non_empty(env, "JUJU_CHARM_TRACE_CONFIG_HTTP") {
+        let url = url.trim().trim_end_matches('/');
+        let url = if url.ends_with("/v1/traces") {
+            url.to_string()
+        } else {
+            format!("{url}/v1/traces")
+        };
+        let ca = match non_empty(env, "JUJU_CHARM_TRACE_CONFIG_CA_CERT") {
+            Some(ca) if ca.contains("-----BEGIN") => Ca::Pem(ca.to_string()),
+            Some(ca) => Ca::File(PathBuf::from(ca.trim())),
+            None => Ca::System,
+        };
+        return Some(Destination {
+            url,
+            ca,
+            source: Source::JujuTraceConfig,
+        });
+    }
+    None
+}
+
+fn env_ca(env: &BTreeMap<String, String>) -> Ca {
+    non_empty(env, "OTEL_EXPORTER_OTLP_CERTIFICATE").map_or(Ca::System, |p| Ca::File(p.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn config(endpoint: Option<&str>) -> Config {
+        Config {
+            endpoint: endpoint.map(String::from),
+            ca_file: endpoint.map(|_| PathBuf::from("/ca.pem")),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn the_first_source_that_applies_wins_in_design_order() {
+        let stored = Stored {
+            url: "http://stored:4318/v1/traces".into(),
+            ca_file: None,
+        };
+        let all = env(&[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:4318/custom",
+            ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+            ("JUJU_CHARM_TRACE_CONFIG_HTTP", "http://juju:4318"),
+        ]);
+        let cfg = config(Some("https://config:4318/v1/traces"));
+        let d = resolve(&all, &cfg, Some(&stored)).unwrap();
+        assert_eq!(
+            (d.url.as_str(), d.source),
+            ("http://traces:4318/custom", Source::OtelEnvironment)
+        );
+
+        let base = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318/")]);
+        assert_eq!(
+            resolve(&base, &cfg, None).unwrap().url,
+            "http://base:4318/v1/traces"
+        );
+
+        let juju = env(&[("JUJU_CHARM_TRACE_CONFIG_HTTP", "http://juju:4318")]);
+        let d = resolve(&juju, &cfg, Some(&stored)).unwrap();
+        assert_eq!(
+            (d.source, d.ca),
+            (Source::ConfigFile, Ca::File("/ca.pem".into()))
+        );
+        let d = resolve(&juju, &config(None), Some(&stored)).unwrap();
+        assert_eq!(d.source, Source::SetDestination);
+        let d = resolve(&juju, &config(None), None).unwrap();
+        assert_eq!(
+            (d.url.as_str(), d.source),
+            ("http://juju:4318/v1/traces", Source::JujuTraceConfig)
+        );
+        assert_eq!(resolve(&env(&[]), &config(None), None), None);
+    }
+
+    #[test]
+    fn variables_the_wrapper_injected_are_not_configuration() {
+        let injected = env(&[
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://127.0.0.1:1/nonce/v1/traces",
+            ),
+            (
+                ENV_INJECTED,
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            ),
+        ]);
+        assert_eq!(resolve(&injected, &config(None), None), None);
+    }
+
+    #[test]
+    fn juju_trace_config_accepts_full_urls_and_pem_or_path_cas() {
+        let full = env(&[
+            ("JUJU_CHARM_TRACE_CONFIG_HTTP", "https://c:4318/v1/traces"),
+            (
+                "JUJU_CHARM_TRACE_CONFIG_CA_CERT",
+                "-----BEGIN CERTIFICATE-----\nx\n",
+            ),
+        ]);
+        let d = resolve(&full, &config(None), None).unwrap();
+        assert_eq!(d.url, "https://c:4318/v1/traces");
+        assert!(matches!(d.ca, Ca::Pem(_)));
+        let path = env(&[
+            ("JUJU_CHARM_TRACE_CONFIG_HTTP", "https://c:4318"),
+            ("JUJU_CHARM_TRACE_CONFIG_CA_CERT", "/var/lib/ca.pem"),
+        ]);
+        assert_eq!(
+            resolve(&path, &config(None), None).unwrap().ca,
+            Ca::File("/var/lib/ca.pem".into())
+        );
+        let empty = env(&[("JUJU_CHARM_TRACE_CONFIG_HTTP", " ")]);
+        assert_eq!(resolve(&empty, &config(None), None), None);
+    }
+
+    #[test]
+    fn stored_destinations_round_trip() {
+        for stored in [
+            Stored {
+                url: "http://a/v1/traces".into(),
+                ca_file: None,
+            },
+            Stored {
+                url: "https://a/v1/traces".into(),
+                ca_file: Some("/ca.pem".into()),
+            },
+        ] {
+            assert_eq!(Stored::decode(&stored.encode()), stored);
+        }
+    }
+
+    #[test]
+    fn urls_are_validated() {
+        assert!(validate_url("http://tempo:4318/v1/traces").is_ok());
+        assert!(validate_url("https://10.0.0.1/v1/traces").is_ok());
+        assert!(validate_url("tempo:4318").is_err());
+        assert!(validate_url("ftp://x/").is_err());
+        assert!(validate_url("http:///v1/traces").is_err());
+    }
+}

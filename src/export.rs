@@ -1,0 +1,546 @@
+//! Shipping stored traces over OTLP/HTTP within a hard time budget (DESIGN §5).
+//!
+//! Rules, in the order they matter:
+//! - One wall-clock deadline for all export work of a dispatch; every request's timeout is what
+//!   is left of it. The current trace goes first, then the backlog, best priority and oldest
+//!   first, several chunks per request up to ~1 MiB (protobuf messages concatenate: the bytes of
+//!   two `ExportTraceServiceRequest`s form one with both lists of spans).
+//! - A chunk is marked shipped only after a 2xx. The first failure ends the export for this
+//!   dispatch (nothing is retried now) and starts a backoff for the destination that grows with
+//!   each failure, capped; `Retry-After` (429/503) sets it instead. While backing off, a
+//!   dispatch makes no request at all. A new destination or `dispatch flush` resets it.
+//! - Transport is a seam (`Transport`), so the rules are unit-tested without sockets.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+
+use crate::config::Protocol;
+use crate::destination::Destination;
+use crate::store::{Store, StoredChunk};
+
+/// Requests are kept under this many bytes (more chunks wait for the next request).
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// First backoff after a failure, doubled per consecutive failure up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
+
+/// How a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub cause: String,
+    /// Something the operator can fix (TLS, 4xx, bad URL), as opposed to an outage.
+    pub actionable: bool,
+    pub retry_after: Option<Duration>,
+}
+
+/// What the backend answered.
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+}
+
+/// Sends one request; `timeout` is the time left in the budget.
+pub trait Transport {
+    fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Answer, Failure>;
+}
+
+/// The result of one export run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub chunks_sent: usize,
+    pub requests: usize,
+    pub failure: Option<Failure>,
+    /// Export skipped: the destination is backing off until this unix time (seconds).
+    pub backing_off_until: Option<u64>,
+    /// Chunks left for later because the budget ran out.
+    pub out_of_budget: bool,
+}
+
+/// Backoff state kept in the store's settings.
+const KEY_BACKOFF: &str = "export.backoff";
+const KEY_LAST: &str = "export.last";
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `<url>\t<failures>\t<until unix secs>`
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Backoff {
+    url: String,
+    failures: u32,
+    until: u64,
+}
+
+impl Backoff {
+    fn load(store: &Store) -> Option<Backoff> {
+        let text = store.setting(KEY_BACKOFF).ok()??;
+        let mut parts = text.split('\t');
+        Some(Backoff {
+            url: parts.next()?.to_string(),
+            failures: parts.next()?.parse().ok()?,
+            until: parts.next()?.parse().ok()?,
+        })
+    }
+
+    fn save(&self, store: &Store) {
+        let _ = store.set_setting(
+            KEY_BACKOFF,
+            Some(&format!("{}\t{}\t{}", self.url, self.failures, self.until)),
+        );
+    }
+}
+
+/// Forgets any backoff (destination changed, or `dispatch flush`).
+pub fn reset_backoff(store: &Store) {
+    let _ = store.set_setting(KEY_BACKOFF, None);
+}
+
+/// The last export's outcome, for `dispatch status`.
+pub fn last_result(store: &Store) -> Option<String> {
+    store.setting(KEY_LAST).ok().flatten()
+}
+
+/// Backoff for the destination, if any: (consecutive failures, until unix secs).
+pub fn backoff_state(store: &Store, url: &str) -> Option<(u32, u64)> {
+    Backoff::load(store)
+        .filter(|b| b.url == url)
+        .map(|b| (b.failures, b.until))
+}
+
+fn backoff_after(failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    (FIRST_BACKOFF * factor).min(MAX_BACKOFF)
+}
+
+/// Ships `first` (this dispatch's chunk id, if any) and then the backlog, until done, the
+/// budget is spent, or a request fails. `ignore_backoff` is `dispatch flush`.
+pub fn export(
+    store: &mut Store,
+    destination: &Destination,
+    protocol: Protocol,
+    transport: &dyn Transport,
+    budget: Duration,
+    first: Option<i64>,
+    ignore_backoff: bool,
+) -> Report {
+    let deadline = Instant::now() + budget;
+    let mut report = Report::default();
+    let backoff = Backoff::load(store).filter(|b| b.url == destination.url);
+    if let Some(backoff) = &backoff {
+        if !ignore_backoff && backoff.until > now_secs() {
+            report.backing_off_until = Some(backoff.until);
+            return report;
+        }
+    }
+    let mut pending = match store.pending_chunks(first) {
+        Ok(chunks) => chunks,
+        Err(e) => {
+            report.failure = Some(Failure {
+                cause: format!("cannot read the trace store: {e}"),
+                actionable: false,
+                retry_after: None,
+            });
+            return report;
+        }
+    };
+    while !pending.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            report.out_of_budget = true;
+            break;
+        }
+        let batch = take_batch(&mut pending);
+        let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
+        let (content_type, body) = match encode(&batch, protocol) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                // A chunk we cannot decode will never ship: leave it to eviction, go on.
+                report.failure = Some(Failure {
+                    cause: e,
+                    actionable: false,
+                    retry_after: None,
+                });
+                continue;
+            }
+        };
+        report.requests += 1;
+        let result = transport
+            .post(&destination.url, content_type, &body, left)
+            .and_then(|answer| classify(answer, &destination.url));
+        match result {
+            Ok(()) => {
+                if store.mark_shipped(&ids).is_ok() {
+                    report.chunks_sent += ids.len();
+                }
+            }
+            Err(failure) => {
+                report.failure = Some(failure);
+                break;
+            }
+        }
+    }
+    record(store, destination, &report, backoff);
+    report
+}
+
+/// Turns a status into success or a failure with its cause.
+fn classify(answer: Answer, url: &str) -> Result<(), Failure> {
+    match answer.status {
+        200..=299 => Ok(()),
+        429 | 502..=504 => Err(Failure {
+            cause: format!("{url} answered {} (busy or unavailable)", answer.status),
+            actionable: false,
+            retry_after: answer.retry_after,
+        }),
+        400..=499 => Err(Failure {
+            cause: format!("{url} rejected the traces with HTTP {}", answer.status),
+            actionable: true,
+            retry_after: None,
+        }),
+        status => Err(Failure {
+            cause: format!("{url} answered HTTP {status}"),
+            actionable: false,
+            retry_after: answer.retry_after,
+        }),
+    }
+}
+
+/// Saves the outcome and the destination's backoff.
+fn record(store: &Store, destination: &Destination, report: &Report, backoff: Option<Backoff>) {
+    let summary = match &report.failure {
+        None if report.requests == 0 => return,
+        None => format!(
+            "ok: {} dispatches sent to {}",
+            report.chunks_sent, destination.url
+        ),
+        Some(failure) => format!(
+            "failed after sending {} dispatches: {}",
+            report.chunks_sent, failure.cause
+        ),
+    };
+    let _ = store.set_setting(KEY_LAST, Some(&format!("{} at {}", summary, now_secs())));
+    match &report.failure {
+        None => reset_backoff(store),
+        Some(failure) => {
+            let failures = backoff.map_or(0, |b| b.failures) + 1;
+            let wait = failure
+                .retry_after
+                .map(|r| r.min(MAX_BACKOFF))
+                .unwrap_or_else(|| backoff_after(failures));
+            Backoff {
+                url: destination.url.clone(),
+                failures,
+                until: now_secs() + wait.as_secs().max(1),
+            }
+            .save(store);
+        }
+    }
+}
+
+/// Takes the next chunks that fit in one request (always at least one).
+fn take_batch(pending: &mut Vec<StoredChunk>) -> Vec<StoredChunk> {
+    let mut size = 0;
+    let mut count = 0;
+    for chunk in pending.iter() {
+        if count > 0 && size + chunk.payload.len() > MAX_REQUEST_BYTES {
+            break;
+        }
+        size += chunk.payload.len();
+        count += 1;
+    }
+    pending.drain(..count).collect()
+}
+
+/// The request body for a batch: concatenated protobuf, or OTLP/JSON of the merged request.
+fn encode(batch: &[StoredChunk], protocol: Protocol) -> Result<(&'static str, Vec<u8>), String> {
+    let mut body = Vec::with_capacity(batch.iter().map(|c| c.payload.len()).sum());
+    for chunk in batch {
+        body.extend_from_slice(&chunk.payload);
+    }
+    match protocol {
+        Protocol::HttpProtobuf => Ok(("application/x-protobuf", body)),
+        Protocol::HttpJson => {
+            let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body.as_slice())
+                .map_err(|e| format!("a stored trace is not valid OTLP: {e}"))?;
+            let json = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+            Ok(("application/json", json))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::{Ca, Source};
+    use crate::store::{NewChunk, Priority};
+    use std::cell::RefCell;
+
+    struct Scripted {
+        answers: RefCell<Vec<Result<Answer, Failure>>>,
+        bodies: RefCell<Vec<Vec<u8>>>,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Result<Answer, Failure>>) -> Scripted {
+            Scripted {
+                answers: RefCell::new(answers),
+                bodies: RefCell::new(Vec::new()),
+            }
+        }
+    }
+
+    impl Transport for Scripted {
+        fn post(&self, _: &str, _: &str, body: &[u8], _: Duration) -> Result<Answer, Failure> {
+            self.bodies.borrow_mut().push(body.to_vec());
+            let mut answers = self.answers.borrow_mut();
+            if answers.is_empty() {
+                return Ok(Answer {
+                    status: 200,
+                    retry_after: None,
+                });
+            }
+            answers.remove(0)
+        }
+    }
+
+    fn ok() -> Result<Answer, Failure> {
+        Ok(Answer {
+            status: 200,
+            retry_after: None,
+        })
+    }
+
+    fn status(code: u16, retry_after: Option<u64>) -> Result<Answer, Failure> {
+        Ok(Answer {
+            status: code,
+            retry_after: retry_after.map(Duration::from_secs),
+        })
+    }
+
+    struct Scratch(std::path::PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn store(name: &str, chunks: &[(Priority, usize)]) -> (Scratch, Store) {
+        let dir =
+            std::env::temp_dir().join(format!("dispatch-export-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = Store::open(&dir.join("t.db")).unwrap();
+        let new: Vec<NewChunk> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, (priority, size))| NewChunk {
+                started_at: i as i64,
+                event: format!("e{i}"),
+                trace_id: format!("t{i}"),
+                payload: vec![0x0a; *size],
+                priority: *priority,
+            })
+            .collect();
+        store.add_chunks(&new, 1 << 30).unwrap();
+        (Scratch(dir), store)
+    }
+
+    fn destination() -> Destination {
+        Destination {
+            url: "http://127.0.0.1:9/v1/traces".into(),
+            ca: Ca::System,
+            source: Source::ConfigFile,
+        }
+    }
+
+    fn pending(store: &Store) -> usize {
+        store.pending_chunks(None).unwrap().len()
+    }
+
+    #[test]
+    fn everything_pending_is_sent_and_marked_shipped_after_a_2xx() {
+        let (_s, mut store) = store("all", &[(Priority::Quiet, 10), (Priority::Failed, 10)]);
+        let transport = Scripted::new(vec![]);
+        let report = export(
+            &mut store,
+            &destination(),
+            Protocol::HttpProtobuf,
+            &transport,
+            Duration::from_secs(1),
+            None,
+            false,
+        );
+        assert_eq!(report.chunks_sent, 2);
+        assert_eq!(report.requests, 1, "small chunks share one request");
+        assert_eq!(pending(&store), 0);
+    }
+
+    #[test]
+    fn a_failure_stops_the_export_keeps_the_chunks_and_backs_off() {
+        let (_s, mut store) = store("fail", &[(Priority::Quiet, 10)]);
+        let transport = Scripted::new(vec![status(500, None)]);
+        let report = export(
+            &mut store,
+            &destination(),
+            Protocol::HttpProtobuf,
+            &transport,
+            Duration::from_secs(1),
+            None,
+            false,
+        );
+        assert_eq!(report.chunks_sent, 0);
+        assert!(report.failure.is_some());
+        assert_eq!(pending(&store), 1);
+        // The next dispatch makes no request at all.
+        let again = Scripted::new(vec![]);
+        let report = export(
+            &mut store,
+            &destination(),
+            Protocol::HttpProtobuf,
+            &again,
+            Duration::from_secs(1),
+            None,
+            false,
+        );
+        assert!(report.backing_off_until.is_some());
+        assert!(again.bodies.borrow().is_empty());
+        // `dispatch flush` ignores the backoff; success clears it.
+        let report = export(
+            &mut store,
+            &destination(),
+            Protocol::HttpProtobuf,
+            &again,
+            Duration::from_secs(1),
+            None,
+            true,
+        );
+        assert_eq!(report.chunks_sent, 1);
+        assert_eq!(backoff_state(&store, &destination().url), None);
+    }
+
+    #[test]
+    fn retry_after_sets_the_backoff_and_a_new_destination_ignores_it() {
+        let (_s, mut store) = store("retry", &[(Priority::Quiet, 10)]);
+        let transport = Scripted::new(vec![status(429, Some(120))]);
+        export(
+            &mut store,
+            &destination(),
+            Protocol::HttpProtobuf,
+            &transport,
+            Duration::from_secs(1),
+            None,
+            false,
+        );
+        let (failures, until) = backoff_state(&store, &destination().url).unwrap();
+        assert_eq!(failures, 1);
+        assert!(until >= now_secs() + 119);
+        let other = Destination {
+            url: "http://127.0.0.1:10/v1/traces".into(),
+            ..destination()
+        };
+        let report = export(
+            &mut store,
+            &other,
+            Protocol::HttpProtobuf,
+            &Scripted::new(vec![]),
+            Duration::from_secs(1),
+            None,
+            false,
+        );
+        assert_eq!(report.chunks_sent, 1);
+    }
+
+    #[test]
+    fn backoff_grows_per_failure_and_is_capped() {
+        assert_eq!(backoff_after(1), FIRST_BACKOFF);
+        assert_eq!(backoff_after(2), FIRST_BACKOFF * 2);
+        assert_eq!(backoff_after(40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn the_current_dispatch_goes_first_then_failed_then_oldest() {
+        let (_s, mut store) = store(
+            "order",
+            &[
+                (Priority::Quiet, 700_000),
+                (Priority::Failed, 700_000),
+                (Priority::Quiet, 700_000),
+            ],
+        );
+        let mut ids: Vec<i64> = store
+            .pending_chunks(None)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        ids.sort();
+        let current = *ids.last().unwrap();
+        let order: Vec<i64> = store
+            .pending_chunks(Some(current))
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(order, [current, ids[1], ids[0]]);
+        // Each ~700 KB chunk needs its own request (1 MiB limit).
+        let transport = Scripted::new(vec![ok(), ok(), status(503, None)]);
+        let report = export(
+            &mut store,
+            &destination(),
+            Protocol::HttpProtobuf,
+            &transport,
+            Duration::from_secs(1),
+            Some(current),
+            false,
+        );
+        assert_eq!(report.requests, 3);
+        assert_eq!(report.chunks_sent, 2);
+        assert_eq!(store.pending_chunks(None).unwrap()[0].id, ids[0]);
+    }
+
+    #[test]
+    fn an_exhausted_budget_leaves_the_rest_for_later() {
+        let (_s, mut store) = store("budget", &[(Priority::Quiet, 10)]);
+        let report = export(
+            &mut store,
+            &destination(),
+            Protocol::HttpProtobuf,
+            &Scripted::new(vec![]),
+            Duration::ZERO,
+            None,
+            false,
+        );
+        assert!(report.out_of_budget);
+        assert_eq!(pending(&store), 1);
+    }
+
+    #[test]
+    fn client_errors_are_actionable_and_outages_are_not() {
+        let url = "http://x/v1/traces";
+        let a = |status| {
+            classify(
+                Answer {
+                    status,
+                    retry_after: None,
+                },
+                url,
+            )
+        };
+        assert!(a(204).is_ok());
+        assert!(a(400).unwrap_err().actionable);
+        assert!(a(404).unwrap_err().actionable);
+        assert!(!a(429).unwrap_err().actionable);
+        assert!(!a(500).unwrap_err().actionable);
+        assert!(!a(503).unwrap_err().actionable);
+    }
+}

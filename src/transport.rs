@@ -1,0 +1,335 @@
+//! The real `export::Transport`: HTTP(S) with ureq and rustls, our own proxy choice, and the
+//! CA that goes with the destination (DESIGN §5).
+//!
+//! - TLS verification is always on. Without a CA of its own, a destination is checked against
+//!   the system trust store (`/etc/ssl/certs`, read by rustls-native-certs), never a list
+//!   compiled in.
+//! - ureq's own proxy lookup is off: Juju hands charms their proxy settings as
+//!   `JUJU_CHARM_HTTP_PROXY`/`JUJU_CHARM_HTTPS_PROXY`/`JUJU_CHARM_NO_PROXY` (the standard
+//!   `http_proxy`/`https_proxy`/`no_proxy` are the fallback). NO_PROXY entries match a host
+//!   exactly, as a domain suffix, or as a CIDR; loopback is always direct.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ureq::tls::{parse_pem, Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
+
+use crate::destination::{Ca, Destination};
+use crate::export::{Answer, Failure, Transport};
+
+pub struct Http {
+    agent: ureq::Agent,
+}
+
+impl Http {
+    /// A client for `destination` with proxies from `env`. Fails (with a cause the operator
+    /// can act on) when the CA cannot be loaded.
+    pub fn new(destination: &Destination, env: &BTreeMap<String, String>) -> Result<Http, Failure> {
+        let roots = load_roots(&destination.ca)?;
+        let proxy = match choose_proxy(&destination.url, env) {
+            Some(url) => Some(ureq::Proxy::new(&url).map_err(|e| Failure {
+                cause: format!("bad proxy {url}: {e}"),
+                actionable: true,
+                retry_after: None,
+            })?),
+            None => None,
+        };
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(RootCerts::Specific(Arc::new(roots)))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(proxy)
+            .max_redirects(0)
+            .tls_config(tls)
+            .build()
+            .new_agent();
+        Ok(Http { agent })
+    }
+}
+
+fn tls_failure(cause: String) -> Failure {
+    Failure {
+        cause,
+        actionable: true,
+        retry_after: None,
+    }
+}
+
+fn load_roots(ca: &Ca) -> Result<Vec<Certificate<'static>>, Failure> {
+    let pem = match ca {
+        Ca::System => {
+            let found = rustls_native_certs::load_native_certs();
+            let roots: Vec<Certificate<'static>> = found
+                .certs
+                .into_iter()
+                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                .collect();
+            if roots.is_empty() {
+                return Err(tls_failure(
+                    "no CA certificates found in the system trust store".into(),
+                ));
+            }
+            return Ok(roots);
+        }
+        Ca::File(path) => std::fs::read(path).map_err(|e| {
+            tls_failure(format!("cannot read the CA bundle {}: {e}", path.display()))
+        })?,
+        Ca::Pem(text) => text.as_bytes().to_vec(),
+    };
+    let roots: Vec<Certificate<'static>> = parse_pem(&pem)
+        .filter_map(Result::ok)
+        .filter_map(|item| match item {
+            PemItem::Certificate(cert) => Some(cert),
+            _ => None,
+        })
+        .collect();
+    if roots.is_empty() {
+        return Err(tls_failure(format!(
+            "{} holds no PEM certificate",
+            ca.describe()
+        )));
+    }
+    Ok(roots)
+}
+
+impl Transport for Http {
+    fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Answer, Failure> {
+        let response = self
+            .agent
+            .post(url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header("Content-Type", content_type)
+            .send(body)
+            .map_err(|e| describe(url, e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Ok(Answer {
+            status,
+            retry_after,
+        })
+    }
+}
+
+/// A failure's cause in words an operator can act on, and whether they can.
+fn describe(url: &str, error: ureq::Error) -> Failure {
+    let (cause, actionable) = match &error {
+        ureq::Error::Timeout(_) => (format!("{url} did not answer in time"), false),
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            (format!("{url} refused the connection"), false)
+        }
+        ureq::Error::HostNotFound => (format!("{url}: host not found"), true),
+        ureq::Error::BadUri(reason) => (format!("bad URL {url}: {reason}"), true),
+        ureq::Error::Tls(reason) => (format!("TLS with {url} failed: {reason}"), true),
+        ureq::Error::Rustls(e) => (format!("TLS with {url} failed: {e}"), true),
+        ureq::Error::Pem(e) => (format!("bad CA bundle for {url}: {e}"), true),
+        other => (format!("sending to {url} failed: {other}"), false),
+    };
+    Failure {
+        cause,
+        actionable,
+        retry_after: None,
+    }
+}
+
+/// The proxy URL to use for `url`, if any.
+pub fn choose_proxy(url: &str, env: &BTreeMap<String, String>) -> Option<String> {
+    let https = url.starts_with("https://");
+    let get = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| env.get(*n).filter(|v| !v.trim().is_empty()))
+            .map(|v| v.trim().to_string())
+    };
+    let juju = get(if https {
+        &["JUJU_CHARM_HTTPS_PROXY"]
+    } else {
+        &["JUJU_CHARM_HTTP_PROXY"]
+    });
+    let proxy = match juju {
+        Some(proxy) => proxy,
+        None => get(if https {
+            &["https_proxy", "HTTPS_PROXY"]
+        } else {
+            &["http_proxy", "HTTP_PROXY"]
+        })?,
+    };
+    let no_proxy = get(&["JUJU_CHARM_NO_PROXY"])
+        .or_else(|| get(&["no_proxy", "NO_PROXY"]))
+        .unwrap_or_default();
+    let host = host_of(url)?;
+    if is_loopback(&host) || bypassed(&host, &no_proxy) {
+        return None;
+    }
+    Some(proxy)
+}
+
+fn host_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = if let Some(bracketed) = authority.strip_prefix('[') {
+        bracketed.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// NO_PROXY: `*`, exact hosts, domain suffixes (`.example.com` or `example.com` covering its
+/// subdomains), IP addresses and CIDRs.
+fn bypassed(host: &str, no_proxy: &str) -> bool {
+    let ip = host.parse::<IpAddr>().ok();
+    no_proxy
+        .split(',')
+        .map(|entry| entry.trim().to_ascii_lowercase())
+        .filter(|entry| !entry.is_empty())
+        .any(|entry| {
+            if entry == "*" {
+                return true;
+            }
+            if let (Some(ip), Some((net, bits))) = (ip, entry.split_once('/')) {
+                return in_cidr(ip, net, bits);
+            }
+            let entry = entry.split(':').next().unwrap_or(&entry).to_string();
+            let suffix = entry.trim_start_matches('.');
+            host == suffix || host.ends_with(&format!(".{suffix}"))
+        })
+}
+
+fn in_cidr(ip: IpAddr, net: &str, bits: &str) -> bool {
+    let (Ok(net), Ok(bits)) = (net.parse::<IpAddr>(), bits.parse::<u32>()) else {
+        return false;
+    };
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) if bits <= 32 => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) if bits <= 128 => {
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn juju_proxies_win_over_the_standard_variables() {
+        let e = env(&[
+            ("JUJU_CHARM_HTTP_PROXY", "http://juju-proxy:3128"),
+            ("http_proxy", "http://other:3128"),
+            ("JUJU_CHARM_HTTPS_PROXY", "http://juju-secure:3128"),
+        ]);
+        assert_eq!(
+            choose_proxy("http://tempo:4318/v1/traces", &e).as_deref(),
+            Some("http://juju-proxy:3128")
+        );
+        assert_eq!(
+            choose_proxy("https://tempo:4318/v1/traces", &e).as_deref(),
+            Some("http://juju-secure:3128")
+        );
+        let fallback = env(&[("https_proxy", "http://std:3128")]);
+        assert_eq!(
+            choose_proxy("https://tempo/v1/traces", &fallback).as_deref(),
+            Some("http://std:3128")
+        );
+        assert_eq!(choose_proxy("http://tempo/v1/traces", &fallback), None);
+    }
+
+    #[test]
+    fn no_proxy_matches_hosts_suffixes_and_cidrs_and_loopback_is_direct() {
+        let e = |no: &str| {
+            env(&[
+                ("JUJU_CHARM_HTTP_PROXY", "http://p:3128"),
+                ("JUJU_CHARM_NO_PROXY", no),
+            ])
+        };
+        let direct = |url: &str, no: &str| choose_proxy(url, &e(no)).is_none();
+        assert!(direct("http://tempo:4318/v1/traces", "tempo"));
+        assert!(direct("http://tempo.cos.svc:4318/v1/traces", ".svc"));
+        assert!(direct("http://a.example.com/v1/traces", "example.com"));
+        assert!(!direct("http://notexample.com/v1/traces", "example.com"));
+        assert!(direct("http://10.1.2.3:4318/v1/traces", "10.0.0.0/8"));
+        assert!(!direct("http://11.1.2.3:4318/v1/traces", "10.0.0.0/8"));
+        assert!(direct("http://[fd00::5]:4318/v1/traces", "fd00::/8"));
+        assert!(direct("http://anything/v1/traces", "*"));
+        assert!(direct("http://127.0.0.1:4318/v1/traces", ""));
+        assert!(direct("http://localhost:4318/v1/traces", ""));
+        assert!(direct("http://[::1]:4318/v1/traces", ""));
+        assert!(!direct("http://tempo:4318/v1/traces", ""));
+    }
+
+    #[test]
+    fn hosts_are_taken_from_urls_with_ports_users_and_ipv6() {
+        assert_eq!(
+            host_of("http://user:pw@Tempo:4318/x").as_deref(),
+            Some("tempo")
+        );
+        assert_eq!(
+            host_of("https://[fd00::1]:443/").as_deref(),
+            Some("fd00::1")
+        );
+        assert_eq!(host_of("nonsense"), None);
+    }
+
+    #[test]
+    fn a_ca_bundle_without_certificates_is_an_actionable_failure() {
+        let failure = load_roots(&Ca::Pem("not a certificate".into()))
+            .err()
+            .unwrap();
+        assert!(failure.actionable);
+        assert!(
+            failure.cause.contains("no PEM certificate"),
+            "{}",
+            failure.cause
+        );
+    }
+
+    #[test]
+    fn the_system_trust_store_is_found() {
+        assert!(!load_roots(&Ca::System).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,224 @@
+//! Shipping to an OTLP/HTTP destination: what arrives, and that a failing backend never changes
+//! how a hook ends or makes later hooks slow. The scripted receiver (`util::receiver`) plays
+//! the failure modes.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use util::receiver::{Answer, Receiver};
+use util::{code, text, Charm};
+
+fn trace_ids(body: &[u8]) -> Vec<String> {
+    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf request");
+    let mut ids: Vec<String> = request
+        .resource_spans
+        .iter()
+        .flat_map(|r| r.scope_spans.iter())
+        .flat_map(|s| s.spans.iter())
+        .map(|s| s.trace_id.iter().map(|b| format!("{b:02x}")).collect())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+fn set_destination(charm: &Charm, url: &str) {
+    let out = charm.tool(&["set-destination", url]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+}
+
+fn our_lines(stderr: &[u8]) -> Vec<String> {
+    text(stderr)
+        .lines()
+        .filter(|l| l.starts_with("dispatch:"))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_dispatch_ships_its_trace_as_otlp_protobuf_to_the_destination() {
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start(vec![Answer::ok()]);
+    set_destination(&charm, &receiver.url());
+    let out = charm.dispatch("hooks/install", &[("CHARM_RUN", "status-set active")]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(request.method, "POST");
+    assert_eq!(request.path, "/v1/traces");
+    assert_eq!(
+        request.header("content-type"),
+        Some("application/x-protobuf")
+    );
+    let trace = charm.last_trace();
+    assert_eq!(
+        trace_ids(&request.body),
+        [trace["trace_id"].as_str().unwrap()]
+    );
+    assert_eq!(trace["state"], "shipped");
+}
+
+#[test]
+fn json_is_sent_when_the_config_asks_for_it() {
+    let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", "protocol: http/json\n");
+    let receiver = Receiver::start(vec![Answer::ok()]);
+    set_destination(&charm, &receiver.url());
+    assert_eq!(code(&charm.dispatch("hooks/start", &[])), 0);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].header("content-type"), Some("application/json"));
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    let span_name = &body["resourceSpans"][0]["scopeSpans"][0]["spans"];
+    assert!(span_name.is_array(), "{body:#}");
+}
+
+#[test]
+fn an_outage_changes_nothing_for_the_hook_and_everything_arrives_once_after_recovery() {
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start(vec![Answer::Status(500, vec![], vec![])]);
+    set_destination(&charm, &receiver.url());
+    let bare = charm.bare(
+        "hooks/update-status",
+        &[("CHARM_STDOUT", "out"), ("CHARM_EXIT", "3")],
+    );
+    for _ in 0..3 {
+        let out = charm.dispatch(
+            "hooks/update-status",
+            &[("CHARM_STDOUT", "out"), ("CHARM_EXIT", "3")],
+        );
+        assert_eq!(code(&out), code(&bare));
+        assert_eq!(out.stdout, bare.stdout);
+        assert!(
+            out.stderr.is_empty(),
+            "an outage is not the operator's to fix: {}",
+            text(&out.stderr)
+        );
+    }
+    // The first failure backs the destination off: the next two dispatches sent nothing.
+    assert_eq!(receiver.requests().len(), 1);
+    let status = text(&charm.tool(&["status"]).stdout);
+    assert!(status.contains("backoff: 1 failed export"), "{status}");
+    assert!(status.contains("answered HTTP 500"), "{status}");
+
+    receiver.set_script(vec![Answer::ok()]);
+    let flush = charm.tool(&["flush"]);
+    assert_eq!(code(&flush), 0, "{}", text(&flush.stderr));
+    assert!(
+        text(&flush.stdout).contains("sent 3 dispatch(es)"),
+        "{}",
+        text(&flush.stdout)
+    );
+    let mut delivered: Vec<String> = receiver.requests()[1..]
+        .iter()
+        .flat_map(|r| trace_ids(&r.body))
+        .collect();
+    delivered.sort();
+    let mut stored: Vec<String> = charm
+        .traces()
+        .iter()
+        .map(|t| t["trace_id"].as_str().unwrap().to_string())
+        .collect();
+    stored.sort();
+    assert_eq!(delivered, stored, "every trace once, none twice");
+    assert!(charm.traces().iter().all(|t| t["state"] == "shipped"));
+}
+
+#[test]
+fn a_rejection_is_told_to_the_operator_once() {
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start(vec![Answer::Status(400, vec![], b"bad".to_vec())]);
+    set_destination(&charm, &receiver.url());
+    let out = charm.dispatch("hooks/install", &[]);
+    assert_eq!(code(&out), 0);
+    let lines = our_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("HTTP 400") && lines[0].contains(&receiver.url()),
+        "{}",
+        lines[0]
+    );
+    // Same cause: not repeated.
+    let out = charm.dispatch("hooks/install", &[]);
+    assert!(our_lines(&out.stderr).is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_hanging_backend_costs_at_most_the_budget_and_then_nothing() {
+    let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", "export_budget_ms: 300\n");
+    let receiver = Receiver::start(vec![Answer::Hang]);
+    set_destination(&charm, &receiver.url());
+    let started = Instant::now();
+    let out = charm.dispatch("hooks/install", &[("CHARM_EXIT", "5")]);
+    let first = started.elapsed();
+    assert_eq!(code(&out), 5);
+    // Far below anything a hang would take; the benchmark measures the real figure.
+    assert!(first < Duration::from_secs(3), "took {first:?}");
+    let started = Instant::now();
+    let out = charm.dispatch("hooks/install", &[]);
+    assert_eq!(code(&out), 0);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "backing off: no second request"
+    );
+    assert!(charm.traces().iter().all(|t| t["state"] == "pending"));
+}
+
+#[test]
+fn a_refused_connection_and_retry_after_are_backed_off() {
+    let charm = Charm::new("shell");
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    set_destination(&charm, &format!("http://127.0.0.1:{port}/v1/traces"));
+    let out = charm.dispatch("hooks/install", &[]);
+    assert_eq!(code(&out), 0);
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    let status = text(&charm.tool(&["status"]).stdout);
+    assert!(status.contains("refused the connection"), "{status}");
+
+    let busy = Receiver::start(vec![Answer::Status(
+        429,
+        vec![("Retry-After".into(), "600".into())],
+        vec![],
+    )]);
+    set_destination(&charm, &busy.url());
+    assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
+    let status = text(&charm.tool(&["status"]).stdout);
+    assert!(status.contains("answered 429"), "{status}");
+    assert!(status.contains("backoff: 1 failed export"), "{status}");
+}
+
+#[test]
+fn set_destination_validates_and_clear_destination_forgets() {
+    let charm = Charm::new("shell");
+    let bad = charm.tool(&["set-destination", "tempo:4318"]);
+    assert_eq!(code(&bad), 2);
+    let missing_ca = charm.tool(&[
+        "set-destination",
+        "https://tempo:4318/v1/traces",
+        "--ca-file",
+        "/nonexistent.pem",
+    ]);
+    assert_eq!(code(&missing_ca), 1);
+    set_destination(&charm, "http://127.0.0.1:9/v1/traces");
+    let again = charm.tool(&["set-destination", "http://127.0.0.1:9/v1/traces"]);
+    assert_eq!(text(&again.stdout), "destination unchanged\n");
+    let status = text(&charm.tool(&["status"]).stdout);
+    assert!(
+        status.contains("destination: http://127.0.0.1:9/v1/traces (from dispatch set-destination"),
+        "{status}"
+    );
+    assert_eq!(code(&charm.tool(&["clear-destination"])), 0);
+    let status = text(&charm.tool(&["status"]).stdout);
+    assert!(status.contains("destination: none"), "{status}");
+}

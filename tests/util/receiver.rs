@@ -1,0 +1,196 @@
+//! A scripted OTLP/HTTP receiver for failure modes (the real one, rotel, covers the happy
+//! path): it listens on 127.0.0.1 (port 0), answers each request as scripted, records what it
+//! got, and stops when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How to answer one request.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// A status with extra headers and a body.
+    Status(u16, Vec<(String, String)>, Vec<u8>),
+    /// Read the request, then never answer (until the receiver is dropped).
+    Hang,
+    /// Read the request, wait, then answer 200.
+    Slow(Duration),
+    /// Close the connection without answering.
+    Close,
+}
+
+impl Answer {
+    pub fn ok() -> Answer {
+        Answer::Status(
+            200,
+            vec![("Content-Type".into(), "application/x-protobuf".into())],
+            vec![],
+        )
+    }
+}
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct Receiver {
+    pub port: u16,
+    requests: Arc<Mutex<Vec<Request>>>,
+    script: Arc<Mutex<Vec<Answer>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Answers requests with `script` in order; after it runs out, the last answer repeats.
+    pub fn start(script: Vec<Answer>) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(script));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (requests, script, stop) = (requests.clone(), script.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut served = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let answer = {
+                                let script = script.lock().unwrap();
+                                script
+                                    .get(served)
+                                    .or(script.last())
+                                    .cloned()
+                                    .unwrap_or_else(Answer::ok)
+                            };
+                            served += 1;
+                            let (requests, stop) = (requests.clone(), stop.clone());
+                            std::thread::spawn(move || serve(stream, answer, &requests, &stop));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+        };
+        Receiver {
+            port,
+            requests,
+            script,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1/traces", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn set_script(&self, script: Vec<Answer>) {
+        *self.script.lock().unwrap() = script;
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(stream: TcpStream, answer: Answer, requests: &Mutex<Vec<Request>>, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(request) = read_request(&mut reader) else {
+            return;
+        };
+        requests.lock().unwrap().push(request);
+        let stream = reader.get_mut();
+        match &answer {
+            Answer::Status(code, headers, body) => {
+                let mut head = format!(
+                    "HTTP/1.1 {code} Scripted\r\nContent-Length: {}\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                head.push_str("\r\n");
+                if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
+                    return;
+                }
+            }
+            Answer::Hang => {
+                while !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return;
+            }
+            Answer::Slow(delay) => {
+                std::thread::sleep(*delay);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            }
+            Answer::Close => return,
+        }
+    }
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_string();
+    let path = parts.next()?.to_string();
+    let mut headers = Vec::new();
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (k, v) = header.split_once(':')?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
