@@ -25,6 +25,29 @@ use crate::store::{NewChunk, Priority};
 
 const TAG: &str = "DTI1";
 
+/// Most finished traces kept waiting beside a store that could not take them.
+const MAX_KEPT: usize = 64;
+
+fn record_bytes(
+    started_at: i64,
+    trace_id: &str,
+    event: &str,
+    payload: &[u8],
+    priority: Priority,
+) -> Vec<u8> {
+    let event: String = event
+        .chars()
+        .map(|c| if c == '\t' || c == '\n' { ' ' } else { c })
+        .collect();
+    let mut bytes = format!(
+        "{TAG}\t{started_at}\t{trace_id}\t{event}\t{}\n",
+        priority as i64
+    )
+    .into_bytes();
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
 /// The dispatch's hold on the store: its lock (if it got it) and its started record.
 pub struct Inflight {
     dir: PathBuf,
@@ -69,24 +92,27 @@ impl Inflight {
         let path = inflight
             .dir
             .join(format!("{}-{}", started.started_at, std::process::id()));
-        let mut file = std::fs::OpenOptions::new()
+        let bytes = record_bytes(
+            started.started_at,
+            started.trace_id,
+            started.event,
+            started.provisional,
+            Priority::Failed,
+        );
+        // Written under a temporary name and renamed: a record is whole or absent.
+        let temp = with_suffix(&path, ".tmp");
+        let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)?;
-        let event: String = started
-            .event
-            .chars()
-            .map(|c| if c == '\t' || c == '\n' { ' ' } else { c })
-            .collect();
-        let mut bytes = format!(
-            "{TAG}\t{}\t{}\t{event}\n",
-            started.started_at, started.trace_id
-        )
-        .into_bytes();
-        bytes.extend_from_slice(started.provisional);
-        file.write_all(&bytes)?;
+            .open(&temp)
+            .and_then(|mut file| file.write_all(&bytes))
+            .and_then(|()| std::fs::rename(&temp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
         inflight.mine = Some(path);
         Ok(inflight)
     }
@@ -111,6 +137,38 @@ impl Inflight {
     /// Removes imported orphan records.
     pub fn forget(&self, paths: &[PathBuf]) {
         forget(paths)
+    }
+
+    /// The store could not take the finished trace for now (locked, disk full...): keep it
+    /// as this dispatch's record, with its real priority, for the next lock holder to import.
+    /// Bounded: past `MAX_KEPT` waiting records, the trace is dropped instead.
+    pub fn keep_final(mut self, trace_id: &str, event: &str, payload: &[u8], priority: Priority) {
+        let Some(mine) = self.mine.take() else {
+            return;
+        };
+        let waiting = std::fs::read_dir(&self.dir).map_or(0, |d| d.count());
+        let started_at = mine
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('-').next())
+            .and_then(|n| n.parse::<i64>().ok());
+        let (true, Some(started_at)) = (waiting <= MAX_KEPT, started_at) else {
+            let _ = std::fs::remove_file(&mine);
+            return;
+        };
+        let temp = with_suffix(&mine, ".tmp");
+        let bytes = record_bytes(started_at, trace_id, event, payload, priority);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&temp)
+            .and_then(|mut f| f.write_all(&bytes))
+            .and_then(|()| std::fs::rename(&temp, &mine));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
     }
 
     /// The dispatch is recorded (or given up on): remove its record, release the lock.
@@ -144,6 +202,11 @@ impl OrphanScan {
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
             if Some(&path) == self.mine.as_ref() || writer_alive(&path) {
+                continue;
+            }
+            if path.extension().is_some_and(|e| e == "tmp") {
+                // Half-written by a wrapper killed mid-write.
+                let _ = std::fs::remove_file(&path);
                 continue;
             }
             match std::fs::read(&path).ok().and_then(|b| parse(&b)) {
@@ -194,12 +257,17 @@ fn parse(bytes: &[u8]) -> Option<NewChunk> {
     let started_at = fields.next()?.parse().ok()?;
     let trace_id = fields.next()?.to_string();
     let event = fields.next()?.to_string();
+    let priority = match fields.next() {
+        Some("0") => Priority::Quiet,
+        Some("1") => Priority::Changed,
+        _ => Priority::Failed,
+    };
     Some(NewChunk {
         started_at,
         event,
         trace_id,
         payload: bytes[newline + 1..].to_vec(),
-        priority: Priority::Failed,
+        priority,
     })
 }
 

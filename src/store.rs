@@ -1,11 +1,13 @@
 //! The local trace buffer: one SQLite file, `<charm dir>/.dispatch-trace.db` by default.
 //!
-//! # Format (schema version 1, `PRAGMA user_version`)
+//! # Format (schema version 2, `PRAGMA user_version`)
 //! - `chunk`: one row per dispatch. `payload` is the dispatch's whole trace as one protobuf
 //!   OTLP `ExportTraceServiceRequest`; `state` is 1 pending (not shipped yet) or 2 shipped;
 //!   `priority` is 0 quiet, 1 changed something (a state-changing hook tool was called),
 //!   2 failed (charm failed or dispatch interrupted); `started_at` is unix nanos.
 //! - `setting`: small persisted answers (destination, backoff, ...), key -> text.
+//! - Indexes: `chunk_by_state` (shipping and eviction order), `chunk_by_start` (v2: a started
+//!   record is imported only if no chunk with its start time and trace id exists yet).
 //!
 //! # Invariants
 //! - A dispatch adds its chunk in one transaction after the child ended. That it started is
@@ -34,8 +36,8 @@
 //! A file SQLite reports as corrupt or not a database, on open or on a write, is moved aside
 //! (to `<db>.corrupt`, with its -wal/-shm; one copy kept) and recreated. A schema newer than
 //! this binary (a downgrade) is left alone: the caller goes on without a store. Lock waits are
-//! short and bounded. Migration: a future version N+1 upgrades version N in place inside one
-//! transaction and bumps `user_version`.
+//! short and bounded. Migration: `MIGRATIONS` upgrades older versions in place inside one
+//! transaction and bumps `user_version` (1 -> 2 adds `chunk_by_start`).
 
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -46,7 +48,7 @@ use anyhow::Result;
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// WAL size (in frames of one page) past which `maintain` checkpoints and truncates it.
 const WAL_CHECKPOINT_FRAMES: u64 = 16;
@@ -69,6 +71,12 @@ CREATE TABLE chunk (
 CREATE INDEX chunk_by_state ON chunk(state, priority, id);
 CREATE TABLE setting (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 ";
+
+/// Schema changes, applied in order to stores of older versions (index i: version i+1 -> i+2).
+const MIGRATIONS: &[&str] = &[
+    // 1 -> 2: find a dispatch by its start, so importing a started record is idempotent.
+    "CREATE INDEX chunk_by_start ON chunk(started_at);",
+];
 
 pub const STATE_PENDING: i64 = 1;
 pub const STATE_SHIPPED: i64 = 2;
@@ -254,6 +262,35 @@ impl Store {
     pub fn add_chunks(&mut self, chunks: &[NewChunk], max_bytes: u64) -> rusqlite::Result<u64> {
         self.add_chunks_returning_last(chunks, max_bytes)
             .map(|(evicted, _)| evicted)
+    }
+
+    /// Imports started records of killed wrappers: each only if its dispatch is not stored
+    /// already (a wrapper killed between storing its trace and removing its record).
+    pub fn import_started(&mut self, chunks: &[NewChunk], max_bytes: u64) -> rusqlite::Result<u64> {
+        let fresh: Vec<NewChunk> = chunks
+            .iter()
+            .filter(|c| {
+                !self
+                    .has_dispatch(c.started_at, &c.trace_id)
+                    .unwrap_or(false)
+            })
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        self.add_chunks(&fresh, max_bytes)
+    }
+
+    fn has_dispatch(&self, started_at: i64, trace_id: &str) -> rusqlite::Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM chunk WHERE started_at = ?1 AND trace_id = ?2",
+                params![started_at, trace_id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
     }
 
     /// As `add_chunks`, also returning the id of the last chunk added.
@@ -447,13 +484,20 @@ fn initialize(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let version: i32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let mut steps = Vec::new();
     if version == 0 {
-        if let Err(e) = conn.execute_batch(SCHEMA) {
+        steps.push(SCHEMA);
+        steps.extend(MIGRATIONS);
+    } else if version < SCHEMA_VERSION {
+        steps.extend(&MIGRATIONS[(version - 1) as usize..]);
+    }
+    for step in steps {
+        if let Err(e) = conn.execute_batch(step) {
             let _ = conn.execute_batch("ROLLBACK");
             return Err(e);
         }
-        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     }
+    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     conn.execute_batch("COMMIT")
 }
 
@@ -678,6 +722,57 @@ mod tests {
             .add_chunks(&[chunk("huge", Priority::Quiet, 200_000)], 65_536)
             .unwrap();
         assert_eq!(events(&store), ["huge"]);
+    }
+
+    #[test]
+    fn a_started_record_is_imported_once_even_if_its_trace_was_stored() {
+        let scratch = Scratch::new("import");
+        let mut store = Store::open(&scratch.db()).unwrap();
+        let stored = chunk("install", Priority::Quiet, 10);
+        store
+            .add_chunks(std::slice::from_ref(&stored), DEFAULT_CAP)
+            .unwrap();
+        // The wrapper died after storing but before removing its started record.
+        let leftover = NewChunk {
+            priority: Priority::Failed,
+            ..stored
+        };
+        store
+            .import_started(std::slice::from_ref(&leftover), DEFAULT_CAP)
+            .unwrap();
+        assert_eq!(events(&store), ["install"]);
+        let other = NewChunk {
+            started_at: 99,
+            ..leftover
+        };
+        store.import_started(&[other], DEFAULT_CAP).unwrap();
+        assert_eq!(events(&store).len(), 2);
+    }
+
+    #[test]
+    fn a_version_1_store_is_migrated() {
+        let scratch = Scratch::new("migrate");
+        {
+            let conn = Connection::open(scratch.db()).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA user_version = 1")
+                .unwrap();
+        }
+        let store = Store::open(&scratch.db()).unwrap();
+        let version: i32 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let index: i64 = store
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'chunk_by_start'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 1);
     }
 
     #[test]

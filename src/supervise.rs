@@ -42,7 +42,8 @@ const FORWARDED: &[libc::c_int] = &[
     libc::SIGPWR,
 ];
 
-/// Signals we ignore for ourselves and restore for the child.
+/// Signals we ignore for ourselves and restore for the child (SIGCHLD is also restored, see
+/// `capture`).
 const SELF_IGNORED: &[libc::c_int] = &[libc::SIGPIPE, libc::SIGXFSZ];
 
 /// The signal state the hook handed us, captured before we changed anything.
@@ -70,6 +71,10 @@ impl InheritedSignals {
             for &signal in SELF_IGNORED {
                 self_ignored_were.push((signal, libc::signal(signal, libc::SIG_IGN)));
             }
+            // An ignored SIGCHLD (inherited through exec) would make the kernel reap the
+            // child for us: no SIGCHLD to wait for, no exit status. Default it for ourselves,
+            // and give the child back what it would have inherited.
+            self_ignored_were.push((libc::SIGCHLD, libc::signal(libc::SIGCHLD, libc::SIG_DFL)));
             InheritedSignals {
                 mask,
                 ignored,
@@ -298,7 +303,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     unsafe {
         let setup = &mut *(arg as *mut ChildSetup);
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            setup.exec_errno = *libc::__errno_location();
+            setup.exec_errno = (*libc::__errno_location()).max(1);
             libc::_exit(127);
         }
         if libc::getppid() != setup.parent {
@@ -394,8 +399,9 @@ fn try_reap(pid: libc::pid_t) -> Option<(ChildEnd, Usage)> {
     let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
     if rc != pid {
         if rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            // Someone else reaped it; all we can say is that it is gone.
-            return Some((ChildEnd::Exited(0), Usage::zero()));
+            // Someone else reaped it: its status is unknown, and an unknown end must not
+            // commit the hook's changes.
+            return Some((ChildEnd::Exited(1), Usage::zero()));
         }
         return None;
     }
@@ -459,6 +465,8 @@ pub fn mirror(end: ChildEnd) -> i32 {
                         rlim_max: 0,
                     };
                     libc::setrlimit(libc::RLIMIT_CORE, &none);
+                    // Pipe core handlers (apport, systemd-coredump) ignore RLIMIT_CORE.
+                    libc::prctl(libc::PR_SET_DUMPABLE, 0);
                 }
                 libc::signal(signal, libc::SIG_DFL);
                 let mut set: libc::sigset_t = std::mem::zeroed();

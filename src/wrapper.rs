@@ -79,6 +79,7 @@ struct Prepared {
     /// Opened while the child runs (or after, when there was no child to overlap with).
     store: Option<Store>,
     store_tried: bool,
+    store_newer: bool,
     inflight: Option<Inflight>,
     start: SystemTime,
 }
@@ -134,6 +135,7 @@ fn plan(argv0: &OsString, start: SystemTime) -> Plan {
         store_path,
         store: None,
         store_tried: false,
+        store_newer: false,
         inflight: None,
         start,
     }))
@@ -172,9 +174,14 @@ fn exec_failure_code(error: &std::io::Error) -> i32 {
 fn fallback_exec(argv0: &OsString, inherited: &InheritedSignals) -> i32 {
     let (_, charm_dir) = locate_charm_dir(argv0);
     let original = charm_dir.join(target::ORIGINAL_DISPATCH);
-    eprintln!("dispatch: internal error while preparing the trace; running the charm untraced");
+    let in_action = std::env::var_os("JUJU_ACTION_NAME").is_some();
+    if !in_action {
+        eprintln!("dispatch: internal error while preparing the trace; running the charm untraced");
+    }
     let error = supervise::exec(&original, argv0, inherited);
-    eprintln!("dispatch: cannot run {}: {error}", original.display());
+    if !in_action {
+        eprintln!("dispatch: cannot run {}: {error}", original.display());
+    }
     exec_failure_code(&error)
 }
 
@@ -331,6 +338,11 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
             Err(problem) => prepared.problems.push(problem),
         }
     }
+    if reader.is_none() {
+        // Still marks the environment as inside a traced dispatch, so a nested dispatch
+        // (a charm running `hooks/<event>` itself) is not traced a second time.
+        env_changes.push((ENV_NONCE.into(), nonce.into()));
+    }
     facts.problems = prepared.problems.clone();
     (
         Some(Tracing {
@@ -356,6 +368,7 @@ fn open_store(prepared: &mut Prepared) {
         prepared.config.store_max_bytes,
     );
     prepared.store = opened.store;
+    prepared.store_newer = opened.newer_schema;
     prepared.problems.extend(opened.problems);
 }
 
@@ -364,6 +377,8 @@ fn open_store(prepared: &mut Prepared) {
 struct OpenedStore {
     store: Option<Store>,
     problems: Vec<String>,
+    /// The store belongs to a newer dispatch: nothing is kept for it.
+    newer_schema: bool,
 }
 
 fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> OpenedStore {
@@ -375,6 +390,7 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
             return OpenedStore {
                 store: None,
                 problems,
+                newer_schema: matches!(e, store::OpenError::NewerSchema(_)),
             };
         }
     };
@@ -390,16 +406,22 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
         return OpenedStore {
             store: Some(store),
             problems,
+            newer_schema: false,
         };
     }
     let (paths, chunks): (Vec<PathBuf>, Vec<NewChunk>) = orphans.into_iter().unzip();
-    let (kept, added) = add_with_recovery(store, &chunks, max_bytes, &mut problems);
-    if added.is_some() {
-        inflight::forget(&paths);
+    let mut store = store;
+    match store.import_started(&chunks, max_bytes) {
+        Ok(_) => inflight::forget(&paths),
+        Err(e) => problems.push(format!(
+            "cannot import interrupted dispatches into {}: {e}",
+            store.path().display()
+        )),
     }
     OpenedStore {
-        store: kept,
+        store: Some(store),
         problems,
+        newer_schema: false,
     }
 }
 
@@ -525,6 +547,7 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
             let (collected, opened) = reader.finish();
             if let Some(opened) = opened {
                 prepared.store_tried = true;
+                prepared.store_newer = opened.newer_schema;
                 prepared.store = opened.store;
                 prepared.problems.extend(opened.problems);
             }
@@ -596,11 +619,13 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
 
     open_store(prepared);
     let mut stored_id = None;
+    let trace_id = builder.ids.trace_id.to_string();
+    let payload_kept = payload.clone();
     if let Some(store) = prepared.store.take() {
         let chunk = NewChunk {
             started_at: spans::time_to_unix_nanos(prepared.start) as i64,
             event: prepared.env.event_name().to_string(),
-            trace_id: builder.ids.trace_id.to_string(),
+            trace_id: trace_id.clone(),
             payload,
             priority,
         };
@@ -609,9 +634,19 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
         prepared.store = kept;
         stored_id = id;
     }
-    // Stored or given up on: either way this dispatch is no longer in flight.
     if let Some(inflight) = prepared.inflight.take() {
-        inflight.finish();
+        match stored_id {
+            Some(_) => inflight.finish(),
+            // Newer schema: nobody here can ever import it.
+            None if prepared.store_newer => inflight.finish(),
+            // Locked, disk full...: the next dispatch that can, stores it.
+            None => inflight.keep_final(
+                &trace_id,
+                prepared.env.event_name(),
+                &payload_kept,
+                priority,
+            ),
+        }
     }
     if let Some(store) = prepared.store.as_mut() {
         ship(store, &prepared.config, stored_id, &mut prepared.problems);

@@ -461,8 +461,7 @@ fn a_store_from_a_newer_dispatch_is_left_untouched_and_the_charm_runs_as_usual()
 }
 
 #[test]
-fn a_store_locked_by_another_process_costs_a_short_bounded_wait_and_the_next_dispatch_stores_again()
-{
+fn a_store_locked_by_another_process_costs_a_short_bounded_wait_and_loses_no_trace() {
     let charm = Charm::new("shell");
     assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
     let ready = charm.scratch.path("locked");
@@ -522,7 +521,21 @@ fn a_store_locked_by_another_process_costs_a_short_bounded_wait_and_the_next_dis
     assert_eq!(text(&after.stdout), "fine\n");
     assert_eq!(our_lines(&after.stderr), Vec::<String>::new());
     let traces = charm.traces();
-    assert_eq!(traces.len(), before + 1);
+    // The dispatch that met the locked store kept its trace beside it; the next one, once
+    // the lock is gone, stores it too: nothing is lost.
+    assert_eq!(traces.len(), before + 2);
+    assert_eq!(traces[before]["event"], "config-changed");
+    let kept = &traces[before];
+    assert!(
+        root(kept)["attributes"]
+            .get("dispatch.interrupted")
+            .is_none(),
+        "a kept trace is the real one, not an interrupted record: {kept:#}"
+    );
+    assert_eq!(
+        util::span(kept, "charm")["attributes"]["process.exit.code"],
+        3
+    );
     assert_eq!(traces.last().unwrap()["event"], "update-status");
 }
 

@@ -580,3 +580,32 @@ fn a_signal_from_init_to_every_process_reaches_the_charm_once() {
         serde_json::json!(["SIGTERM"])
     );
 }
+
+/// A parent that ignores SIGCHLD passes that on through exec; the wrapper (and the shim) must
+/// still see their child's real exit status.
+#[test]
+fn an_inherited_ignored_sigchld_does_not_lose_the_exit_status() {
+    let charm = Charm::new("shell");
+    let script = "import os, signal\n\
+                  signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n\
+                  os.execv('./dispatch', ['./dispatch'])\n";
+    for _ in 0..5 {
+        let out = std::process::Command::new("python3")
+            .args(["-c", script])
+            .current_dir(&charm.dir)
+            .env_clear()
+            .envs(charm.juju_env("hooks/install"))
+            .env("CHARM_RUN", "is-leader > /dev/null || exit 9")
+            .env("CHARM_EXIT", "3")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+        let trace = charm.last_trace();
+        assert_eq!(
+            span(&trace, "is-leader")["attributes"]["process.exit.code"],
+            0
+        );
+        assert_eq!(span(&trace, "charm")["attributes"]["process.exit.code"], 3);
+    }
+}

@@ -217,13 +217,15 @@ pub fn summarize_args(tool: &str, args: &[&[u8]], keep_log_text: bool) -> ArgSum
             } else if is_flag && raw == b"--debug" {
                 summary.log_level = "DEBUG".to_string();
                 raw.to_vec()
-            } else if is_flag {
+            } else if is_flag && is_known_flag(raw, LOG_FLAGS) {
                 raw.to_vec()
             } else {
+                // Anything else, even if it looks like a flag, is message text (Juju would
+                // reject an unknown flag, but the text is in our hands before it does).
                 text_parts.push(raw);
                 format!("<{} bytes>", raw.len()).into_bytes()
             }
-        } else if redact_values && !is_flag {
+        } else if redact_values && !(is_flag && is_known_flag(raw, VALUE_TOOL_FLAGS)) {
             match raw.iter().position(|&b| b == b'=') {
                 Some(eq) => {
                     let mut v = raw[..eq + 1].to_vec();
@@ -261,6 +263,32 @@ pub fn summarize_args(tool: &str, args: &[&[u8]], keep_log_text: bool) -> ArgSum
     summary
 }
 
+/// Flags of `juju-log`/`action-log` that are kept as they are.
+const LOG_FLAGS: &[&str] = &["-l", "--log-level", "--debug", "--format", "-h", "--help"];
+
+/// Flags (with or without `=value`) of the value-writing tools that are kept as they are;
+/// their values are paths, ids and labels, not data.
+const VALUE_TOOL_FLAGS: &[&str] = &[
+    "-r",
+    "--relation",
+    "--app",
+    "--file",
+    "--format",
+    "--label",
+    "--description",
+    "--expire",
+    "--rotate",
+    "--owner",
+    "-h",
+    "--help",
+];
+
+/// Whether `raw` is one of `flags`, alone or as `flag=value`.
+fn is_known_flag(raw: &[u8], flags: &[&str]) -> bool {
+    let name = raw.split(|&b| b == b'=').next().unwrap_or_default();
+    flags.iter().any(|f| f.as_bytes() == name)
+}
+
 pub struct ArgSummary {
     pub log_level: String,
     pub log_length: usize,
@@ -283,6 +311,18 @@ fn bounded(bytes: &[u8], max: usize) -> String {
         cut -= 1;
     }
     format!("{}...(+{} bytes)", &text[..cut], text.len() - cut)
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn escape_into(out: &mut String, field: &str) {
@@ -321,7 +361,8 @@ impl Record {
         let mut args = self.args.len();
         loop {
             let line = self.encode_with_args(args);
-            if line.len() <= MAX_RECORD || args == 0 {
+            // The newline makes it one byte longer.
+            if line.len() < MAX_RECORD || args == 0 {
                 let mut bytes = line.into_bytes();
                 bytes.truncate(MAX_RECORD - 1);
                 bytes.push(b'\n');
@@ -347,9 +388,11 @@ impl Record {
             "{}\t{}\t{}\t{}\t",
             self.pid, self.start_unix_nanos, self.end_unix_nanos, end
         ));
-        escape_into(&mut line, &self.traceparent);
+        // Both come from the caller's environment or arguments: bounded so that a record
+        // always has room for its fixed fields.
+        escape_into(&mut line, cut(&self.traceparent, 128));
         line.push('\t');
-        escape_into(&mut line, &self.log_level);
+        escape_into(&mut line, cut(&self.log_level, 32));
         line.push('\t');
         line.push_str(&self.log_length.to_string());
         line.push('\t');
@@ -481,6 +524,20 @@ mod tests {
     }
 
     #[test]
+    fn huge_environment_fields_cannot_push_a_record_past_pipe_buf() {
+        let record = Record {
+            traceparent: "x".repeat(10_000),
+            log_level: "y".repeat(10_000),
+            args: vec!["a".repeat(MAX_ARG); 20],
+            arg_count: 20,
+            ..sample()
+        };
+        let line = record.encode();
+        assert!(line.len() <= MAX_RECORD);
+        assert!(Record::decode(&line[..line.len() - 1]).is_some());
+    }
+
+    #[test]
     fn garbage_and_unknown_tools_are_not_records() {
         assert_eq!(Record::decode(b""), None);
         assert_eq!(Record::decode(b"DTR1\tonly\tthree"), None);
@@ -579,6 +636,22 @@ mod tests {
     fn values_after_double_dash_are_redacted_whatever_they_start_with() {
         let summary = summarize_args("relation-set", &[b"--", b"-k=CANARY"], false);
         assert_eq!(summary.args, ["--", "-k=<redacted>"]);
+    }
+
+    #[test]
+    fn unknown_dash_arguments_are_text_or_redacted_not_kept() {
+        let log = summarize_args("juju-log", &[b"-----BEGIN KEY----- SECRET"], false);
+        assert_eq!(log.args, ["<26 bytes>"]);
+        assert_eq!(log.log_length, 26);
+        let set = summarize_args(
+            "relation-set",
+            &[b"-password=hunter2", b"--file=x.yaml", b"-r=db:1"],
+            false,
+        );
+        assert_eq!(
+            set.args,
+            ["-password=<redacted>", "--file=x.yaml", "-r=db:1"]
+        );
     }
 
     #[test]

@@ -65,8 +65,16 @@ fn run(args: &[&[u8]], argv: *const *const c_char) -> Result<c_int, String> {
     let real_tool = real_tool_path(tool)?;
     let envp = child_environment(depth + 1);
 
+    // An inherited SIG_IGN for SIGCHLD would let the kernel reap the tool before we read its
+    // exit status. The tool gets the default disposition too (hook tools set their own).
+    // SAFETY: changing our own disposition before any child exists.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     let start = unix_nanos();
     let spawned = spawn(&real_tool, argv, &envp);
+    // The tool has inherited the caller's SIGPIPE disposition; from here on a reader that
+    // goes away mid-write (the dispatch ending) must cost us an EPIPE, not our life.
+    // SAFETY: changing our own disposition; `die_of` resets it before re-raising.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let (end, code) = match spawned {
         Ok(pid) => {
             let status = wait(pid);
@@ -255,6 +263,10 @@ fn report(tool: &str, args: &[&[u8]], start: u64, finish: u64, end: CallEnd, pid
         if errno == Some(libc::EINTR) {
             continue;
         }
+        if errno == Some(libc::EPIPE) {
+            // The reader went away: the dispatch is over, as with ENXIO at open.
+            break;
+        }
         if errno != Some(libc::EAGAIN) || waited >= FULL_CHANNEL_PATIENCE_NANOS {
             count_drop(&channel, &record.nonce);
             break;
@@ -298,6 +310,7 @@ fn die_of(signal: c_int) {
             rlim_max: 0,
         };
         libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
         libc::signal(signal, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
