@@ -9,10 +9,12 @@
 //! Layout, beside the store: `<db>.lock` (flock, held for the whole dispatch) and the private
 //! directory `<db>.inflight/` holding one file per running dispatch, named
 //! `<start unix nanos>-<pid>`: a header line `DTI1\t<started_at>\t<trace id>\t<event>` and the
-//! provisional trace (root span marked ERROR "interrupted") as OTLP protobuf. A dispatch
-//! removes its file once its real trace is stored. Whoever holds the lock may take every other
-//! file for the record of a killed wrapper and import it as a failed chunk; nobody else may,
-//! so a concurrent `dispatch flush` never mistakes a live dispatch for a dead one.
+//! provisional trace (root span marked ERROR "interrupted") as OTLP protobuf. Its writer holds
+//! a flock on it while it runs. A dispatch removes its file once its real trace is stored (or,
+//! if the store could not take it, rewrites it with the real trace for the next one to store).
+//! Whoever holds the dispatch lock may import every other file that nobody has flocked: the
+//! record of a killed wrapper. Nobody else may, so a concurrent `dispatch flush` never takes a
+//! live dispatch for a dead one; and the store imports each record at most once.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -53,6 +55,8 @@ pub struct Inflight {
     dir: PathBuf,
     lock: Option<File>,
     mine: Option<PathBuf>,
+    /// Our record, flocked for as long as we run.
+    held: Option<File>,
 }
 
 /// What a dispatch writes before its child runs.
@@ -88,6 +92,7 @@ impl Inflight {
             dir,
             lock,
             mine: None,
+            held: None,
         };
         let path = inflight
             .dir
@@ -100,6 +105,8 @@ impl Inflight {
             Priority::Failed,
         );
         // Written under a temporary name and renamed: a record is whole or absent.
+        // The record stays flocked by us while we live: a record nobody holds is an orphan,
+        // whatever became of its writer's pid.
         let temp = with_suffix(&path, ".tmp");
         let written = std::fs::OpenOptions::new()
             .write(true)
@@ -107,14 +114,23 @@ impl Inflight {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&temp)
-            .and_then(|mut file| file.write_all(&bytes))
-            .and_then(|()| std::fs::rename(&temp, &path));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&temp);
-            return Err(e);
+            .and_then(|mut file| {
+                try_flock(&file)?;
+                file.write_all(&bytes)?;
+                std::fs::rename(&temp, &path)?;
+                Ok(file)
+            });
+        match written {
+            Ok(file) => {
+                inflight.mine = Some(path);
+                inflight.held = Some(file);
+                Ok(inflight)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                Err(e)
+            }
         }
-        inflight.mine = Some(path);
-        Ok(inflight)
     }
 
     pub fn holds_lock(&self) -> bool {
@@ -229,21 +245,25 @@ pub fn forget(paths: &[PathBuf]) {
     }
 }
 
-/// A record whose writer still runs is not an orphan (another dispatch that could not get the
-/// lock in time). The writer's pid is the second part of the file name.
+/// A record whose writer still runs is not an orphan: the writer holds a flock on it.
 fn writer_alive(path: &Path) -> bool {
-    let pid = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.rsplit_once('-'))
-        .and_then(|(_, pid)| pid.parse::<libc::pid_t>().ok());
-    match pid {
-        // SAFETY: signal 0 only probes for existence.
-        Some(pid) if pid > 0 => {
-            (unsafe { libc::kill(pid, 0) }) == 0
-                || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-        }
-        _ => false,
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        // Taking the lock (released when `file` closes) proves nobody holds it.
+        Ok(file) => try_flock(&file).is_err(),
+        Err(_) => false,
+    }
+}
+
+fn try_flock(file: &File) -> io::Result<()> {
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -9,7 +9,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const LAST_WARNING: &str = "last-warning";
+/// The file in the state directory that remembers the last line said.
+pub const LAST_WARNING: &str = "last-warning";
 
 pub struct Operator {
     memory: Option<PathBuf>,
@@ -17,11 +18,11 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// `state_dir` is where the last line is remembered (`None`: not remembered); `silent`
-    /// during actions.
-    pub fn new(state_dir: Option<&Path>, silent: bool) -> Operator {
+    /// `memory` is the file where the last line is remembered (`None`: not remembered);
+    /// `silent` during actions.
+    pub fn new(memory: Option<&Path>, silent: bool) -> Operator {
         Operator {
-            memory: state_dir.map(|d| d.join(LAST_WARNING)),
+            memory: memory.map(Path::to_path_buf),
             silent,
         }
     }

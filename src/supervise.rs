@@ -188,6 +188,9 @@ pub fn run(
     while_running: &mut dyn FnMut(),
 ) -> Result<ChildRun, SpawnUnavailable> {
     let started = SystemTime::now();
+    // Signals that arrived while we prepared were meant for the hook, and the child did not
+    // exist to receive them directly: whatever the rule says, they go to it.
+    let early = pending_signals();
     let pid = match spawn(launch, inherited) {
         Ok(pid) => pid,
         Err(error) => {
@@ -213,8 +216,9 @@ pub fn run(
             });
         }
     };
-    while_running();
     let mut signals = Vec::new();
+    deliver_early(pid, &early, inherited, &mut signals);
+    while_running();
     let (end, usage) = supervise(pid, inherited, &mut signals);
     Ok(ChildRun {
         pid: Some(pid as u32),
@@ -347,6 +351,52 @@ fn child_environment(changes: &[(OsString, OsString)]) -> Vec<Vec<u8>> {
     env
 }
 
+/// Watched signals (but SIGCHLD) pending right now.
+fn pending_signals() -> Vec<libc::c_int> {
+    // SAFETY: reading our own pending set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut set);
+        FORWARDED
+            .iter()
+            .copied()
+            .filter(|&signal| libc::sigismember(&set, signal) == 1)
+            .collect()
+    }
+}
+
+/// Takes the signals that were pending before the spawn and forwards them (unless the hook
+/// ignores them, in which case the child does too).
+fn deliver_early(
+    pid: libc::pid_t,
+    early: &[libc::c_int],
+    inherited: &InheritedSignals,
+    received: &mut Vec<ReceivedSignal>,
+) {
+    for &signal in early {
+        // SAFETY: consuming one pending signal without waiting.
+        let taken = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == signal
+        };
+        if !taken {
+            continue;
+        }
+        let forwarded = !inherited.ignored.contains(&signal);
+        if forwarded {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, signal) };
+        }
+        received.push(ReceivedSignal { signal, forwarded });
+    }
+}
+
 /// Keeps at most this many received signals for the trace (a signal storm must not grow
 /// memory without bound).
 const MAX_SIGNALS_KEPT: usize = 64;
@@ -385,7 +435,13 @@ pub fn should_forward(signal: i32, code: i32, sender: libc::pid_t, ignored: &[i3
     if ignored.contains(&signal) {
         return false;
     }
-    if code == libc::SI_KERNEL {
+    // Only the terminal's signals reach the whole foreground group; other kernel-sent ones
+    // (an alarm timer the hook inherited and the child did not) are ours alone.
+    let from_terminal = matches!(
+        signal,
+        libc::SIGINT | libc::SIGQUIT | libc::SIGHUP | libc::SIGWINCH
+    );
+    if code == libc::SI_KERNEL && from_terminal {
         return false;
     }
     let sent_by_process = code == libc::SI_USER || code == libc::SI_QUEUE || code == libc::SI_TKILL;
@@ -512,6 +568,11 @@ mod tests {
     fn terminal_signals_are_not_forwarded() {
         assert!(!should_forward(libc::SIGINT, libc::SI_KERNEL, 0, &[]));
         assert!(!should_forward(libc::SIGWINCH, libc::SI_KERNEL, 0, &[]));
+    }
+
+    #[test]
+    fn a_kernel_alarm_is_forwarded() {
+        assert!(should_forward(libc::SIGALRM, libc::SI_KERNEL, 0, &[]));
     }
 
     #[test]

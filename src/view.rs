@@ -138,7 +138,17 @@ fn span_line(span: &Span) -> String {
 pub fn tree(chunks: &[StoredChunk]) -> Result<String> {
     let mut out = String::new();
     for chunk in chunks {
-        let request = decode(chunk)?;
+        let request = match decode(chunk) {
+            Ok(request) => request,
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "{}  trace {}  [unreadable: {e:#}]\n",
+                    chunk.event, chunk.trace_id
+                );
+                continue;
+            }
+        };
         let spans = spans(&request);
         let ids: HashMap<&[u8], &Span> = spans.iter().map(|s| (s.span_id.as_slice(), *s)).collect();
         let mut children: HashMap<&[u8], Vec<&Span>> = HashMap::new();
@@ -230,7 +240,18 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 pub fn json(chunks: &[StoredChunk]) -> Result<String> {
     let mut dispatches = Vec::new();
     for chunk in chunks {
-        let request = decode(chunk)?;
+        let request = match decode(chunk) {
+            Ok(request) => request,
+            Err(e) => {
+                dispatches.push(json!({
+                    "id": chunk.id,
+                    "event": chunk.event,
+                    "trace_id": chunk.trace_id,
+                    "error": format!("{e:#}"),
+                }));
+                continue;
+            }
+        };
         let resource: serde_json::Map<String, Value> = request
             .resource_spans
             .first()
@@ -284,11 +305,14 @@ pub fn json(chunks: &[StoredChunk]) -> Result<String> {
     Ok(serde_json::to_string_pretty(&Value::Array(dispatches))? + "\n")
 }
 
-/// One OTLP/JSON `ExportTraceServiceRequest` per line.
+/// One OTLP/JSON `ExportTraceServiceRequest` per line; chunks that do not decode are left out
+/// (the other views name them).
 pub fn otlp_json(chunks: &[StoredChunk]) -> Result<String> {
     let mut out = String::new();
     for chunk in chunks {
-        let request = decode(chunk)?;
+        let Ok(request) = decode(chunk) else {
+            continue;
+        };
         out.push_str(&serde_json::to_string(&request)?);
         out.push('\n');
     }
@@ -298,6 +322,26 @@ pub fn otlp_json(chunks: &[StoredChunk]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_chunk_is_named_not_fatal() {
+        let chunk = StoredChunk {
+            id: 1,
+            state: STATE_PENDING,
+            priority: 0,
+            started_at: 0,
+            event: "install".into(),
+            trace_id: "abc".into(),
+            payload: vec![0xff, 0xff, 0xff],
+        };
+        assert!(tree(std::slice::from_ref(&chunk))
+            .unwrap()
+            .contains("[unreadable"));
+        assert!(json(std::slice::from_ref(&chunk))
+            .unwrap()
+            .contains("\"error\""));
+        assert_eq!(otlp_json(&[chunk]).unwrap(), "");
+    }
 
     #[test]
     fn times_are_rendered_as_utc() {

@@ -30,7 +30,7 @@ use crate::export;
 use crate::inflight::{self, Inflight, OrphanScan, Started};
 use crate::juju::{EventKind, HookEnv};
 use crate::metadata::CharmMetadata;
-use crate::operator::Operator;
+use crate::operator::{self, Operator};
 use crate::shims;
 use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
 use crate::state_dir;
@@ -539,6 +539,11 @@ fn intercept(
 
 fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildRun>) {
     let Some(mut tracing) = tracing else {
+        // Setup failed half-way: there is no trace to store, and this dispatch must not be
+        // imported later as an interrupted one.
+        if let Some(inflight) = prepared.inflight.take() {
+            inflight.finish();
+        }
         report(prepared);
         return;
     };
@@ -711,5 +716,15 @@ pub fn export_environment() -> BTreeMap<String, String> {
 
 fn report(prepared: &Prepared) {
     let silent = prepared.env.event_kind() == EventKind::Action;
-    Operator::new(prepared.state_dir.as_deref(), silent).report(&prepared.problems);
+    // Without a state dir, remember beside the store: an unusable state dir must not turn
+    // into the same line on every hook.
+    let memory = match &prepared.state_dir {
+        Some(dir) => dir.join(operator::LAST_WARNING),
+        None => {
+            let mut path = prepared.store_path.as_os_str().to_owned();
+            path.push(".last-warning");
+            PathBuf::from(path)
+        }
+    };
+    Operator::new(Some(&memory), silent).report(&prepared.problems);
 }
