@@ -80,6 +80,7 @@ struct Prepared {
     store: Option<Store>,
     store_tried: bool,
     store_newer: bool,
+    stored_destination: Option<destination::Stored>,
     inflight: Option<Inflight>,
     start: SystemTime,
 }
@@ -136,6 +137,7 @@ fn plan(argv0: &OsString, start: SystemTime) -> Plan {
         store: None,
         store_tried: false,
         store_newer: false,
+        stored_destination: None,
         inflight: None,
         start,
     }))
@@ -369,6 +371,7 @@ fn open_store(prepared: &mut Prepared) {
     );
     prepared.store = opened.store;
     prepared.store_newer = opened.newer_schema;
+    prepared.stored_destination = opened.stored_destination;
     prepared.problems.extend(opened.problems);
 }
 
@@ -379,6 +382,8 @@ struct OpenedStore {
     problems: Vec<String>,
     /// The store belongs to a newer dispatch: nothing is kept for it.
     newer_schema: bool,
+    /// What `dispatch set-destination` stored, read while the child runs.
+    stored_destination: Option<destination::Stored>,
 }
 
 fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> OpenedStore {
@@ -391,10 +396,16 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
                 store: None,
                 problems,
                 newer_schema: matches!(e, store::OpenError::NewerSchema(_)),
+                stored_destination: None,
             };
         }
     };
     problems.append(&mut store.notes);
+    let stored_destination = store
+        .setting(destination::SETTING)
+        .ok()
+        .flatten()
+        .map(|text| destination::Stored::decode(&text));
     if let Err(e) = store.maintain() {
         problems.push(format!(
             "cannot checkpoint the trace store {}: {e}",
@@ -407,6 +418,7 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
             store: Some(store),
             problems,
             newer_schema: false,
+            stored_destination,
         };
     }
     let (paths, chunks): (Vec<PathBuf>, Vec<NewChunk>) = orphans.into_iter().unzip();
@@ -422,6 +434,7 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
         store: Some(store),
         problems,
         newer_schema: false,
+        stored_destination,
     }
 }
 
@@ -553,6 +566,7 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
             if let Some(opened) = opened {
                 prepared.store_tried = true;
                 prepared.store_newer = opened.newer_schema;
+                prepared.stored_destination = opened.stored_destination;
                 prepared.store = opened.store;
                 prepared.problems.extend(opened.problems);
             }
@@ -654,7 +668,14 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
         }
     }
     if let Some(store) = prepared.store.as_mut() {
-        ship(store, &prepared.config, stored_id, &mut prepared.problems);
+        let stored = prepared.stored_destination.take();
+        ship(
+            store,
+            &prepared.config,
+            stored,
+            stored_id,
+            &mut prepared.problems,
+        );
     }
     report(prepared);
 }
@@ -662,13 +683,14 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
 /// Ships this dispatch's trace and the backlog to the destination, if there is one, within
 /// the export budget. Only causes the operator can act on become problems (stderr); outages
 /// are the backoff's business and show in `dispatch status`.
-fn ship(store: &mut Store, config: &Config, current: Option<i64>, problems: &mut Vec<String>) {
+fn ship(
+    store: &mut Store,
+    config: &Config,
+    stored: Option<destination::Stored>,
+    current: Option<i64>,
+    problems: &mut Vec<String>,
+) {
     let env = export_environment();
-    let stored = store
-        .setting(destination::SETTING)
-        .ok()
-        .flatten()
-        .map(|text| destination::Stored::decode(&text));
     let Some(destination) = destination::resolve(&env, config, stored.as_ref()) else {
         return;
     };
