@@ -85,18 +85,33 @@ impl Inflight {
     /// Takes the lock (waiting at most `lock_wait`; without it the dispatch still records
     /// itself but adopts no orphans) and writes the started record.
     pub fn begin(store: &Path, lock_wait: Duration, started: &Started) -> io::Result<Inflight> {
+        let mut inflight = Inflight::lock(store, lock_wait, started.started_at)?;
+        inflight.record(started)?;
+        Ok(inflight)
+    }
+
+    /// Takes the dispatch lock, waiting at most `lock_wait` (`holds_lock` tells if it got it),
+    /// for the dispatch that started at `started_at` (which names its record).
+    pub fn lock(store: &Path, lock_wait: Duration, started_at: i64) -> io::Result<Inflight> {
         let dir = dir_path(store);
         crate::state_dir::ensure_private_dir(&dir)?;
         let lock = take_lock(&lock_path(store), lock_wait)?;
-        let mut inflight = Inflight {
+        let mine = dir.join(format!("{started_at}-{}", std::process::id()));
+        Ok(Inflight {
             dir,
             lock,
-            mine: None,
+            mine: Some(mine),
             held: None,
-        };
-        let path = inflight
+        })
+    }
+
+    /// Writes this dispatch's started record.
+    pub fn record(&mut self, started: &Started) -> io::Result<()> {
+        let path = self
             .dir
             .join(format!("{}-{}", started.started_at, std::process::id()));
+        // Cleared until the record exists: `finish` must not remove what was never written.
+        self.mine = None;
         let bytes = record_bytes(
             started.started_at,
             started.trace_id,
@@ -104,7 +119,6 @@ impl Inflight {
             started.provisional,
             Priority::Failed,
         );
-        // Written under a temporary name and renamed: a record is whole or absent.
         // The record stays flocked by us while we live: a record nobody holds is an orphan,
         // whatever became of its writer's pid.
         let temp = with_suffix(&path, ".tmp");
@@ -122,9 +136,9 @@ impl Inflight {
             });
         match written {
             Ok(file) => {
-                inflight.mine = Some(path);
-                inflight.held = Some(file);
-                Ok(inflight)
+                self.mine = Some(path);
+                self.held = Some(file);
+                Ok(())
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&temp);
@@ -217,7 +231,11 @@ impl OrphanScan {
         let mut found = Vec::new();
         for entry in entries.filter_map(Result::ok) {
             let path = entry.path();
-            if Some(&path) == self.mine.as_ref() || writer_alive(&path) {
+            let own = self
+                .mine
+                .as_ref()
+                .is_some_and(|m| path == *m || path == with_suffix(m, ".tmp"));
+            if own || writer_alive(&path) {
                 continue;
             }
             if path.extension().is_some_and(|e| e == "tmp") {

@@ -263,6 +263,40 @@ fn panic_problem(phase: &str) -> String {
 fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)>) {
     let env = prepared.env.clone();
     let env = &env;
+
+    // First the lock and the record reader: the reader opens the store on its thread, and
+    // the sooner it starts, the more of that overlaps with the rest of the setup and the child.
+    let started_at = spans::time_to_unix_nanos(prepared.start) as i64;
+    match Inflight::lock(&prepared.store_path, LOCK_WAIT, started_at) {
+        Ok(inflight) => prepared.inflight = Some(inflight),
+        Err(e) => prepared.problems.push(format!(
+            "cannot take the dispatch lock beside {}: {e}",
+            prepared.store_path.display()
+        )),
+    }
+    let nonce = spans::new_nonce();
+    let mut env_changes: Vec<(OsString, OsString)> = Vec::new();
+    let mut reader = None;
+    if let (Target::Program(_), Some(state_dir)) = (&prepared.target, &prepared.state_dir) {
+        let store_path = prepared.store_path.clone();
+        let scan = prepared.inflight.as_ref().map(Inflight::orphan_scan);
+        let max_bytes = prepared.config.store_max_bytes;
+        let open_early = move || open_store_at(&store_path, scan.as_ref(), max_bytes);
+        match intercept(&prepared.charm_dir, state_dir, &nonce, open_early) {
+            Ok(Some(interception)) => {
+                env_changes.extend(interception.env(&nonce, prepared.config.record_log_messages));
+                reader = Some(interception.reader);
+            }
+            Ok(None) => {}
+            Err(problem) => prepared.problems.push(problem),
+        }
+    }
+    if reader.is_none() {
+        // Still marks the environment as inside a traced dispatch, so a nested dispatch
+        // (a charm running `hooks/<event>` itself) is not traced a second time.
+        env_changes.push((ENV_NONCE.into(), nonce.into()));
+    }
+
     let charm_name = match CharmMetadata::load(&prepared.charm_dir) {
         Ok(meta) => meta.and_then(|m| m.name),
         Err(problem) => {
@@ -291,7 +325,16 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         continued,
         ..RootFacts::default()
     };
+    env_changes.push(("TRACEPARENT".into(), ids.child_traceparent().into()));
+    if env.dispatch_path_derived {
+        env_changes.push((
+            "JUJU_DISPATCH_PATH".into(),
+            env.dispatch_path.clone().into(),
+        ));
+    }
 
+    // The started record: written before the child runs, so a wrapper killed from here on
+    // still leaves a trace.
     let provisional = builder.encode(vec![builder.root_span(
         &facts,
         prepared.start,
@@ -303,47 +346,18 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     )]);
     let trace_id = ids.trace_id.to_string();
     let started = Started {
-        started_at: spans::time_to_unix_nanos(prepared.start) as i64,
+        started_at,
         trace_id: &trace_id,
         event: env.event_name(),
         provisional: &provisional,
     };
-    match Inflight::begin(&prepared.store_path, LOCK_WAIT, &started) {
-        Ok(inflight) => prepared.inflight = Some(inflight),
-        Err(e) => prepared.problems.push(format!(
-            "cannot record the dispatch as started beside {}: {e}",
-            prepared.store_path.display()
-        )),
-    }
-
-    let mut env_changes: Vec<(OsString, OsString)> =
-        vec![("TRACEPARENT".into(), ids.child_traceparent().into())];
-    if env.dispatch_path_derived {
-        env_changes.push((
-            "JUJU_DISPATCH_PATH".into(),
-            env.dispatch_path.clone().into(),
-        ));
-    }
-    let nonce = spans::new_nonce();
-    let mut reader = None;
-    if let (Target::Program(_), Some(state_dir)) = (&prepared.target, &prepared.state_dir) {
-        let store_path = prepared.store_path.clone();
-        let scan = prepared.inflight.as_ref().map(Inflight::orphan_scan);
-        let max_bytes = prepared.config.store_max_bytes;
-        let open_early = move || open_store_at(&store_path, scan.as_ref(), max_bytes);
-        match intercept(&prepared.charm_dir, state_dir, &nonce, open_early) {
-            Ok(Some(interception)) => {
-                env_changes.extend(interception.env(&nonce, prepared.config.record_log_messages));
-                reader = Some(interception.reader);
-            }
-            Ok(None) => {}
-            Err(problem) => prepared.problems.push(problem),
+    if let Some(inflight) = prepared.inflight.as_mut() {
+        if let Err(e) = inflight.record(&started) {
+            prepared.problems.push(format!(
+                "cannot record the dispatch as started beside {}: {e}",
+                prepared.store_path.display()
+            ));
         }
-    }
-    if reader.is_none() {
-        // Still marks the environment as inside a traced dispatch, so a nested dispatch
-        // (a charm running `hooks/<event>` itself) is not traced a second time.
-        env_changes.push((ENV_NONCE.into(), nonce.into()));
     }
     facts.problems = prepared.problems.clone();
     (
