@@ -121,30 +121,10 @@ impl Inflight {
         );
         // The record stays flocked by us while we live: a record nobody holds is an orphan,
         // whatever became of its writer's pid.
-        let temp = with_suffix(&path, ".tmp");
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temp)
-            .and_then(|mut file| {
-                try_flock(&file)?;
-                file.write_all(&bytes)?;
-                std::fs::rename(&temp, &path)?;
-                Ok(file)
-            });
-        match written {
-            Ok(file) => {
-                self.mine = Some(path);
-                self.held = Some(file);
-                Ok(())
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&temp);
-                Err(e)
-            }
-        }
+        let file = write_record(&path, &bytes)?;
+        self.mine = Some(path);
+        self.held = Some(file);
+        Ok(())
     }
 
     pub fn holds_lock(&self) -> bool {
@@ -186,19 +166,8 @@ impl Inflight {
             let _ = std::fs::remove_file(&mine);
             return;
         };
-        let temp = with_suffix(&mine, ".tmp");
         let bytes = record_bytes(started_at, trace_id, event, payload, priority);
-        let written = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temp)
-            .and_then(|mut f| f.write_all(&bytes))
-            .and_then(|()| std::fs::rename(&temp, &mine));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
+        let _ = write_record(&mine, &bytes);
     }
 
     /// The dispatch is recorded (or given up on): remove its record, release the lock.
@@ -261,6 +230,28 @@ pub fn forget(paths: &[PathBuf]) {
     for path in paths {
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// Writes a record whole or not at all (a temporary name, then a rename), flocked from its
+/// creation on; returns the open, locked file.
+fn write_record(path: &Path, bytes: &[u8]) -> io::Result<File> {
+    let temp = with_suffix(path, ".tmp");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&temp)
+        .and_then(|mut file| {
+            try_flock(&file)?;
+            file.write_all(bytes)?;
+            std::fs::rename(&temp, path)?;
+            Ok(file)
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }
 
 /// A record whose writer still runs is not an orphan: the writer holds a flock on it.

@@ -361,17 +361,7 @@ impl Store {
             "SELECT id, state, priority, started_at, event, trace_id, payload FROM chunk
              WHERE state = 1 ORDER BY id = ?1 DESC, priority DESC, id",
         )?;
-        let rows = statement.query_map([first.unwrap_or(-1)], |r| {
-            Ok(StoredChunk {
-                id: r.get(0)?,
-                state: r.get(1)?,
-                priority: r.get(2)?,
-                started_at: r.get(3)?,
-                event: r.get(4)?,
-                trace_id: r.get(5)?,
-                payload: r.get(6)?,
-            })
-        })?;
+        let rows = statement.query_map([first.unwrap_or(-1)], stored_chunk)?;
         rows.collect()
     }
 
@@ -409,17 +399,7 @@ impl Store {
             sql.push_str(&format!(" LIMIT {last}"));
         }
         let mut statement = self.conn.prepare(&sql)?;
-        let rows = statement.query_map(rusqlite::params_from_iter(args), |r| {
-            Ok(StoredChunk {
-                id: r.get(0)?,
-                state: r.get(1)?,
-                priority: r.get(2)?,
-                started_at: r.get(3)?,
-                event: r.get(4)?,
-                trace_id: r.get(5)?,
-                payload: r.get(6)?,
-            })
-        })?;
+        let rows = statement.query_map(rusqlite::params_from_iter(args), stored_chunk)?;
         let mut chunks = rows.collect::<rusqlite::Result<Vec<_>>>()?;
         chunks.reverse();
         Ok(chunks)
@@ -499,6 +479,19 @@ fn initialize(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
     conn.execute_batch("COMMIT")
+}
+
+/// A `chunk` row selected as `id, state, priority, started_at, event, trace_id, payload`.
+fn stored_chunk(r: &rusqlite::Row) -> rusqlite::Result<StoredChunk> {
+    Ok(StoredChunk {
+        id: r.get(0)?,
+        state: r.get(1)?,
+        priority: r.get(2)?,
+        started_at: r.get(3)?,
+        event: r.get(4)?,
+        trace_id: r.get(5)?,
+        payload: r.get(6)?,
+    })
 }
 
 /// Bytes of database pages in use (not on the free list).

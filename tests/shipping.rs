@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use util::receiver::{Answer, Receiver};
-use util::{code, text, Charm};
+use util::{code, our_lines, text, Charm};
 
 fn trace_ids(body: &[u8]) -> Vec<String> {
     let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf request");
@@ -28,14 +28,6 @@ fn trace_ids(body: &[u8]) -> Vec<String> {
 fn set_destination(charm: &Charm, url: &str) {
     let out = charm.tool(&["set-destination", url]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-}
-
-fn our_lines(stderr: &[u8]) -> Vec<String> {
-    text(stderr)
-        .lines()
-        .filter(|l| l.starts_with("dispatch:"))
-        .map(String::from)
-        .collect()
 }
 
 #[test]

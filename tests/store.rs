@@ -6,52 +6,11 @@ mod util;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{code, root, text, Charm};
-
-/// Our own lines on stderr: everything we write starts with `dispatch:`.
-fn our_lines(stderr: &[u8]) -> Vec<String> {
-    text(stderr)
-        .lines()
-        .filter(|l| l.starts_with("dispatch:"))
-        .map(str::to_string)
-        .collect()
-}
-
-/// stderr without our lines: what the charm itself wrote.
-fn charm_stderr(stderr: &[u8]) -> String {
-    text(stderr)
-        .split_inclusive('\n')
-        .filter(|l| !l.starts_with("dispatch:"))
-        .collect()
-}
-
-/// The hook ends exactly as the bare charm does: same exit code, same stdout, and the
-/// charm's own stderr passed through untouched (our line, if any, comes on top).
-fn assert_same_outcome(traced: &Output, bare: &Output) {
-    assert_eq!(
-        code(traced),
-        code(bare),
-        "exit code differs; stderr: {}",
-        text(&traced.stderr)
-    );
-    assert_eq!(text(&traced.stdout), text(&bare.stdout), "stdout differs");
-    assert_eq!(
-        charm_stderr(&traced.stderr),
-        text(&bare.stderr),
-        "the charm's stderr differs"
-    );
-}
-
-/// A charm run that writes to all three channels and fails, so any interference shows.
-const NOISY: &[(&str, &str)] = &[
-    ("CHARM_STDOUT", "out of the charm\n"),
-    ("CHARM_STDERR", "charm complains\n"),
-    ("CHARM_EXIT", "3"),
-];
+use util::{assert_same_outcome, code, our_lines, root, text, Charm, NOISY};
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
