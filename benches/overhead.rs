@@ -7,6 +7,9 @@
 //! The floor is a minimal statically linked C program that posix_spawns its argument, waits
 //! and mirrors the exit: the unavoidable cost of any extra process layer.
 
+#[path = "../tests/util/receiver.rs"]
+mod receiver;
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -223,6 +226,48 @@ fn main() {
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     let per_call_added = (many_traced.wall - many_bare.wall) / calls as f64;
+
+    // 4. Shipping: to a loopback receiver that answers 200, then to one that hangs (the first
+    // dispatch pays the budget), then while backing off from it.
+    let set_destination = |url: &str| {
+        let status = Command::new(&wrapped)
+            .args(["set-destination", url])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let healthy = receiver::Receiver::start(vec![receiver::Answer::ok()]);
+    set_destination(&healthy.url());
+    let ship_rounds = rounds / 2;
+    let mut ship_bare = Vec::new();
+    let mut shipped = Vec::new();
+    for _ in 0..ship_rounds {
+        ship_bare.push(run(&[&orig], &[]));
+        shipped.push(run(&[&wrapped], &[]));
+    }
+    let export_added_ms = paired_median(&shipped, &ship_bare);
+    let delivered = healthy.requests().len();
+    drop(healthy);
+    let hanging = receiver::Receiver::start(vec![receiver::Answer::Hang]);
+    set_destination(&hanging.url());
+    let hang_bare = run(&[&orig], &[]);
+    let hang_first = run(&[&wrapped], &[]);
+    let hang_first_added_ms = hang_first.wall - hang_bare.wall;
+    let mut backoff_bare = Vec::new();
+    let mut backing_off = Vec::new();
+    for _ in 0..ship_rounds {
+        backoff_bare.push(run(&[&orig], &[]));
+        backing_off.push(run(&[&wrapped], &[]));
+    }
+    let backoff_added_ms = paired_median(&backing_off, &backoff_bare);
+    drop(hanging);
+    let clear = Command::new(&wrapped)
+        .arg("clear-destination")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(clear.success());
     let rows: Vec<(String, String, String, bool)> = vec![
         (
             "added wall time per dispatch (trivial charm, no destination)".into(),
@@ -253,6 +298,27 @@ fn main() {
             format!("{:+.3} ms", tool_added_ms - tool_floor_added_ms),
             "<= +0.1 ms".into(),
             tool_added_ms - tool_floor_added_ms <= 0.1,
+        ),
+        (
+            "export to a loopback receiver: added per dispatch beyond no destination".into(),
+            format!(
+                "{:.3} ms ({delivered} requests received)",
+                export_added_ms - added_ms
+            ),
+            "<= 5 ms".into(),
+            export_added_ms - added_ms <= 5.0,
+        ),
+        (
+            "hanging backend: first dispatch, added over the bare charm".into(),
+            format!("{hang_first_added_ms:.0} ms"),
+            "<= budget (1000 ms) + 50 ms".into(),
+            hang_first_added_ms <= 1050.0,
+        ),
+        (
+            "while backing off: added per dispatch beyond no destination".into(),
+            format!("{:+.3} ms", backoff_added_ms - added_ms),
+            "<= 0.5 ms".into(),
+            backoff_added_ms - added_ms <= 0.5,
         ),
         (
             format!("{calls} tool calls in one dispatch: recorded"),

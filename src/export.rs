@@ -110,6 +110,11 @@ pub fn last_result(store: &Store) -> Option<String> {
     store.setting(KEY_LAST).ok().flatten()
 }
 
+/// Whether the destination is backing off now (no request should be made).
+pub fn backing_off(store: &Store, url: &str) -> bool {
+    backoff_state(store, url).is_some_and(|(_, until)| until > now_secs())
+}
+
 /// Backoff for the destination, if any: (consecutive failures, until unix secs).
 pub fn backoff_state(store: &Store, url: &str) -> Option<(u32, u64)> {
     Backoff::load(store)

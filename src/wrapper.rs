@@ -708,6 +708,10 @@ fn ship(
     let Some(destination) = destination::resolve(&env, config, stored.as_ref()) else {
         return;
     };
+    // Backing off costs nothing, not even building the client.
+    if export::backing_off(store, &destination.url) {
+        return;
+    }
     let budget = Duration::from_millis(config.export_budget_ms);
     let failure = match Http::new(&destination, &env) {
         Ok(http) => {
