@@ -13,6 +13,8 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
 
 use crate::config::Protocol;
@@ -166,7 +168,7 @@ pub fn export(
         }
         let batch = take_batch(&mut pending);
         let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
-        let (content_type, body) = match encode(&batch, protocol) {
+        let (content_type, parts) = match encode(&batch, protocol) {
             Ok(encoded) => encoded,
             Err(e) => {
                 // A chunk we cannot decode will never ship: leave it to eviction, go on.
@@ -178,10 +180,24 @@ pub fn export(
                 continue;
             }
         };
-        report.requests += 1;
-        let result = transport
-            .post(&destination.url, content_type, &body, left)
-            .and_then(|answer| classify(answer, &destination.url));
+        // A chunk too big for one request goes in parts; it counts as shipped once all are.
+        let mut result = Ok(());
+        for body in &parts {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                report.out_of_budget = true;
+                result = Err(None);
+                break;
+            }
+            report.requests += 1;
+            if let Err(failure) = transport
+                .post(&destination.url, content_type, body, left)
+                .and_then(|answer| classify(answer, &destination.url))
+            {
+                result = Err(Some(failure));
+                break;
+            }
+        }
         match result {
             Ok(()) => {
                 if store.mark_shipped(&ids).is_ok() {
@@ -189,7 +205,7 @@ pub fn export(
                 }
             }
             Err(failure) => {
-                report.failure = Some(failure);
+                report.failure = failure;
                 break;
             }
         }
@@ -266,21 +282,89 @@ fn take_batch(pending: &mut Vec<StoredChunk>) -> Vec<StoredChunk> {
     pending.drain(..count).collect()
 }
 
-/// The request body for a batch: concatenated protobuf, or OTLP/JSON of the merged request.
-fn encode(batch: &[StoredChunk], protocol: Protocol) -> Result<(&'static str, Vec<u8>), String> {
+/// The request bodies for a batch: concatenated protobuf (or OTLP/JSON of the merged
+/// request), split into parts under `MAX_REQUEST_BYTES` when a single chunk is bigger.
+fn encode(
+    batch: &[StoredChunk],
+    protocol: Protocol,
+) -> Result<(&'static str, Vec<Vec<u8>>), String> {
     let mut body = Vec::with_capacity(batch.iter().map(|c| c.payload.len()).sum());
     for chunk in batch {
         body.extend_from_slice(&chunk.payload);
     }
+    if body.len() <= MAX_REQUEST_BYTES && protocol == Protocol::HttpProtobuf {
+        return Ok(("application/x-protobuf", vec![body]));
+    }
+    let request = ExportTraceServiceRequest::decode(body.as_slice())
+        .map_err(|e| format!("a stored trace is not valid OTLP: {e}"))?;
+    let parts = if body.len() <= MAX_REQUEST_BYTES {
+        vec![request]
+    } else {
+        split(request, MAX_REQUEST_BYTES)
+    };
     match protocol {
-        Protocol::HttpProtobuf => Ok(("application/x-protobuf", body)),
+        Protocol::HttpProtobuf => Ok((
+            "application/x-protobuf",
+            parts.iter().map(Message::encode_to_vec).collect(),
+        )),
         Protocol::HttpJson => {
-            let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body.as_slice())
-                .map_err(|e| format!("a stored trace is not valid OTLP: {e}"))?;
-            let json = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
-            Ok(("application/json", json))
+            let bodies = parts
+                .iter()
+                .map(serde_json::to_vec)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            Ok(("application/json", bodies))
         }
     }
+}
+
+/// Splits a request into several whose encoded size stays under `max` (a single span larger
+/// than that still travels alone), keeping every span's resource and scope.
+fn split(request: ExportTraceServiceRequest, max: usize) -> Vec<ExportTraceServiceRequest> {
+    let mut parts = Vec::new();
+    let mut part = ExportTraceServiceRequest::default();
+    let mut size = 0usize;
+    // Which (resource, scope) the part's last group holds.
+    let mut origin: Option<(usize, usize)> = None;
+    for (ri, resource_spans) in request.resource_spans.into_iter().enumerate() {
+        for (si, scope_spans) in resource_spans.scope_spans.into_iter().enumerate() {
+            for span in scope_spans.spans {
+                // The span plus its framing inside the request.
+                let cost = span.encoded_len() + 16;
+                if size > 0 && size + cost > max {
+                    parts.push(std::mem::take(&mut part));
+                    size = 0;
+                    origin = None;
+                }
+                if origin != Some((ri, si)) {
+                    let group = ResourceSpans {
+                        resource: resource_spans.resource.clone(),
+                        scope_spans: vec![ScopeSpans {
+                            scope: scope_spans.scope.clone(),
+                            spans: Vec::new(),
+                            schema_url: scope_spans.schema_url.clone(),
+                        }],
+                        schema_url: resource_spans.schema_url.clone(),
+                    };
+                    size += group.encoded_len() + 16;
+                    part.resource_spans.push(group);
+                    origin = Some((ri, si));
+                }
+                size += cost;
+                if let Some(scope) = part
+                    .resource_spans
+                    .last_mut()
+                    .and_then(|group| group.scope_spans.last_mut())
+                {
+                    scope.spans.push(span);
+                }
+            }
+        }
+    }
+    if !part.resource_spans.is_empty() {
+        parts.push(part);
+    }
+    parts
 }
 
 #[cfg(test)]
@@ -511,6 +595,98 @@ mod tests {
         assert_eq!(report.requests, 3);
         assert_eq!(report.chunks_sent, 2);
         assert_eq!(store.pending_chunks(None).unwrap()[0].id, ids[0]);
+    }
+
+    fn big_request(spans: usize, attribute_bytes: usize) -> ExportTraceServiceRequest {
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+        use opentelemetry_proto::tonic::trace::v1::Span;
+        let span = |i: usize| Span {
+            trace_id: vec![1; 16],
+            span_id: (i as u64 + 1).to_be_bytes().to_vec(),
+            name: format!("s{i}"),
+            attributes: vec![KeyValue {
+                key: "blob".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("x".repeat(attribute_bytes))),
+                }),
+                ..KeyValue::default()
+            }],
+            ..Span::default()
+        };
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: (0..spans).map(span).collect(),
+                    ..ScopeSpans::default()
+                }],
+                ..ResourceSpans::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn an_oversized_chunk_goes_in_parts_under_the_limit_with_every_span() {
+        let request = big_request(3000, 1000);
+        let total = request.encoded_len();
+        assert!(total > 2 * MAX_REQUEST_BYTES);
+        let parts = split(request, MAX_REQUEST_BYTES);
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        let mut names = Vec::new();
+        for part in &parts {
+            assert!(
+                part.encoded_len() <= MAX_REQUEST_BYTES,
+                "{}",
+                part.encoded_len()
+            );
+            for group in &part.resource_spans {
+                for scope in &group.scope_spans {
+                    names.extend(scope.spans.iter().map(|s| s.name.clone()));
+                }
+            }
+        }
+        assert_eq!(names.len(), 3000);
+        assert_eq!(names[2999], "s2999");
+    }
+
+    #[test]
+    fn a_chunk_in_parts_is_shipped_only_when_every_part_was_accepted() {
+        let (_s, mut store) = store("parts", &[]);
+        let payload = big_request(3000, 1000).encode_to_vec();
+        store
+            .add_chunks(
+                &[NewChunk {
+                    started_at: 1,
+                    event: "big".into(),
+                    trace_id: "t".into(),
+                    payload,
+                    priority: Priority::Quiet,
+                }],
+                1 << 30,
+            )
+            .unwrap();
+        let transport = Scripted::new(vec![ok(), status(500, None)]);
+        let report = export(
+            &mut store,
+            &destination(),
+            Protocol::HttpProtobuf,
+            &transport,
+            Duration::from_secs(5),
+            None,
+            false,
+        );
+        assert_eq!(report.chunks_sent, 0);
+        assert_eq!(pending(&store), 1);
+        let report = export(
+            &mut store,
+            &destination(),
+            Protocol::HttpProtobuf,
+            &Scripted::new(vec![]),
+            Duration::from_secs(5),
+            None,
+            true,
+        );
+        assert_eq!(report.chunks_sent, 1);
+        assert!(report.requests >= 3);
     }
 
     #[test]

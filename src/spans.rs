@@ -522,6 +522,28 @@ fn status_set_args(args: &[String]) -> (bool, Vec<&String>) {
     (application, positional)
 }
 
+/// Adds a string attribute to one span of an encoded OTLP request; `None` if the request does
+/// not decode or holds no such span.
+pub fn annotate_span(payload: &[u8], span_id: SpanId, key: &str, value: &str) -> Option<Vec<u8>> {
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue as ProtoKeyValue};
+    let mut request = ExportTraceServiceRequest::decode(payload).ok()?;
+    let wanted = span_id.to_bytes();
+    let span = request
+        .resource_spans
+        .iter_mut()
+        .flat_map(|r| r.scope_spans.iter_mut())
+        .flat_map(|s| s.spans.iter_mut())
+        .find(|s| s.span_id == wanted)?;
+    span.attributes.push(ProtoKeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..ProtoKeyValue::default()
+    });
+    Some(request.encode_to_vec())
+}
+
 fn string_array(items: impl Iterator<Item = String>) -> Value {
     Value::Array(Array::String(items.map(StringValue::from).collect()))
 }
@@ -591,6 +613,24 @@ mod tests {
         assert!(!read(&["--application=False", "blocked"]).0);
         assert!(read(&["--application", "waiting"]).0);
         assert_eq!(read(&["--", "blocked", "-x"]).1, args(&["blocked", "-x"]));
+    }
+
+    #[test]
+    fn an_attribute_can_be_added_to_a_stored_span() {
+        let ids = DispatchIds::new(None);
+        let builder = TraceBuilder::new(ids, &env(&[]), None, None);
+        let payload = builder.encode(vec![builder.root_span(
+            &RootFacts::default(),
+            SystemTime::now(),
+            None,
+            vec![],
+        )]);
+        let annotated = annotate_span(&payload, ids.root_span_id, "k", "v").unwrap();
+        let request = ExportTraceServiceRequest::decode(annotated.as_slice()).unwrap();
+        let span = &request.resource_spans[0].scope_spans[0].spans[0];
+        assert!(span.attributes.iter().any(|a| a.key == "k"));
+        assert!(annotate_span(&payload, SpanId::from_bytes([9; 8]), "k", "v").is_none());
+        assert!(annotate_span(b"junk", ids.root_span_id, "k", "v").is_none());
     }
 
     #[test]

@@ -365,6 +365,27 @@ impl Store {
         rows.collect()
     }
 
+    /// One stored chunk by id.
+    pub fn chunk(&self, id: i64) -> rusqlite::Result<Option<StoredChunk>> {
+        self.conn
+            .query_row(
+                "SELECT id, state, priority, started_at, event, trace_id, payload FROM chunk
+                 WHERE id = ?1",
+                [id],
+                stored_chunk,
+            )
+            .optional()
+    }
+
+    /// Replaces a stored chunk's trace (to note what happened to it after it was stored).
+    pub fn replace_payload(&mut self, id: i64, payload: &[u8]) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE chunk SET payload = ?2, size = ?3 WHERE id = ?1",
+            params![id, payload, payload.len() as i64],
+        )?;
+        Ok(())
+    }
+
     /// Marks chunks shipped (after the backend's 2xx).
     pub fn mark_shipped(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;

@@ -683,11 +683,13 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
     }
     if let Some(store) = prepared.store.as_mut() {
         let stored = prepared.stored_destination.take();
+        let root = Some(builder.ids.root_span_id);
         ship(
             store,
             &prepared.config,
             stored,
             stored_id,
+            root,
             &mut prepared.problems,
         );
     }
@@ -702,6 +704,7 @@ fn ship(
     config: &Config,
     stored: Option<destination::Stored>,
     current: Option<i64>,
+    root_span: Option<opentelemetry::trace::SpanId>,
     problems: &mut Vec<String>,
 ) {
     let env = export_environment();
@@ -728,7 +731,24 @@ fn ship(
         }
         Err(failure) => Some(failure),
     };
-    if let Some(failure) = failure.filter(|f| f.actionable) {
+    let Some(failure) = failure else {
+        return;
+    };
+    // The cause goes on this dispatch's root span too, where whoever reads the trace later
+    // (after a successful flush, say) will find it.
+    if let (Some(id), Some(root)) = (current, root_span) {
+        if let Some(chunk) = store.chunk(id).ok().flatten() {
+            if let Some(payload) = spans::annotate_span(
+                &chunk.payload,
+                root,
+                "dispatch.export.error",
+                &failure.cause,
+            ) {
+                let _ = store.replace_payload(id, &payload);
+            }
+        }
+    }
+    if failure.actionable {
         problems.push(format!("cannot ship traces: {}", failure.cause));
     }
 }

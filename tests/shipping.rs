@@ -135,6 +135,13 @@ fn a_rejection_is_told_to_the_operator_once() {
         "{}",
         lines[0]
     );
+    // The same cause is on the dispatch's root span.
+    let trace = charm.last_trace();
+    let cause = util::root(&trace)["attributes"]["dispatch.export.error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(cause.contains("HTTP 400"), "{trace:#}");
     // Same cause: not repeated.
     let out = charm.dispatch("hooks/install", &[]);
     assert!(our_lines(&out.stderr).is_empty(), "{}", text(&out.stderr));
