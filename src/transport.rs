@@ -141,6 +141,10 @@ fn describe(url: &str, error: ureq::Error) -> Failure {
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             (format!("{url} refused the connection"), false)
         }
+        // A failed handshake surfaces as an I/O error that carries rustls' reason.
+        ureq::Error::Io(io) if io.get_ref().is_some_and(|e| e.is::<rustls::Error>()) => {
+            (format!("TLS with {url} failed: {io}"), true)
+        }
         ureq::Error::HostNotFound => (format!("{url}: host not found"), true),
         ureq::Error::BadUri(reason) => (format!("bad URL {url}: {reason}"), true),
         ureq::Error::Tls(reason) => (format!("TLS with {url} failed: {reason}"), true),

@@ -221,3 +221,66 @@ fn set_destination_validates_and_clear_destination_forgets() {
     let status = text(&charm.tool(&["status"]).stdout);
     assert!(status.contains("destination: none"), "{status}");
 }
+
+#[test]
+fn tls_is_verified_against_the_given_ca_and_a_wrong_one_is_told_to_the_operator() {
+    let charm = Charm::new("shell");
+    let pki = util::receiver::TestPki::new();
+    let receiver = Receiver::start_tls(vec![Answer::ok()], &pki);
+    let right = charm.scratch.path("ca.pem");
+    std::fs::write(&right, &pki.ca_pem).unwrap();
+    let out = charm.tool(&[
+        "set-destination",
+        &receiver.https_url(),
+        "--ca-file",
+        right.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = charm.dispatch("hooks/install", &[]);
+    assert_eq!(code(&out), 0);
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "shipped over TLS with the right CA"
+    );
+    assert_eq!(charm.last_trace()["state"], "shipped");
+
+    // Another CA: the server is not trusted, nothing is sent, the operator hears why.
+    let other = util::receiver::TestPki::new();
+    let wrong = charm.scratch.path("wrong-ca.pem");
+    std::fs::write(&wrong, &other.ca_pem).unwrap();
+    let out = charm.tool(&[
+        "set-destination",
+        &receiver.https_url(),
+        "--ca-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let out = charm.dispatch("hooks/config-changed", &[("CHARM_EXIT", "2")]);
+    assert_eq!(code(&out), 2);
+    let lines = our_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{}", text(&out.stderr));
+    assert!(
+        lines[0].contains("TLS") && lines[0].contains(&receiver.https_url()),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "nothing reached an untrusted server"
+    );
+    assert_eq!(charm.last_trace()["state"], "pending");
+
+    // No CA of its own: the system trust store, which does not know our test CA either.
+    assert_eq!(
+        code(&charm.tool(&["set-destination", &receiver.https_url()])),
+        0
+    );
+    let out = charm.dispatch("hooks/update-status", &[]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(receiver.requests().len(), 1);
+    let status = text(&charm.tool(&["status"]).stdout);
+    assert!(status.contains("CA: the system trust store"), "{status}");
+}

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -51,6 +51,49 @@ impl Request {
     }
 }
 
+/// A certificate authority and a server certificate it signed for 127.0.0.1 and localhost.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server_params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+        TestPki {
+            ca_pem: ca_cert.pem(),
+            server_cert_pem: server_cert.pem(),
+            server_key_pem: server_key.serialize_pem(),
+        }
+    }
+
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = vec![CertificateDer::from_pem_slice(self.server_cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap(),
+        )
+    }
+}
+
 pub struct Receiver {
     pub port: u16,
     requests: Arc<Mutex<Vec<Request>>>,
@@ -62,6 +105,15 @@ pub struct Receiver {
 impl Receiver {
     /// Answers requests with `script` in order; after it runs out, the last answer repeats.
     pub fn start(script: Vec<Answer>) -> Receiver {
+        Receiver::start_with(script, None)
+    }
+
+    /// The same over HTTPS with the server certificate of `pki`.
+    pub fn start_tls(script: Vec<Answer>, pki: &TestPki) -> Receiver {
+        Receiver::start_with(script, Some(pki.server_config()))
+    }
+
+    fn start_with(script: Vec<Answer>, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -84,8 +136,24 @@ impl Receiver {
                                     .unwrap_or_else(Answer::ok)
                             };
                             served += 1;
-                            let (requests, stop) = (requests.clone(), stop.clone());
-                            std::thread::spawn(move || serve(stream, answer, &requests, &stop));
+                            let (requests, stop, tls) =
+                                (requests.clone(), stop.clone(), tls.clone());
+                            std::thread::spawn(move || {
+                                let _ = stream.set_nonblocking(false);
+                                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+                                match tls {
+                                    None => serve(stream, answer, &requests, &stop),
+                                    Some(config) => {
+                                        let Ok(connection) = rustls::ServerConnection::new(config)
+                                        else {
+                                            return;
+                                        };
+                                        let tls_stream =
+                                            rustls::StreamOwned::new(connection, stream);
+                                        serve(tls_stream, answer, &requests, &stop)
+                                    }
+                                }
+                            });
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
@@ -103,6 +171,10 @@ impl Receiver {
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/v1/traces", self.port)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}/v1/traces", self.port)
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -123,8 +195,12 @@ impl Drop for Receiver {
     }
 }
 
-fn serve(stream: TcpStream, answer: Answer, requests: &Mutex<Vec<Request>>, stop: &AtomicBool) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+fn serve<S: Read + Write>(
+    stream: S,
+    answer: Answer,
+    requests: &Mutex<Vec<Request>>,
+    stop: &AtomicBool,
+) {
     let mut reader = BufReader::new(stream);
     loop {
         let Some(request) = read_request(&mut reader) else {
@@ -161,7 +237,7 @@ fn serve(stream: TcpStream, answer: Answer, requests: &Mutex<Vec<Request>>, stop
     }
 }
 
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
+fn read_request<S: Read>(reader: &mut BufReader<S>) -> Option<Request> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
