@@ -284,3 +284,43 @@ fn tls_is_verified_against_the_given_ca_and_a_wrong_one_is_told_to_the_operator(
     let status = text(&charm.tool(&["status"]).stdout);
     assert!(status.contains("CA: the system trust store"), "{status}");
 }
+
+#[test]
+fn juju_proxy_settings_are_used_and_no_proxy_is_honoured() {
+    let charm = Charm::new("shell");
+    let proxy = Receiver::start(vec![Answer::ok()]);
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    // A host only the proxy can reach.
+    set_destination(&charm, "http://tempo.invalid:4318/v1/traces");
+    let out = charm.dispatch("hooks/install", &[("JUJU_CHARM_HTTP_PROXY", &proxy_url)]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let requests = proxy.requests();
+    assert!(!requests.is_empty(), "nothing went through the proxy");
+    assert!(
+        requests.iter().any(|r| r.path.contains("tempo.invalid")
+            || r.header("host")
+                .is_some_and(|h| h.contains("tempo.invalid"))),
+        "{requests:?}"
+    );
+    assert!(requests
+        .iter()
+        .any(|r| r.method == "POST" && !r.body.is_empty()));
+    assert_eq!(charm.last_trace()["state"], "shipped");
+
+    // The same host in JUJU_CHARM_NO_PROXY goes direct (and fails: it does not exist).
+    let before = proxy.requests().len();
+    let out = charm.dispatch(
+        "hooks/start",
+        &[
+            ("JUJU_CHARM_HTTP_PROXY", &proxy_url),
+            ("JUJU_CHARM_NO_PROXY", "10.0.0.0/8,.invalid"),
+        ],
+    );
+    assert_eq!(code(&out), 0);
+    assert_eq!(
+        proxy.requests().len(),
+        before,
+        "NO_PROXY must bypass the proxy"
+    );
+    assert_eq!(charm.last_trace()["state"], "pending");
+}
