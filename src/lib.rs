@@ -15,6 +15,7 @@ pub mod inflight;
 pub mod juju;
 pub mod metadata;
 pub mod operator;
+pub mod relation;
 pub mod shims;
 pub mod spans;
 pub mod state_dir;

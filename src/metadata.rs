@@ -1,6 +1,8 @@
-//! The charm's own description: its name (the `charm` resource attribute), from
-//! `metadata.yaml`, or from `charmcraft.yaml` for charms that keep everything there.
+//! The charm's own description: its name (the `charm` resource attribute) and its `requires`
+//! endpoints with their interfaces (where the tracing relations are), from `metadata.yaml`, or
+//! from `charmcraft.yaml` for charms that keep everything there.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -9,6 +11,14 @@ use serde::Deserialize;
 pub struct CharmMetadata {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(default)]
+    pub requires: BTreeMap<String, Endpoint>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Endpoint {
+    #[serde(default)]
+    pub interface: Option<String>,
 }
 
 impl CharmMetadata {
@@ -28,6 +38,14 @@ impl CharmMetadata {
             }
         }
         Ok(None)
+    }
+
+    /// The first `requires` endpoint (by name) with this interface.
+    pub fn endpoint_for(&self, interface: &str) -> Option<&str> {
+        self.requires
+            .iter()
+            .find(|(_, e)| e.interface.as_deref() == Some(interface))
+            .map(|(name, _)| name.as_str())
     }
 }
 

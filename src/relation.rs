@@ -1,0 +1,233 @@
+//! Reading the `tracing` and `certificate_transfer` relations (DESIGN §3): which endpoints to
+//! read, and what the provider's databags mean. Pure functions over the hook tools' JSON
+//! answers, so every shape Juju and the providers produce is unit-tested; running the tools
+//! and caching the answer is the wrapper's job.
+//!
+//! - `tracing` v2: the provider's app databag has `receivers`, a JSON-encoded list of
+//!   `{"protocol": {"name": "otlp_http", "type": "http"}, "url": "http://host:4318"}`; we ship
+//!   to the `otlp_http` receiver's URL + `/v1/traces`. Our side (the requirer, as leader)
+//!   publishes `receivers='["otlp_http"]'`, merged into whatever list is there.
+//! - `certificate_transfer` v1: the provider app's `certificates`, a JSON-encoded list of PEM
+//!   strings; v0 fallback: provider units' `ca`, `certificate` and `chain` (raw PEM, or JSON).
+//! - Several relations on one endpoint: the lowest id wins (and `dispatch status` says so).
+
+use serde::Deserialize;
+
+use crate::config::Config;
+use crate::metadata::CharmMetadata;
+
+pub const TRACING_INTERFACE: &str = "tracing";
+pub const CA_INTERFACE: &str = "certificate_transfer";
+
+/// The endpoints to read: from the config file, else found by interface in the metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub tracing: Option<String>,
+    pub ca: Option<String>,
+}
+
+impl Endpoints {
+    pub fn find(meta: Option<&CharmMetadata>, config: &Config) -> Endpoints {
+        let by_interface = |interface: &str| meta.and_then(|m| m.endpoint_for(interface));
+        Endpoints {
+            tracing: config
+                .tracing_endpoint
+                .clone()
+                .or_else(|| by_interface(TRACING_INTERFACE).map(String::from)),
+            ca: config
+                .ca_endpoint
+                .clone()
+                .or_else(|| by_interface(CA_INTERFACE).map(String::from)),
+        }
+    }
+
+    /// No endpoint declared: no hook-tool call at all.
+    pub fn is_empty(&self) -> bool {
+        self.tracing.is_none() && self.ca.is_none()
+    }
+}
+
+/// The relation id with the lowest number from `relation-ids --format=json` output
+/// (Juju sorts them as strings, so `ep:10` comes before `ep:5`), and how many there were.
+pub fn lowest_relation(
+    relation_ids_json: &[u8],
+    excluding: Option<&str>,
+) -> (Option<String>, usize) {
+    let ids: Vec<String> = serde_json::from_slice(relation_ids_json).unwrap_or_default();
+    let ids: Vec<String> = ids
+        .into_iter()
+        .filter(|id| Some(id.as_str()) != excluding)
+        .collect();
+    let count = ids.len();
+    let lowest = ids.into_iter().min_by_key(|id| {
+        id.rsplit(':')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    });
+    (lowest, count)
+}
+
+/// A string or a JSON-encoded string (databag values are JSON-encoded in v2/v1; some
+/// providers write raw text).
+fn decode_value(value: &str) -> String {
+    serde_json::from_str::<String>(value).unwrap_or_else(|_| value.to_string())
+}
+
+#[derive(Deserialize)]
+struct Receiver {
+    protocol: Protocol,
+    url: String,
+}
+
+#[derive(Deserialize)]
+struct Protocol {
+    name: String,
+}
+
+/// The traces URL from a provider's `receivers` value: the first `otlp_http` receiver.
+pub fn traces_url(receivers: &str) -> Option<String> {
+    let receivers: Vec<Receiver> = serde_json::from_str(receivers).ok()?;
+    let receiver = receivers
+        .into_iter()
+        .find(|r| r.protocol.name == "otlp_http")?;
+    let base = receiver.url.trim().trim_end_matches('/');
+    if base.is_empty() {
+        return None;
+    }
+    Some(if base.ends_with("/v1/traces") {
+        base.to_string()
+    } else {
+        format!("{base}/v1/traces")
+    })
+}
+
+/// PEM certificates from a v1 provider app databag (`certificates`).
+pub fn certificates_v1(databag: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    let Some(value) = databag.get("certificates").and_then(|v| v.as_str()) else {
+        return Vec::new();
+    };
+    serde_json::from_str::<Vec<String>>(value)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"))
+        .collect()
+}
+
+/// PEM certificates from a v0 provider unit databag (`ca`, `certificate`, `chain`).
+pub fn certificates_v0(databag: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    let mut pems = Vec::new();
+    for key in ["ca", "certificate", "chain"] {
+        let Some(value) = databag.get(key).and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let decoded = decode_value(value);
+        // `chain` may be a JSON list of PEMs.
+        match serde_json::from_str::<Vec<String>>(&decoded) {
+            Ok(list) => pems.extend(list),
+            Err(_) => pems.push(decoded),
+        }
+    }
+    pems.retain(|pem| pem.contains("-----BEGIN CERTIFICATE-----"));
+    pems.dedup();
+    pems
+}
+
+/// Our `receivers` value with `otlp_http` added if missing (never removing entries); `None`
+/// when nothing needs to be written.
+pub fn merged_requirer_receivers(current: Option<&str>) -> Option<String> {
+    let mut list: Vec<String> = current
+        .map(decode_value)
+        .and_then(|v| serde_json::from_str(&v).ok())
+        .unwrap_or_default();
+    if list.iter().any(|r| r == "otlp_http") {
+        return None;
+    }
+    list.push("otlp_http".to_string());
+    serde_json::to_string(&list).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(json: &str) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn endpoints_come_from_the_config_or_the_metadata() {
+        let meta: CharmMetadata = serde_yaml::from_str(
+            "name: x\nrequires:\n  charm-tracing: {interface: tracing}\n  receive-ca-cert: {interface: certificate_transfer}\n",
+        )
+        .unwrap();
+        let found = Endpoints::find(Some(&meta), &Config::default());
+        assert_eq!(found.tracing.as_deref(), Some("charm-tracing"));
+        assert_eq!(found.ca.as_deref(), Some("receive-ca-cert"));
+        let config = Config {
+            tracing_endpoint: Some("traces".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            Endpoints::find(Some(&meta), &config).tracing.as_deref(),
+            Some("traces")
+        );
+        assert!(Endpoints::find(None, &Config::default()).is_empty());
+    }
+
+    #[test]
+    fn the_lowest_relation_id_wins_not_the_first_listed() {
+        let (id, count) = lowest_relation(br#"["charm-tracing:10","charm-tracing:5"]"#, None);
+        assert_eq!((id.as_deref(), count), (Some("charm-tracing:5"), 2));
+        let (id, count) = lowest_relation(br#"["t:5"]"#, Some("t:5"));
+        assert_eq!((id, count), (None, 0), "a broken relation is not read");
+        assert_eq!(lowest_relation(b"garbage", None), (None, 0));
+    }
+
+    #[test]
+    fn the_otlp_http_receiver_gives_the_traces_url() {
+        let receivers = r#"[{"protocol":{"name":"otlp_grpc","type":"grpc"},"url":"tempo:4317"},
+                           {"protocol":{"name":"otlp_http","type":"http"},"url":"http://tempo:4318/"}]"#;
+        assert_eq!(
+            traces_url(receivers).as_deref(),
+            Some("http://tempo:4318/v1/traces")
+        );
+        assert_eq!(
+            traces_url(r#"[{"protocol":{"name":"zipkin","type":"http"},"url":"http://z"}]"#),
+            None
+        );
+        assert_eq!(traces_url("not json"), None);
+    }
+
+    #[test]
+    fn certificates_are_read_from_v1_and_v0_databags() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----";
+        let v1 = map(
+            &serde_json::json!({"certificates": serde_json::to_string(&[pem]).unwrap()})
+                .to_string(),
+        );
+        assert_eq!(certificates_v1(&v1), [pem]);
+        let raw = map(&serde_json::json!({"ca": pem, "certificate": "not a cert"}).to_string());
+        assert_eq!(certificates_v0(&raw), [pem]);
+        let encoded = map(
+            &serde_json::json!({"chain": serde_json::to_string(&[pem, pem]).unwrap()}).to_string(),
+        );
+        assert_eq!(certificates_v0(&encoded), [pem]);
+    }
+
+    #[test]
+    fn our_receivers_are_merged_never_overwritten() {
+        assert_eq!(
+            merged_requirer_receivers(None).as_deref(),
+            Some(r#"["otlp_http"]"#)
+        );
+        assert_eq!(
+            merged_requirer_receivers(Some(r#"["otlp_grpc"]"#)).as_deref(),
+            Some(r#"["otlp_grpc","otlp_http"]"#)
+        );
+        assert_eq!(
+            merged_requirer_receivers(Some(r#"["otlp_http","zipkin"]"#)),
+            None
+        );
+    }
+}
