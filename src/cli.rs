@@ -280,7 +280,31 @@ fn status(charm_dir: &Path) -> Result<i32> {
         Some(store) => stored_destination(store)?,
         None => None,
     };
-    match destination::resolve(&env, &loaded.config, stored.as_ref()) {
+    let relation = store.as_ref().and_then(cached_relation);
+    if let Some(answer) = &relation {
+        match &answer.relation_id {
+            Some(id) => out.push_str(&format!(
+                "tracing relation: {id}{} ({})\n",
+                if answer.relations > 1 {
+                    format!(" (lowest of {} relations)", answer.relations)
+                } else {
+                    String::new()
+                },
+                match &answer.url {
+                    Some(url) => format!("provider publishes {url}"),
+                    None => "no otlp_http receiver published yet".to_string(),
+                }
+            )),
+            None => out.push_str("tracing relation: none\n"),
+        }
+        if answer.ca_relation {
+            out.push_str(&format!(
+                "certificate_transfer relation: {} CA certificate(s)\n",
+                answer.ca.len()
+            ));
+        }
+    }
+    match destination::resolve(&env, &loaded.config, stored.as_ref(), relation.as_ref()) {
         None => out.push_str("destination: none (traces are kept in the local store only)\n"),
         Some(destination) => {
             out.push_str(&format!(
@@ -303,6 +327,15 @@ fn status(charm_dir: &Path) -> Result<i32> {
     }
     print(&out)?;
     Ok(0)
+}
+
+/// The relations' answer cached by the last dispatch that read them.
+fn cached_relation(store: &Store) -> Option<crate::relation::Answer> {
+    store
+        .setting(crate::relation::SETTING)
+        .ok()
+        .flatten()
+        .and_then(|json| serde_json::from_str(&json).ok())
 }
 
 fn stored_destination(store: &Store) -> Result<Option<destination::Stored>> {
@@ -382,7 +415,10 @@ fn flush(charm_dir: &Path) -> Result<i32> {
     };
     let env = crate::wrapper::export_environment();
     let stored = stored_destination(&store)?;
-    let Some(destination) = destination::resolve(&env, &loaded.config, stored.as_ref()) else {
+    let relation = cached_relation(&store);
+    let Some(destination) =
+        destination::resolve(&env, &loaded.config, stored.as_ref(), relation.as_ref())
+    else {
         bail!("no destination: set one with `dispatch set-destination URL` or relate the charm to a tracing provider");
     };
     let http = crate::transport::Http::new(&destination, &env)

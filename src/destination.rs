@@ -6,7 +6,7 @@
 //!    not mistake them for the operator's.
 //! 2. `endpoint` in `dispatch-trace.yaml`, CA `ca_file` there.
 //! 3. `dispatch set-destination URL [--ca-file F]`, persisted in the store.
-//! 4. The `tracing` relation (issue #3, next step), CA from `certificate_transfer`.
+//! 4. The `tracing` relation, CA from `certificate_transfer` (an https URL waits for it).
 //! 5. Juju's `JUJU_CHARM_TRACE_CONFIG_HTTP` (base or full URL), CA
 //!    `JUJU_CHARM_TRACE_CONFIG_CA_CERT` (PEM text or a path).
 //!
@@ -130,6 +130,7 @@ pub fn resolve(
     env: &BTreeMap<String, String>,
     config: &Config,
     stored: Option<&Stored>,
+    relation: Option<&crate::relation::Answer>,
 ) -> Option<Destination> {
     let injected: Vec<&str> = env
         .get(ENV_INJECTED)
@@ -163,6 +164,23 @@ pub fn resolve(
             ca: stored.ca_file.clone().map_or(Ca::System, Ca::File),
             source: Source::SetDestination,
         });
+    }
+    if let Some(answer) = relation {
+        if let Some(url) = &answer.url {
+            // https before the certificate_transfer relation delivered its CA: buffer.
+            if url.starts_with("https://") && answer.ca_relation && answer.ca.is_empty() {
+                return None;
+            }
+            return Some(Destination {
+                url: url.clone(),
+                ca: if answer.ca.is_empty() {
+                    Ca::System
+                } else {
+                    Ca::Pem(answer.ca.join("\n"))
+                },
+                source: Source::Relation,
+            });
+        }
     }
     if let Some(url) = non_empty(env, "JUJU_CHARM_TRACE_CONFIG_HTTP") {
         let url = url.trim().trim_end_matches('/');
@@ -223,7 +241,7 @@ mod tests {
             ("JUJU_CHARM_TRACE_CONFIG_HTTP", "http://juju:4318"),
         ]);
         let cfg = config(Some("https://config:4318/v1/traces"));
-        let d = resolve(&all, &cfg, Some(&stored)).unwrap();
+        let d = resolve(&all, &cfg, Some(&stored), None).unwrap();
         assert_eq!(
             (d.url.as_str(), d.source),
             ("http://traces:4318/custom", Source::OtelEnvironment)
@@ -231,24 +249,24 @@ mod tests {
 
         let base = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318/")]);
         assert_eq!(
-            resolve(&base, &cfg, None).unwrap().url,
+            resolve(&base, &cfg, None, None).unwrap().url,
             "http://base:4318/v1/traces"
         );
 
         let juju = env(&[("JUJU_CHARM_TRACE_CONFIG_HTTP", "http://juju:4318")]);
-        let d = resolve(&juju, &cfg, Some(&stored)).unwrap();
+        let d = resolve(&juju, &cfg, Some(&stored), None).unwrap();
         assert_eq!(
             (d.source, d.ca),
             (Source::ConfigFile, Ca::File("/ca.pem".into()))
         );
-        let d = resolve(&juju, &config(None), Some(&stored)).unwrap();
+        let d = resolve(&juju, &config(None), Some(&stored), None).unwrap();
         assert_eq!(d.source, Source::SetDestination);
-        let d = resolve(&juju, &config(None), None).unwrap();
+        let d = resolve(&juju, &config(None), None, None).unwrap();
         assert_eq!(
             (d.url.as_str(), d.source),
             ("http://juju:4318/v1/traces", Source::JujuTraceConfig)
         );
-        assert_eq!(resolve(&env(&[]), &config(None), None), None);
+        assert_eq!(resolve(&env(&[]), &config(None), None, None), None);
     }
 
     #[test]
@@ -263,7 +281,7 @@ mod tests {
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             ),
         ]);
-        assert_eq!(resolve(&injected, &config(None), None), None);
+        assert_eq!(resolve(&injected, &config(None), None, None), None);
     }
 
     #[test]
@@ -275,7 +293,7 @@ mod tests {
                 "-----BEGIN CERTIFICATE-----\nx\n",
             ),
         ]);
-        let d = resolve(&full, &config(None), None).unwrap();
+        let d = resolve(&full, &config(None), None, None).unwrap();
         assert_eq!(d.url, "https://c:4318/v1/traces");
         assert!(matches!(d.ca, Ca::Pem(_)));
         let path = env(&[
@@ -283,11 +301,51 @@ mod tests {
             ("JUJU_CHARM_TRACE_CONFIG_CA_CERT", "/var/lib/ca.pem"),
         ]);
         assert_eq!(
-            resolve(&path, &config(None), None).unwrap().ca,
+            resolve(&path, &config(None), None, None).unwrap().ca,
             Ca::File("/var/lib/ca.pem".into())
         );
         let empty = env(&[("JUJU_CHARM_TRACE_CONFIG_HTTP", " ")]);
-        assert_eq!(resolve(&empty, &config(None), None), None);
+        assert_eq!(resolve(&empty, &config(None), None, None), None);
+    }
+
+    #[test]
+    fn the_relation_comes_after_set_destination_and_https_waits_for_its_ca() {
+        use crate::relation::Answer;
+        let answer = Answer {
+            url: Some("https://tempo:4318/v1/traces".into()),
+            ca_relation: true,
+            ..Answer::default()
+        };
+        let juju = env(&[("JUJU_CHARM_TRACE_CONFIG_HTTP", "http://juju:4318")]);
+        assert_eq!(
+            resolve(&juju, &config(None), None, Some(&answer)),
+            None,
+            "buffered"
+        );
+        let with_ca = Answer {
+            ca: vec!["-----BEGIN CERTIFICATE-----".into()],
+            ..answer.clone()
+        };
+        let d = resolve(&juju, &config(None), None, Some(&with_ca)).unwrap();
+        assert_eq!(d.source, Source::Relation);
+        assert!(matches!(d.ca, Ca::Pem(_)));
+        let stored = Stored {
+            url: "http://s/v1/traces".into(),
+            ca_file: None,
+        };
+        assert_eq!(
+            resolve(&juju, &config(None), Some(&stored), Some(&with_ca))
+                .unwrap()
+                .source,
+            Source::SetDestination
+        );
+        let none = Answer::default();
+        assert_eq!(
+            resolve(&juju, &config(None), None, Some(&none))
+                .unwrap()
+                .source,
+            Source::JujuTraceConfig
+        );
     }
 
     #[test]

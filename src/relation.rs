@@ -231,3 +231,157 @@ mod tests {
         );
     }
 }
+
+/// What the relations said, cached in the store between the events that can change it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Answer {
+    /// The traces URL of the lowest tracing relation's provider, if it published one.
+    pub url: Option<String>,
+    pub relation_id: Option<String>,
+    /// How many tracing relations there are (more than one: the lowest id is used).
+    pub relations: usize,
+    /// Whether a certificate_transfer relation exists (then https waits for its CA).
+    pub ca_relation: bool,
+    /// PEM certificates from it.
+    pub ca: Vec<String>,
+}
+
+/// The store setting holding the cached `Answer` (JSON).
+pub const SETTING: &str = "relation.answer";
+
+/// Runs one hook tool, returning its stdout if it exited 0.
+pub trait Tools {
+    fn run(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>>;
+}
+
+/// Whether this event can change the answer (or there is none yet).
+pub fn needs_discovery(
+    event: &str,
+    relation: Option<&str>,
+    endpoints: &Endpoints,
+    cached: bool,
+) -> bool {
+    if endpoints.is_empty() {
+        return false;
+    }
+    if !cached
+        || matches!(
+            event,
+            "install" | "start" | "upgrade-charm" | "leader-elected"
+        )
+    {
+        return true;
+    }
+    relation.is_some_and(|r| {
+        Some(r) == endpoints.tracing.as_deref() || Some(r) == endpoints.ca.as_deref()
+    })
+}
+
+fn databag(
+    tools: &mut dyn Tools,
+    relation_id: &str,
+    app_flag: bool,
+    of: &str,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut args = vec!["-r", relation_id];
+    if app_flag {
+        args.push("--app");
+    }
+    args.extend(["-", of, "--format=json"]);
+    tools
+        .run("relation-get", &args)
+        .and_then(|out| serde_json::from_slice(&out).ok())
+        .unwrap_or_default()
+}
+
+fn remote_app(tools: &mut dyn Tools, relation_id: &str) -> Option<String> {
+    let out = tools.run(
+        "relation-list",
+        &["-r", relation_id, "--app", "--format=json"],
+    )?;
+    serde_json::from_slice::<String>(&out)
+        .ok()
+        .filter(|a| !a.is_empty())
+}
+
+/// Reads both relations. `broken` is the id of a relation being broken in this event (not
+/// to be read: it is gone).
+pub fn discover(tools: &mut dyn Tools, endpoints: &Endpoints, broken: Option<&str>) -> Answer {
+    let mut answer = Answer::default();
+    if let Some(endpoint) = &endpoints.tracing {
+        if let Some(ids) = tools.run("relation-ids", &[endpoint, "--format=json"]) {
+            let (lowest, count) = lowest_relation(&ids, broken);
+            answer.relations = count;
+            if let Some(id) = lowest {
+                if let Some(app) = remote_app(tools, &id) {
+                    let bag = databag(tools, &id, true, &app);
+                    answer.url = bag
+                        .get("receivers")
+                        .and_then(|v| v.as_str())
+                        .map(decode_value)
+                        .and_then(|r| traces_url(&r));
+                }
+                answer.relation_id = Some(id);
+            }
+        }
+    }
+    if let Some(endpoint) = &endpoints.ca {
+        if let Some(ids) = tools.run("relation-ids", &[endpoint, "--format=json"]) {
+            if let (Some(id), _) = lowest_relation(&ids, broken) {
+                answer.ca_relation = true;
+                if let Some(app) = remote_app(tools, &id) {
+                    answer.ca = certificates_v1(&databag(tools, &id, true, &app));
+                }
+                if answer.ca.is_empty() {
+                    let units: Vec<String> = tools
+                        .run("relation-list", &["-r", &id, "--format=json"])
+                        .and_then(|out| serde_json::from_slice(&out).ok())
+                        .unwrap_or_default();
+                    for unit in units {
+                        answer
+                            .ca
+                            .extend(certificates_v0(&databag(tools, &id, false, &unit)));
+                    }
+                    answer.ca.dedup();
+                }
+            }
+        }
+    }
+    answer
+}
+
+/// As leader, publishes our requirer data where it is missing: `receivers` with `otlp_http`
+/// on the tracing relation, `version=1` on the certificate_transfer relation. Run before the
+/// charm, so the charm's own writes of the same keys come later and win.
+pub fn publish(tools: &mut dyn Tools, endpoints: &Endpoints, our_app: &str, broken: Option<&str>) {
+    let leader = tools
+        .run("is-leader", &["--format=json"])
+        .and_then(|out| serde_json::from_slice::<bool>(&out).ok())
+        .unwrap_or(false);
+    if !leader {
+        return;
+    }
+    let lowest = |tools: &mut dyn Tools, endpoint: &str| {
+        tools
+            .run("relation-ids", &[endpoint, "--format=json"])
+            .and_then(|ids| lowest_relation(&ids, broken).0)
+    };
+    if let Some(endpoint) = &endpoints.tracing {
+        if let Some(id) = lowest(tools, endpoint) {
+            let ours = databag(tools, &id, true, our_app);
+            let current = ours.get("receivers").and_then(|v| v.as_str());
+            if let Some(value) = merged_requirer_receivers(current) {
+                let setting = format!("receivers={value}");
+                tools.run("relation-set", &["-r", &id, "--app", &setting]);
+            }
+        }
+    }
+    if let Some(endpoint) = &endpoints.ca {
+        if let Some(id) = lowest(tools, endpoint) {
+            let ours = databag(tools, &id, true, our_app);
+            if !ours.contains_key("version") {
+                tools.run("relation-set", &["-r", &id, "--app", "version=1"]);
+            }
+        }
+    }
+}

@@ -31,6 +31,7 @@ use crate::inflight::{self, Inflight, OrphanScan, Started};
 use crate::juju::{EventKind, HookEnv};
 use crate::metadata::CharmMetadata;
 use crate::operator::{self, Operator};
+use crate::relation;
 use crate::shims;
 use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
 use crate::state_dir;
@@ -81,6 +82,12 @@ struct Prepared {
     store_tried: bool,
     store_newer: bool,
     stored_destination: Option<destination::Stored>,
+    endpoints: relation::Endpoints,
+    /// Juju's real hook-tool directory, when found.
+    tools_dir: Option<PathBuf>,
+    /// The relations' answer: discovered in this dispatch, or cached in the store.
+    relation: Option<relation::Answer>,
+    relation_discovered: bool,
     inflight: Option<Inflight>,
     start: SystemTime,
 }
@@ -138,6 +145,10 @@ fn plan(argv0: &OsString, start: SystemTime) -> Plan {
         store_tried: false,
         store_newer: false,
         stored_destination: None,
+        endpoints: relation::Endpoints::default(),
+        tools_dir: None,
+        relation: None,
+        relation_discovered: false,
         inflight: None,
         start,
     }))
@@ -192,6 +203,8 @@ struct Tracing {
     builder: TraceBuilder,
     facts: RootFacts,
     reader: Option<Reader<OpenedStore>>,
+    /// Hook-tool calls the wrapper made itself (relation discovery).
+    own_calls: Vec<dispatch_shim::Record>,
 }
 
 fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals) -> i32 {
@@ -277,6 +290,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     let nonce = spans::new_nonce();
     let mut env_changes: Vec<(OsString, OsString)> = Vec::new();
     let mut reader = None;
+    let mut tools_dir: Option<PathBuf> = None;
     if let (Target::Program(_), Some(state_dir)) = (&prepared.target, &prepared.state_dir) {
         let store_path = prepared.store_path.clone();
         let scan = prepared.inflight.as_ref().map(Inflight::orphan_scan);
@@ -285,6 +299,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         match intercept(&prepared.charm_dir, state_dir, &nonce, open_early) {
             Ok(Some(interception)) => {
                 env_changes.extend(interception.env(&nonce, prepared.config.record_log_messages));
+                tools_dir = Some(interception.tools_dir.clone());
                 reader = Some(interception.reader);
             }
             Ok(None) => {}
@@ -297,13 +312,15 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         env_changes.push((ENV_NONCE.into(), nonce.into()));
     }
 
-    let charm_name = match CharmMetadata::load(&prepared.charm_dir) {
-        Ok(meta) => meta.and_then(|m| m.name),
+    let metadata = match CharmMetadata::load(&prepared.charm_dir) {
+        Ok(meta) => meta,
         Err(problem) => {
             prepared.problems.push(problem);
             None
         }
     };
+    let charm_name = metadata.as_ref().and_then(|m| m.name.clone());
+    prepared.endpoints = relation::Endpoints::find(metadata.as_ref(), &prepared.config);
     let incoming = spans::incoming_context(env);
     let continued =
         prepared.config.juju_trace_context == TraceContextMode::Continue && incoming.is_some();
@@ -359,12 +376,42 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
             ));
         }
     }
+    // The relations, on the events that can change them: read (and, as leader, our side
+    // published) before the charm runs, so its own writes come later and win.
+    prepared.tools_dir = tools_dir.clone();
+    let mut own_calls = Vec::new();
+    if let Some(tools_dir) = &tools_dir {
+        let trigger = relation::needs_discovery(
+            env.event_name(),
+            env.get("JUJU_RELATION"),
+            &prepared.endpoints,
+            true,
+        );
+        if trigger {
+            let root = format!("00-{}-{}-01", ids.trace_id, ids.root_span_id);
+            let mut tools = HookTools::new(tools_dir, root);
+            let broken = broken_relation(env);
+            if prepared.config.publish_requirer_data {
+                if let Some(app) = env.application_name() {
+                    relation::publish(&mut tools, &prepared.endpoints, app, broken.as_deref());
+                }
+            }
+            prepared.relation = Some(relation::discover(
+                &mut tools,
+                &prepared.endpoints,
+                broken.as_deref(),
+            ));
+            prepared.relation_discovered = true;
+            own_calls = tools.records;
+        }
+    }
     facts.problems = prepared.problems.clone();
     (
         Some(Tracing {
             builder,
             facts,
             reader,
+            own_calls,
         }),
         env_changes,
     )
@@ -386,6 +433,9 @@ fn open_store(prepared: &mut Prepared) {
     prepared.store = opened.store;
     prepared.store_newer = opened.newer_schema;
     prepared.stored_destination = opened.stored_destination;
+    if !prepared.relation_discovered {
+        prepared.relation = opened.relation;
+    }
     prepared.problems.extend(opened.problems);
 }
 
@@ -398,6 +448,8 @@ struct OpenedStore {
     newer_schema: bool,
     /// What `dispatch set-destination` stored, read while the child runs.
     stored_destination: Option<destination::Stored>,
+    /// The relations' cached answer.
+    relation: Option<relation::Answer>,
 }
 
 fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> OpenedStore {
@@ -411,6 +463,7 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
                 problems,
                 newer_schema: matches!(e, store::OpenError::NewerSchema(_)),
                 stored_destination: None,
+                relation: None,
             };
         }
     };
@@ -420,6 +473,11 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
         .ok()
         .flatten()
         .map(|text| destination::Stored::decode(&text));
+    let relation = store
+        .setting(relation::SETTING)
+        .ok()
+        .flatten()
+        .and_then(|json| serde_json::from_str(&json).ok());
     if let Err(e) = store.maintain() {
         problems.push(format!(
             "cannot checkpoint the trace store {}: {e}",
@@ -433,6 +491,7 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
             problems,
             newer_schema: false,
             stored_destination,
+            relation,
         };
     }
     let (paths, chunks): (Vec<PathBuf>, Vec<NewChunk>) = orphans.into_iter().unzip();
@@ -449,6 +508,7 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
         problems,
         newer_schema: false,
         stored_destination,
+        relation,
     }
 }
 
@@ -487,6 +547,79 @@ fn add_with_recovery(
             problems.push(cannot(store.path(), &e));
             (Some(store), None)
         }
+    }
+}
+
+/// The relation being broken in a `<endpoint>-relation-broken` event: gone, not to be read.
+fn broken_relation(env: &HookEnv) -> Option<String> {
+    env.event_name()
+        .ends_with("-relation-broken")
+        .then(|| env.get("JUJU_RELATION_ID").map(String::from))
+        .flatten()
+}
+
+/// Runs Juju's real hook tools for the wrapper's own calls, and records each like a shim
+/// would (redacted), so they appear in the trace under the root span.
+struct HookTools {
+    tools_dir: PathBuf,
+    traceparent: String,
+    records: Vec<dispatch_shim::Record>,
+}
+
+impl HookTools {
+    fn new(tools_dir: &Path, traceparent: String) -> HookTools {
+        HookTools {
+            tools_dir: tools_dir.to_path_buf(),
+            traceparent,
+            records: Vec::new(),
+        }
+    }
+}
+
+impl relation::Tools for HookTools {
+    fn run(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>> {
+        let start = spans::time_to_unix_nanos(SystemTime::now());
+        let output = std::process::Command::new(self.tools_dir.join(tool))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output();
+        let end = spans::time_to_unix_nanos(SystemTime::now());
+        let raw: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let summary = dispatch_shim::summarize_args(tool, &raw, false);
+        let (call_end, stdout) = match output {
+            Ok(out) => match out.status.code() {
+                Some(code) => (
+                    dispatch_shim::CallEnd::Exited(code),
+                    (code == 0).then_some(out.stdout),
+                ),
+                None => (
+                    dispatch_shim::CallEnd::Signaled(
+                        std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0),
+                    ),
+                    None,
+                ),
+            },
+            Err(e) => (
+                dispatch_shim::CallEnd::SpawnFailed(e.raw_os_error().unwrap_or(0)),
+                None,
+            ),
+        };
+        self.records.push(dispatch_shim::Record {
+            nonce: String::new(),
+            tool: tool.to_string(),
+            pid: 0,
+            start_unix_nanos: start,
+            end_unix_nanos: end,
+            end: call_end,
+            traceparent: self.traceparent.clone(),
+            log_level: summary.log_level,
+            log_length: summary.log_length,
+            log_text: String::new(),
+            arg_count: args.len(),
+            args: summary.args,
+        });
+        stdout
     }
 }
 
@@ -581,6 +714,9 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
                 prepared.store_tried = true;
                 prepared.store_newer = opened.newer_schema;
                 prepared.stored_destination = opened.stored_destination;
+                if !prepared.relation_discovered {
+                    prepared.relation = opened.relation;
+                }
                 prepared.store = opened.store;
                 prepared.problems.extend(opened.problems);
             }
@@ -615,7 +751,27 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
         "dispatch.tool_calls",
         collected.records.len() as i64,
     )];
-    for record in &collected.records {
+    // Nothing cached yet (a charm's first dispatch under us, or a new store): read the
+    // relations now, after the charm (publishing waits for an event that allows it first).
+    open_store(prepared);
+    if prepared.relation.is_none() && !prepared.endpoints.is_empty() {
+        if let Some(tools_dir) = prepared.tools_dir.clone() {
+            let root = format!(
+                "00-{}-{}-01",
+                builder.ids.trace_id, builder.ids.root_span_id
+            );
+            let mut tools = HookTools::new(&tools_dir, root);
+            let broken = broken_relation(&prepared.env);
+            prepared.relation = Some(relation::discover(
+                &mut tools,
+                &prepared.endpoints,
+                broken.as_deref(),
+            ));
+            prepared.relation_discovered = true;
+            tracing.own_calls.extend(tools.records);
+        }
+    }
+    for record in collected.records.iter().chain(&tracing.own_calls) {
         changed |= changes_state(&record.tool);
         spans.push(builder.tool_span(record));
     }
@@ -684,10 +840,19 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
     if let Some(store) = prepared.store.as_mut() {
         let stored = prepared.stored_destination.take();
         let root = Some(builder.ids.root_span_id);
+        if prepared.relation_discovered {
+            if let Some(answer) = &prepared.relation {
+                if let Ok(json) = serde_json::to_string(answer) {
+                    let _ = store.set_setting(relation::SETTING, Some(&json));
+                }
+            }
+        }
+        let answer = prepared.relation.clone();
         ship(
             store,
             &prepared.config,
             stored,
+            answer.as_ref(),
             stored_id,
             root,
             &mut prepared.problems,
@@ -699,16 +864,18 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
 /// Ships this dispatch's trace and the backlog to the destination, if there is one, within
 /// the export budget. Only causes the operator can act on become problems (stderr); outages
 /// are the backoff's business and show in `dispatch status`.
+#[allow(clippy::too_many_arguments)]
 fn ship(
     store: &mut Store,
     config: &Config,
     stored: Option<destination::Stored>,
+    relation: Option<&relation::Answer>,
     current: Option<i64>,
     root_span: Option<opentelemetry::trace::SpanId>,
     problems: &mut Vec<String>,
 ) {
     let env = export_environment();
-    let Some(destination) = destination::resolve(&env, config, stored.as_ref()) else {
+    let Some(destination) = destination::resolve(&env, config, stored.as_ref(), relation) else {
         return;
     };
     // Backing off costs nothing, not even building the client.
