@@ -162,3 +162,100 @@ fn a_broken_relation_is_not_read_and_traces_are_buffered() {
     });
     assert!(!read_broken, "the broken relation must not be read");
 }
+
+/// Relates to an https provider and, with `ca` (`None`: no CA relation at all), to a
+/// certificate_transfer provider whose databags are `ca`'s (app data, unit data).
+fn relate_tls(charm: &Charm, receiver: &Receiver, ca: Option<(Value, Value)>) {
+    relate(charm, receiver);
+    let mut state = state(charm);
+    let receivers = json!([
+        {"protocol": {"name": "otlp_http", "type": "http"}, "url": receiver.https_url().trim_end_matches("/v1/traces")},
+    ])
+    .to_string();
+    state["relations"]["charm-tracing"]["charm-tracing:3"]["data"]["tempo"]["receivers"] =
+        json!(receivers);
+    if let Some((app, unit)) = ca {
+        state["relations"]["receive-ca-cert"] = json!({
+            "receive-ca-cert:4": {
+                "app": "ca",
+                "units": ["ca/0"],
+                "data": {"ca": app, "ca/0": unit, "myapp": {}, "myapp/0": {}}
+            }
+        });
+    }
+    std::fs::write(charm.state.join("state.json"), state.to_string()).unwrap();
+}
+
+#[test]
+fn an_https_provider_is_trusted_through_the_certificate_transfer_relation() {
+    let pki = util::receiver::TestPki::new();
+    // v1: the provider app publishes a JSON list of certificates.
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start_tls(vec![Answer::ok()], &pki);
+    let certificates = serde_json::to_string(&[&pki.ca_pem]).unwrap();
+    relate_tls(
+        &charm,
+        &receiver,
+        Some((json!({"certificates": certificates}), json!({}))),
+    );
+    let out = charm.dispatch("hooks/install", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "shipped over TLS with the relation's CA"
+    );
+    assert_eq!(charm.last_trace()["state"], "shipped");
+    let version = &state(&charm)["relations"]["receive-ca-cert"]["receive-ca-cert:4"]["data"]
+        ["myapp"]["version"];
+    assert_eq!(version, "1", "the leader published version=1");
+
+    // v0: a provider unit publishes `ca`.
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start_tls(vec![Answer::ok()], &pki);
+    relate_tls(
+        &charm,
+        &receiver,
+        Some((json!({}), json!({"ca": pki.ca_pem}))),
+    );
+    assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
+    assert_eq!(receiver.requests().len(), 1, "shipped with the v0 unit CA");
+}
+
+#[test]
+fn an_https_provider_waits_for_the_ca_when_the_ca_relation_has_none_yet() {
+    let pki = util::receiver::TestPki::new();
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start_tls(vec![Answer::ok()], &pki);
+    relate_tls(&charm, &receiver, Some((json!({}), json!({}))));
+    let out = charm.dispatch("hooks/install", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "waiting for a CA is not an error: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        receiver.requests().is_empty(),
+        "nothing sent before the CA arrives"
+    );
+    assert_eq!(charm.last_trace()["state"], "pending");
+
+    // The CA arrives: the relation event reads it and everything buffered is shipped.
+    let mut updated = state(&charm);
+    let certificates = serde_json::to_string(&[&pki.ca_pem]).unwrap();
+    updated["relations"]["receive-ca-cert"]["receive-ca-cert:4"]["data"]["ca"] =
+        json!({"certificates": certificates});
+    std::fs::write(charm.state.join("state.json"), updated.to_string()).unwrap();
+    let out = charm.dispatch(
+        "hooks/receive-ca-cert-relation-changed",
+        &[
+            ("JUJU_RELATION", "receive-ca-cert"),
+            ("JUJU_RELATION_ID", "receive-ca-cert:4"),
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(!receiver.requests().is_empty());
+    assert!(charm.traces().iter().all(|t| t["state"] == "shipped"));
+}
