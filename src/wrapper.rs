@@ -322,8 +322,9 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     let charm_name = metadata.as_ref().and_then(|m| m.name.clone());
     prepared.endpoints = relation::Endpoints::find(metadata.as_ref(), &prepared.config);
     let incoming = spans::incoming_context(env);
-    let continued =
-        prepared.config.juju_trace_context == TraceContextMode::Continue && incoming.is_some();
+    let continued = incoming.is_some()
+        && (prepared.config.juju_trace_context == TraceContextMode::Continue
+            || ships_to_juju_collector(prepared));
     let ids = DispatchIds::new(if continued { incoming.as_ref() } else { None });
     let builder = TraceBuilder::new(
         ids,
@@ -548,6 +549,38 @@ fn add_with_recovery(
             (Some(store), None)
         }
     }
+}
+
+/// Whether traces go to Juju's own collector (`JUJU_CHARM_TRACE_CONFIG_HTTP`), where Juju's
+/// spans are too: then the dispatch continues Juju's trace instead of linking to it (DESIGN
+/// §4). Only asked when Juju sent both a context and a trace config (Juju 4), so only then is
+/// the store peeked at before the child, for a destination that would take precedence.
+fn ships_to_juju_collector(prepared: &Prepared) -> bool {
+    if prepared.env.get("JUJU_CHARM_TRACE_CONFIG_HTTP").is_none() {
+        return false;
+    }
+    let (stored, relation) = match Store::open(&prepared.store_path) {
+        Ok(store) => (
+            store
+                .setting(destination::SETTING)
+                .ok()
+                .flatten()
+                .map(|text| destination::Stored::decode(&text)),
+            store
+                .setting(relation::SETTING)
+                .ok()
+                .flatten()
+                .and_then(|json| serde_json::from_str::<relation::Answer>(&json).ok()),
+        ),
+        Err(_) => (None, None),
+    };
+    destination::resolve(
+        &export_environment(),
+        &prepared.config,
+        stored.as_ref(),
+        relation.as_ref(),
+    )
+    .is_some_and(|d| d.source == destination::Source::JujuTraceConfig)
 }
 
 /// The relation being broken in a `<endpoint>-relation-broken` event: gone, not to be read.

@@ -324,3 +324,33 @@ fn juju_proxy_settings_are_used_and_no_proxy_is_honoured() {
     );
     assert_eq!(charm.last_trace()["state"], "pending");
 }
+
+#[test]
+fn shipping_to_jujus_own_collector_continues_jujus_trace_and_elsewhere_links_to_it() {
+    let charm = Charm::new("shell");
+    let juju = Receiver::start(vec![Answer::ok()]);
+    let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let juju_url = format!("http://127.0.0.1:{}", juju.port);
+    let env = [
+        ("JUJU_CHARM_TRACE_CONFIG_HTTP", juju_url.as_str()),
+        ("TRACEPARENT", incoming),
+    ];
+    let out = charm.dispatch("hooks/start", &env);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(juju.requests().len(), 1);
+    let trace = charm.last_trace();
+    assert_eq!(trace["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(util::root(&trace)["parent_span_id"], "b7ad6b7169203331");
+
+    // Another destination takes precedence: a new trace that links to Juju's.
+    let other = Receiver::start(vec![Answer::ok()]);
+    set_destination(&charm, &other.url());
+    assert_eq!(code(&charm.dispatch("hooks/start", &env)), 0);
+    assert_eq!(other.requests().len(), 1);
+    let trace = charm.last_trace();
+    assert_ne!(trace["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(
+        util::root(&trace)["links"][0]["trace_id"],
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+}
