@@ -354,3 +354,33 @@ fn shipping_to_jujus_own_collector_continues_jujus_trace_and_elsewhere_links_to_
         "0af7651916cd43dd8448eb211c80319c"
     );
 }
+
+#[test]
+fn a_slow_backend_within_the_budget_is_waited_for_and_beyond_it_is_not() {
+    let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", "export_budget_ms: 600\n");
+    let receiver = Receiver::start(vec![Answer::Slow(Duration::from_millis(150))]);
+    set_destination(&charm, &receiver.url());
+    let out = charm.dispatch("hooks/install", &[]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(
+        charm.last_trace()["state"],
+        "shipped",
+        "a slow answer within the budget counts"
+    );
+
+    receiver.set_script(vec![Answer::Slow(Duration::from_secs(5))]);
+    let started = Instant::now();
+    let out = charm.dispatch("hooks/config-changed", &[("CHARM_EXIT", "4")]);
+    assert_eq!(code(&out), 4);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the budget bounds a slow backend"
+    );
+    assert_eq!(charm.last_trace()["state"], "pending");
+    assert!(
+        out.stderr.is_empty(),
+        "slowness is not the operator's to fix: {}",
+        text(&out.stderr)
+    );
+}
