@@ -18,7 +18,7 @@ use std::ffi::OsString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use dispatch_shim::{changes_state, ENV_CHANNEL, ENV_LOG_TEXT, ENV_NONCE, ENV_TOOLS_DIR};
 use opentelemetry::KeyValue;
@@ -597,6 +597,7 @@ struct HookTools {
     tools_dir: PathBuf,
     traceparent: String,
     records: Vec<dispatch_shim::Record>,
+    spent: Duration,
 }
 
 impl HookTools {
@@ -605,6 +606,7 @@ impl HookTools {
             tools_dir: tools_dir.to_path_buf(),
             traceparent,
             records: Vec::new(),
+            spent: Duration::ZERO,
         }
     }
 }
@@ -612,29 +614,32 @@ impl HookTools {
 impl relation::Tools for HookTools {
     fn run(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>> {
         let start = spans::time_to_unix_nanos(SystemTime::now());
-        let output = std::process::Command::new(self.tools_dir.join(tool))
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output();
+        let left = OWN_CALLS_BUDGET.saturating_sub(self.spent);
+        let begun = Instant::now();
+        let outcome = if left.is_zero() {
+            Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
+        } else {
+            run_bounded(&self.tools_dir.join(tool), args, left)
+        };
+        self.spent += begun.elapsed();
         let end = spans::time_to_unix_nanos(SystemTime::now());
         let raw: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         let summary = dispatch_shim::summarize_args(tool, &raw, false);
-        let (call_end, stdout) = match output {
-            Ok(out) => match out.status.code() {
+        let (call_end, stdout) = match outcome {
+            Ok((status, stdout)) => match status.code() {
                 Some(code) => (
                     dispatch_shim::CallEnd::Exited(code),
-                    (code == 0).then_some(out.stdout),
+                    (code == 0).then_some(stdout),
                 ),
                 None => (
                     dispatch_shim::CallEnd::Signaled(
-                        std::os::unix::process::ExitStatusExt::signal(&out.status).unwrap_or(0),
+                        std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0),
                     ),
                     None,
                 ),
             },
             Err(e) => (
-                dispatch_shim::CallEnd::SpawnFailed(e.raw_os_error().unwrap_or(0)),
+                dispatch_shim::CallEnd::SpawnFailed(e.raw_os_error().unwrap_or(libc::ETIMEDOUT)),
                 None,
             ),
         };
@@ -654,6 +659,48 @@ impl relation::Tools for HookTools {
         });
         stdout
     }
+}
+
+/// All of the wrapper's own hook-tool calls in one dispatch share this much time: a hook tool
+/// that hangs (an agent in trouble) must not hold the hook up on our account.
+const OWN_CALLS_BUDGET: Duration = Duration::from_secs(5);
+
+/// Runs a tool with its stdout captured, killing it if it outlives `limit`.
+fn run_bounded(
+    program: &Path,
+    args: &[&str],
+    limit: Duration,
+) -> std::io::Result<(std::process::ExitStatus, Vec<u8>)> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Read on a thread so a large answer cannot fill the pipe while we wait.
+    let mut pipe = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(pipe) = pipe.as_mut() {
+            let _ = pipe.read_to_end(&mut out);
+        }
+        out
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let stdout = reader.join().unwrap_or_default();
+    Ok((status, stdout))
 }
 
 struct Interception {

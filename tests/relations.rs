@@ -259,3 +259,20 @@ fn an_https_provider_waits_for_the_ca_when_the_ca_relation_has_none_yet() {
     assert!(!receiver.requests().is_empty());
     assert!(charm.traces().iter().all(|t| t["state"] == "shipped"));
 }
+
+#[test]
+fn a_hanging_hook_tool_cannot_hold_the_hook_up_on_our_account() {
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start(vec![Answer::ok()]);
+    relate(&charm, &receiver);
+    std::fs::create_dir_all(charm.state.join("hang")).unwrap();
+    std::fs::write(charm.state.join("hang/relation-ids"), b"").unwrap();
+    let started = std::time::Instant::now();
+    let out = charm.dispatch("hooks/install", &[("CHARM_EXIT", "6")]);
+    let took = started.elapsed();
+    assert_eq!(code(&out), 6, "{}", text(&out.stderr));
+    // Our own calls share a 5 s allowance; far less than a hang.
+    assert!(took < std::time::Duration::from_secs(12), "took {took:?}");
+    let trace = charm.last_trace();
+    assert!(!spans_named(&trace, "relation-ids").is_empty());
+}
