@@ -309,7 +309,7 @@ fn status(charm_dir: &Path) -> Result<i32> {
         Some(destination) => {
             out.push_str(&format!(
                 "destination: {} (from {}; CA: {})\n",
-                destination.url,
+                destination::redact_url(&destination.url),
                 destination.source.describe(),
                 destination.ca.describe()
             ));
@@ -387,7 +387,10 @@ fn set_destination(charm_dir: &Path, args: &[String]) -> Result<i32> {
     }
     store.set_setting(destination::SETTING, Some(&wanted.encode()))?;
     export::reset_backoff(&store);
-    print(&format!("destination set to {}\n", wanted.url))?;
+    print(&format!(
+        "destination set to {}\n",
+        destination::redact_url(&wanted.url)
+    ))?;
     Ok(0)
 }
 
@@ -421,6 +424,8 @@ fn flush(charm_dir: &Path) -> Result<i32> {
     else {
         bail!("no destination: set one with `dispatch set-destination URL` or relate the charm to a tracing provider");
     };
+    // A person asked: whatever backoff there was is over, sent or not.
+    export::reset_backoff(&store);
     let http = crate::transport::Http::new(&destination, &env)
         .map_err(|failure| anyhow::anyhow!("{}", failure.cause))?;
     // A person is waiting: give it time, but not forever.
@@ -436,7 +441,9 @@ fn flush(charm_dir: &Path) -> Result<i32> {
     );
     print(&format!(
         "sent {} dispatch(es) to {} in {} request(s)\n",
-        report.chunks_sent, destination.url, report.requests
+        report.chunks_sent,
+        destination::redact_url(&destination.url),
+        report.requests
     ))?;
     if let Some(failure) = report.failure {
         bail!("{}", failure.cause);

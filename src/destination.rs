@@ -105,6 +105,20 @@ impl Stored {
     }
 }
 
+/// The URL without any `user:password@` part, for anything shown or stored: credentials in a
+/// destination or proxy URL must not reach stderr, spans or `dispatch status`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://<credentials>@{host}{tail}"),
+        None => url.to_string(),
+    }
+}
+
 /// Checks a URL is one we can send to.
 pub fn validate_url(url: &str) -> Result<(), String> {
     let rest = url
@@ -362,6 +376,19 @@ mod tests {
         ] {
             assert_eq!(Stored::decode(&stored.encode()), stored);
         }
+    }
+
+    #[test]
+    fn credentials_are_taken_out_of_urls_before_they_are_shown() {
+        assert_eq!(
+            redact_url("https://user:s3cret@tempo:4318/v1/traces"),
+            "https://<credentials>@tempo:4318/v1/traces"
+        );
+        assert_eq!(
+            redact_url("http://tempo:4318/v1/traces"),
+            "http://tempo:4318/v1/traces"
+        );
+        assert_eq!(redact_url("http://a/b@c"), "http://a/b@c");
     }
 
     #[test]

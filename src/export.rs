@@ -216,6 +216,7 @@ pub fn export(
 
 /// Turns a status into success or a failure with its cause.
 fn classify(answer: Answer, url: &str) -> Result<(), Failure> {
+    let url = &crate::destination::redact_url(url);
     match answer.status {
         200..=299 => Ok(()),
         429 | 502..=504 => Err(Failure {

@@ -136,10 +136,11 @@ pub fn certificates_v0(databag: &serde_json::Map<String, serde_json::Value>) -> 
 /// Our `receivers` value with `otlp_http` added if missing (never removing entries); `None`
 /// when nothing needs to be written.
 pub fn merged_requirer_receivers(current: Option<&str>) -> Option<String> {
-    let mut list: Vec<String> = current
-        .map(decode_value)
-        .and_then(|v| serde_json::from_str(&v).ok())
-        .unwrap_or_default();
+    let mut list: Vec<String> = match current {
+        // Something we cannot read is not ours to replace.
+        Some(value) => serde_json::from_str(&decode_value(value)).ok()?,
+        None => Vec::new(),
+    };
     if list.iter().any(|r| r == "otlp_http") {
         return None;
     }
@@ -277,12 +278,13 @@ pub fn needs_discovery(
     })
 }
 
+/// A databag, or `None` when it could not be read (the tool failed or answered garbage).
 fn databag(
     tools: &mut dyn Tools,
     relation_id: &str,
     app_flag: bool,
     of: &str,
-) -> serde_json::Map<String, serde_json::Value> {
+) -> Option<serde_json::Map<String, serde_json::Value>> {
     let mut args = vec!["-r", relation_id];
     if app_flag {
         args.push("--app");
@@ -291,7 +293,6 @@ fn databag(
     tools
         .run("relation-get", &args)
         .and_then(|out| serde_json::from_slice(&out).ok())
-        .unwrap_or_default()
 }
 
 fn remote_app(tools: &mut dyn Tools, relation_id: &str) -> Option<String> {
@@ -305,49 +306,50 @@ fn remote_app(tools: &mut dyn Tools, relation_id: &str) -> Option<String> {
 }
 
 /// Reads both relations. `broken` is the id of a relation being broken in this event (not
-/// to be read: it is gone).
-pub fn discover(tools: &mut dyn Tools, endpoints: &Endpoints, broken: Option<&str>) -> Answer {
+/// to be read: it is gone). `None` when a hook tool failed on the way: the caller keeps what
+/// it knew rather than caching a half answer.
+pub fn discover(
+    tools: &mut dyn Tools,
+    endpoints: &Endpoints,
+    broken: Option<&str>,
+) -> Option<Answer> {
     let mut answer = Answer::default();
     if let Some(endpoint) = &endpoints.tracing {
-        if let Some(ids) = tools.run("relation-ids", &[endpoint, "--format=json"]) {
-            let (lowest, count) = lowest_relation(&ids, broken);
-            answer.relations = count;
-            if let Some(id) = lowest {
-                if let Some(app) = remote_app(tools, &id) {
-                    let bag = databag(tools, &id, true, &app);
-                    answer.url = bag
-                        .get("receivers")
-                        .and_then(|v| v.as_str())
-                        .map(decode_value)
-                        .and_then(|r| traces_url(&r));
-                }
-                answer.relation_id = Some(id);
-            }
+        let ids = tools.run("relation-ids", &[endpoint, "--format=json"])?;
+        let (lowest, count) = lowest_relation(&ids, broken);
+        answer.relations = count;
+        if let Some(id) = lowest {
+            let app = remote_app(tools, &id)?;
+            let bag = databag(tools, &id, true, &app)?;
+            answer.url = bag
+                .get("receivers")
+                .and_then(|v| v.as_str())
+                .map(decode_value)
+                .and_then(|r| traces_url(&r));
+            answer.relation_id = Some(id);
         }
     }
     if let Some(endpoint) = &endpoints.ca {
-        if let Some(ids) = tools.run("relation-ids", &[endpoint, "--format=json"]) {
-            if let (Some(id), _) = lowest_relation(&ids, broken) {
-                answer.ca_relation = true;
-                if let Some(app) = remote_app(tools, &id) {
-                    answer.ca = certificates_v1(&databag(tools, &id, true, &app));
+        let ids = tools.run("relation-ids", &[endpoint, "--format=json"])?;
+        if let (Some(id), _) = lowest_relation(&ids, broken) {
+            answer.ca_relation = true;
+            if let Some(app) = remote_app(tools, &id) {
+                answer.ca = certificates_v1(&databag(tools, &id, true, &app)?);
+            }
+            if answer.ca.is_empty() {
+                let units: Vec<String> = tools
+                    .run("relation-list", &["-r", &id, "--format=json"])
+                    .and_then(|out| serde_json::from_slice(&out).ok())?;
+                for unit in units {
+                    answer
+                        .ca
+                        .extend(certificates_v0(&databag(tools, &id, false, &unit)?));
                 }
-                if answer.ca.is_empty() {
-                    let units: Vec<String> = tools
-                        .run("relation-list", &["-r", &id, "--format=json"])
-                        .and_then(|out| serde_json::from_slice(&out).ok())
-                        .unwrap_or_default();
-                    for unit in units {
-                        answer
-                            .ca
-                            .extend(certificates_v0(&databag(tools, &id, false, &unit)));
-                    }
-                    answer.ca.dedup();
-                }
+                answer.ca.dedup();
             }
         }
     }
-    answer
+    Some(answer)
 }
 
 /// As leader, publishes our requirer data where it is missing: `receivers` with `otlp_http`
@@ -368,7 +370,10 @@ pub fn publish(tools: &mut dyn Tools, endpoints: &Endpoints, our_app: &str, brok
     };
     if let Some(endpoint) = &endpoints.tracing {
         if let Some(id) = lowest(tools, endpoint) {
-            let ours = databag(tools, &id, true, our_app);
+            // Not read: not written (a blind write could drop entries the charm published).
+            let Some(ours) = databag(tools, &id, true, our_app) else {
+                return;
+            };
             let current = ours.get("receivers").and_then(|v| v.as_str());
             if let Some(value) = merged_requirer_receivers(current) {
                 let setting = format!("receivers={value}");
@@ -378,7 +383,9 @@ pub fn publish(tools: &mut dyn Tools, endpoints: &Endpoints, our_app: &str, brok
     }
     if let Some(endpoint) = &endpoints.ca {
         if let Some(id) = lowest(tools, endpoint) {
-            let ours = databag(tools, &id, true, our_app);
+            let Some(ours) = databag(tools, &id, true, our_app) else {
+                return;
+            };
             if !ours.contains_key("version") {
                 tools.run("relation-set", &["-r", &id, "--app", "version=1"]);
             }

@@ -36,7 +36,7 @@ impl Http {
         };
         let proxy = match choose_proxy(&destination.url, env) {
             Some(url) => Some(ureq::Proxy::new(&url).map_err(|e| Failure {
-                cause: format!("bad proxy {url}: {e}"),
+                cause: format!("bad proxy {}: {e}", crate::destination::redact_url(&url)),
                 actionable: true,
                 retry_after: None,
             })?),
@@ -136,6 +136,7 @@ impl Transport for Http {
 
 /// A failure's cause in words an operator can act on, and whether they can.
 fn describe(url: &str, error: ureq::Error) -> Failure {
+    let url = &crate::destination::redact_url(url);
     let (cause, actionable) = match &error {
         ureq::Error::Timeout(_) => (format!("{url} did not answer in time"), false),
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {

@@ -397,12 +397,12 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
                     relation::publish(&mut tools, &prepared.endpoints, app, broken.as_deref());
                 }
             }
-            prepared.relation = Some(relation::discover(
-                &mut tools,
-                &prepared.endpoints,
-                broken.as_deref(),
-            ));
-            prepared.relation_discovered = true;
+            if let Some(answer) =
+                relation::discover(&mut tools, &prepared.endpoints, broken.as_deref())
+            {
+                prepared.relation = Some(answer);
+                prepared.relation_discovered = true;
+            }
             own_calls = tools.records;
         }
     }
@@ -834,7 +834,8 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
     // Nothing cached yet (a charm's first dispatch under us, or a new store): read the
     // relations now, after the charm (publishing waits for an event that allows it first).
     open_store(prepared);
-    if prepared.relation.is_none() && !prepared.endpoints.is_empty() {
+    // (Without a store nothing could be cached or shipped: no calls then.)
+    if prepared.relation.is_none() && !prepared.endpoints.is_empty() && prepared.store.is_some() {
         if let Some(tools_dir) = prepared.tools_dir.clone() {
             let root = format!(
                 "00-{}-{}-01",
@@ -842,12 +843,12 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
             );
             let mut tools = HookTools::new(&tools_dir, root);
             let broken = broken_relation(&prepared.env);
-            prepared.relation = Some(relation::discover(
-                &mut tools,
-                &prepared.endpoints,
-                broken.as_deref(),
-            ));
-            prepared.relation_discovered = true;
+            if let Some(answer) =
+                relation::discover(&mut tools, &prepared.endpoints, broken.as_deref())
+            {
+                prepared.relation = Some(answer);
+                prepared.relation_discovered = true;
+            }
             tracing.own_calls.extend(tools.records);
         }
     }
