@@ -314,7 +314,7 @@ fn status(charm_dir: &Path) -> Result<i32> {
                 destination.ca.describe()
             ));
             if let Some(store) = &store {
-                if let Some((failures, until)) = export::backoff_state(store, &destination.url) {
+                if let Some((failures, until)) = export::backoff_state(store, &destination) {
                     out.push_str(&format!(
                         "backoff: {failures} failed export(s); next try after unix time {until}\n"
                     ));

@@ -45,7 +45,7 @@ impl Source {
 }
 
 /// Where the CA bundle for a destination comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Ca {
     /// The system trust store (`/etc/ssl/certs`).
     System,

@@ -112,16 +112,38 @@ pub fn last_result(store: &Store) -> Option<String> {
     store.setting(KEY_LAST).ok().flatten()
 }
 
+/// What identifies a destination for its backoff: the URL and its CA, so that fixing either
+/// (a new certificate from the relation, another `--ca-file`) counts as a new destination.
+pub fn backoff_key(destination: &Destination) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    destination.ca.hash(&mut hasher);
+    format!("{}#{:016x}", destination.url, hasher.finish())
+}
+
 /// Whether the destination is backing off now (no request should be made).
-pub fn backing_off(store: &Store, url: &str) -> bool {
-    backoff_state(store, url).is_some_and(|(_, until)| until > now_secs())
+pub fn backing_off(store: &Store, destination: &Destination) -> bool {
+    backoff_state(store, destination).is_some_and(|(_, until)| until > now_secs())
 }
 
 /// Backoff for the destination, if any: (consecutive failures, until unix secs).
-pub fn backoff_state(store: &Store, url: &str) -> Option<(u32, u64)> {
+pub fn backoff_state(store: &Store, destination: &Destination) -> Option<(u32, u64)> {
+    let key = backoff_key(destination);
     Backoff::load(store)
-        .filter(|b| b.url == url)
+        .filter(|b| b.url == key)
         .map(|b| (b.failures, b.until))
+}
+
+/// Records a failure that happened before any request (the client could not be built: a CA
+/// that does not load, a bad proxy), with the same backoff as a failed request.
+pub fn record_setup_failure(store: &Store, destination: &Destination, failure: Failure) {
+    let backoff = Backoff::load(store).filter(|b| b.url == backoff_key(destination));
+    let report = Report {
+        failure: Some(failure),
+        requests: 1,
+        ..Report::default()
+    };
+    record(store, destination, &report, backoff);
 }
 
 fn backoff_after(failures: u32) -> Duration {
@@ -142,7 +164,7 @@ pub fn export(
 ) -> Report {
     let deadline = Instant::now() + budget;
     let mut report = Report::default();
-    let backoff = Backoff::load(store).filter(|b| b.url == destination.url);
+    let backoff = Backoff::load(store).filter(|b| b.url == backoff_key(destination));
     if let Some(backoff) = &backoff {
         if !ignore_backoff && backoff.until > now_secs() {
             report.backing_off_until = Some(backoff.until);
@@ -260,7 +282,7 @@ fn record(store: &Store, destination: &Destination, report: &Report, backoff: Op
                 .map(|r| r.min(MAX_BACKOFF))
                 .unwrap_or_else(|| backoff_after(failures));
             Backoff {
-                url: destination.url.clone(),
+                url: backoff_key(destination),
                 failures,
                 until: now_secs() + wait.as_secs().max(1),
             }
@@ -515,7 +537,7 @@ mod tests {
             true,
         );
         assert_eq!(report.chunks_sent, 1);
-        assert_eq!(backoff_state(&store, &destination().url), None);
+        assert_eq!(backoff_state(&store, &destination()), None);
     }
 
     #[test]
@@ -531,7 +553,7 @@ mod tests {
             None,
             false,
         );
-        let (failures, until) = backoff_state(&store, &destination().url).unwrap();
+        let (failures, until) = backoff_state(&store, &destination()).unwrap();
         assert_eq!(failures, 1);
         assert!(until >= now_secs() + 119);
         let other = Destination {

@@ -960,7 +960,7 @@ fn ship(
         return;
     };
     // Backing off costs nothing, not even building the client.
-    if export::backing_off(store, &destination.url) {
+    if export::backing_off(store, &destination) {
         return;
     }
     let budget = Duration::from_millis(config.export_budget_ms);
@@ -977,7 +977,10 @@ fn ship(
             );
             report.failure
         }
-        Err(failure) => Some(failure),
+        Err(failure) => {
+            export::record_setup_failure(store, &destination, failure.clone());
+            Some(failure)
+        }
     };
     let Some(failure) = failure else {
         return;
