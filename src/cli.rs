@@ -424,6 +424,15 @@ fn flush(charm_dir: &Path) -> Result<i32> {
     else {
         bail!("no destination: set one with `dispatch set-destination URL` or relate the charm to a tracing provider");
     };
+    // Not while a dispatch exports the same backlog (both would send it): wait for its lock.
+    let _lock = crate::inflight::Inflight::lock(
+        &store_path(charm_dir),
+        std::time::Duration::from_secs(10),
+        0,
+    )
+    .ok()
+    .filter(crate::inflight::Inflight::holds_lock)
+    .ok_or_else(|| anyhow::anyhow!("a dispatch is running and holds the store; try again"))?;
     // A person asked: whatever backoff there was is over, sent or not.
     export::reset_backoff(&store);
     let http = crate::transport::Http::new(&destination, &env)

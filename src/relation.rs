@@ -102,6 +102,24 @@ pub fn traces_url(receivers: &str) -> Option<String> {
     })
 }
 
+/// Only the `CERTIFICATE` blocks of a PEM text: whatever else a provider put there (a private
+/// key, by mistake) is never kept.
+fn certificate_blocks(text: &str) -> Vec<String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(end) = rest[start..].find(END) else {
+            break;
+        };
+        let stop = start + end + END.len();
+        blocks.push(rest[start..stop].to_string());
+        rest = &rest[stop..];
+    }
+    blocks
+}
+
 /// PEM certificates from a v1 provider app databag (`certificates`).
 pub fn certificates_v1(databag: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
     let Some(value) = databag.get("certificates").and_then(|v| v.as_str()) else {
@@ -109,8 +127,8 @@ pub fn certificates_v1(databag: &serde_json::Map<String, serde_json::Value>) -> 
     };
     serde_json::from_str::<Vec<String>>(value)
         .unwrap_or_default()
-        .into_iter()
-        .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"))
+        .iter()
+        .flat_map(|pem| certificate_blocks(pem))
         .collect()
 }
 
@@ -124,11 +142,10 @@ pub fn certificates_v0(databag: &serde_json::Map<String, serde_json::Value>) -> 
         let decoded = decode_value(value);
         // `chain` may be a JSON list of PEMs.
         match serde_json::from_str::<Vec<String>>(&decoded) {
-            Ok(list) => pems.extend(list),
-            Err(_) => pems.push(decoded),
+            Ok(list) => pems.extend(list.iter().flat_map(|pem| certificate_blocks(pem))),
+            Err(_) => pems.extend(certificate_blocks(&decoded)),
         }
     }
-    pems.retain(|pem| pem.contains("-----BEGIN CERTIFICATE-----"));
     pems.dedup();
     pems
 }
@@ -214,6 +231,15 @@ mod tests {
             &serde_json::json!({"chain": serde_json::to_string(&[pem, pem]).unwrap()}).to_string(),
         );
         assert_eq!(certificates_v0(&encoded), [pem]);
+    }
+
+    #[test]
+    fn only_certificate_blocks_are_kept() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----";
+        let mixed =
+            format!("-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----\n{pem}");
+        let bag = map(&serde_json::json!({"ca": mixed}).to_string());
+        assert_eq!(certificates_v0(&bag), [pem]);
     }
 
     #[test]
