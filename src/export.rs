@@ -63,6 +63,8 @@ pub struct Report {
     pub backing_off_until: Option<u64>,
     /// Chunks left for later because the budget ran out.
     pub out_of_budget: bool,
+    /// Stored chunks that do not decode and so can never be sent.
+    pub unsendable: usize,
 }
 
 /// Backoff state kept in the store's settings.
@@ -171,6 +173,7 @@ pub fn export(
             return report;
         }
     }
+    let mut one_by_one = false;
     let mut pending = match store.pending_chunks(first) {
         Ok(chunks) => chunks,
         Err(e) => {
@@ -188,17 +191,21 @@ pub fn export(
             report.out_of_budget = true;
             break;
         }
-        let batch = take_batch(&mut pending);
+        let batch = take_batch(&mut pending, one_by_one);
         let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
         let (content_type, parts) = match encode(&batch, protocol) {
             Ok(encoded) => encoded,
-            Err(e) => {
-                // A chunk we cannot decode will never ship: leave it to eviction, go on.
-                report.failure = Some(Failure {
-                    cause: e,
-                    actionable: false,
-                    retry_after: None,
-                });
+            Err(_) if batch.len() > 1 => {
+                // One of them does not decode: go on one chunk at a time, so it holds back
+                // nobody else.
+                one_by_one = true;
+                pending.splice(0..0, batch);
+                continue;
+            }
+            Err(_) => {
+                // This chunk can never be sent (eviction will take it); not the destination's
+                // fault, so no failure and no backoff.
+                report.unsendable += 1;
                 continue;
             }
         };
@@ -292,11 +299,11 @@ fn record(store: &Store, destination: &Destination, report: &Report, backoff: Op
 }
 
 /// Takes the next chunks that fit in one request (always at least one).
-fn take_batch(pending: &mut Vec<StoredChunk>) -> Vec<StoredChunk> {
+fn take_batch(pending: &mut Vec<StoredChunk>, one_by_one: bool) -> Vec<StoredChunk> {
     let mut size = 0;
     let mut count = 0;
     for chunk in pending.iter() {
-        if count > 0 && size + chunk.payload.len() > MAX_REQUEST_BYTES {
+        if count > 0 && (one_by_one || size + chunk.payload.len() > MAX_REQUEST_BYTES) {
             break;
         }
         size += chunk.payload.len();
@@ -710,6 +717,39 @@ mod tests {
         );
         assert_eq!(report.chunks_sent, 1);
         assert!(report.requests >= 3);
+    }
+
+    #[test]
+    fn an_undecodable_chunk_holds_back_nobody_and_does_not_back_off() {
+        let (_s, mut store) = store("bad", &[]);
+        let good = big_request(2, 10).encode_to_vec();
+        let chunk = |payload: Vec<u8>| NewChunk {
+            started_at: 1,
+            event: "e".into(),
+            trace_id: "t".into(),
+            payload,
+            priority: Priority::Quiet,
+        };
+        store
+            .add_chunks(
+                &[chunk(good.clone()), chunk(vec![0xff; 9]), chunk(good)],
+                1 << 30,
+            )
+            .unwrap();
+        let transport = Scripted::new(vec![]);
+        let report = export(
+            &mut store,
+            &destination(),
+            Protocol::HttpJson,
+            &transport,
+            Duration::from_secs(1),
+            None,
+            false,
+        );
+        assert_eq!(report.chunks_sent, 2);
+        assert_eq!(report.unsendable, 1);
+        assert!(report.failure.is_none());
+        assert_eq!(backoff_state(&store, &destination()), None);
     }
 
     #[test]

@@ -215,6 +215,25 @@ impl Store {
         })
     }
 
+    /// Opens an existing store for reading only: no creation, no schema change, no moving a
+    /// damaged file aside (for a peek that must not race the dispatch's own open).
+    pub fn open_read_only(path: &Path) -> Option<Store> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ok()?;
+        conn.busy_timeout(BUSY_TIMEOUT).ok()?;
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .ok()?;
+        (version == SCHEMA_VERSION).then(|| Store {
+            conn,
+            path: path.to_path_buf(),
+            notes: Vec::new(),
+        })
+    }
+
     /// For corruption SQLite only notices past the header (a write fails "malformed"): closes
     /// this store, moves the file aside and opens a fresh one.
     pub fn quarantine_and_reopen(self, cause: &rusqlite::Error) -> Result<Store, OpenError> {

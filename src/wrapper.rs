@@ -559,8 +559,8 @@ fn ships_to_juju_collector(prepared: &Prepared) -> bool {
     if prepared.env.get("JUJU_CHARM_TRACE_CONFIG_HTTP").is_none() {
         return false;
     }
-    let (stored, relation) = match Store::open(&prepared.store_path) {
-        Ok(store) => (
+    let (stored, relation) = match Store::open_read_only(&prepared.store_path) {
+        Some(store) => (
             store
                 .setting(destination::SETTING)
                 .ok()
@@ -572,7 +572,7 @@ fn ships_to_juju_collector(prepared: &Prepared) -> bool {
                 .flatten()
                 .and_then(|json| serde_json::from_str::<relation::Answer>(&json).ok()),
         ),
-        Err(_) => (None, None),
+        None => (None, None),
     };
     destination::resolve(
         &export_environment(),
