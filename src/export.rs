@@ -251,7 +251,10 @@ fn classify(answer: Answer, url: &str) -> Result<(), Failure> {
         429 | 502..=504 => Err(Failure {
             cause: format!("{url} answered {} (busy or unavailable)", answer.status),
             actionable: false,
-            retry_after: answer.retry_after,
+            // Retry-After only counts on 429 and 503 (DESIGN §5).
+            retry_after: answer
+                .retry_after
+                .filter(|_| matches!(answer.status, 429 | 503)),
         }),
         400..=499 => Err(Failure {
             cause: format!("{url} rejected the traces with HTTP {}", answer.status),
@@ -261,7 +264,8 @@ fn classify(answer: Answer, url: &str) -> Result<(), Failure> {
         status => Err(Failure {
             cause: format!("{url} answered HTTP {status}"),
             actionable: false,
-            retry_after: answer.retry_after,
+            // Retry-After only counts on 429 and 503 (DESIGN §5); other errors back off.
+            retry_after: None,
         }),
     }
 }

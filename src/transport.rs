@@ -225,8 +225,19 @@ fn bypassed(host: &str, no_proxy: &str) -> bool {
             if let (Some(ip), Some((net, bits))) = (ip, entry.split_once('/')) {
                 return in_cidr(ip, net, bits);
             }
-            let entry = entry.split(':').next().unwrap_or(&entry).to_string();
-            let suffix = entry.trim_start_matches('.');
+            // An IP entry (IPv6 in brackets or bare, with or without a port) matches exactly.
+            let bare = entry.trim_start_matches('[');
+            let bare = bare.split(']').next().unwrap_or(bare);
+            if let (Some(ip), Ok(listed)) = (ip, bare.parse::<IpAddr>()) {
+                return ip == listed;
+            }
+            // A host or domain, with an optional port, `.`, `*.` and trailing-dot forms.
+            let name = entry.split(':').next().unwrap_or(&entry);
+            let suffix = name
+                .trim_start_matches("*.")
+                .trim_start_matches('.')
+                .trim_end_matches('.');
+            let host = host.trim_end_matches('.');
             host == suffix || host.ends_with(&format!(".{suffix}"))
         })
 }
@@ -307,6 +318,10 @@ mod tests {
         assert!(!direct("http://11.1.2.3:4318/v1/traces", "10.0.0.0/8"));
         assert!(direct("http://[fd00::5]:4318/v1/traces", "fd00::/8"));
         assert!(direct("http://anything/v1/traces", "*"));
+        assert!(direct("http://[fd00::5]:4318/v1/traces", "fd00::5"));
+        assert!(direct("http://[fd00::5]:4318/v1/traces", "[fd00::5]:4318"));
+        assert!(direct("http://a.example.com/v1/traces", "*.example.com"));
+        assert!(direct("http://tempo.:4318/v1/traces", "tempo"));
         assert!(direct("http://127.0.0.1:4318/v1/traces", ""));
         assert!(direct("http://localhost:4318/v1/traces", ""));
         assert!(direct("http://[::1]:4318/v1/traces", ""));
