@@ -406,6 +406,7 @@ mod tests {
     use super::*;
     use crate::destination::{Ca, Source};
     use crate::store::{NewChunk, Priority};
+    use crate::test_support::Scratch;
     use std::cell::RefCell;
 
     struct Scripted {
@@ -450,19 +451,9 @@ mod tests {
         })
     }
 
-    struct Scratch(std::path::PathBuf);
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn store(name: &str, chunks: &[(Priority, usize)]) -> (Scratch, Store) {
-        let dir =
-            std::env::temp_dir().join(format!("dispatch-export-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut store = Store::open(&dir.join("t.db")).unwrap();
+        let scratch = Scratch::new(name);
+        let mut store = Store::open(&scratch.path("t.db")).unwrap();
         let new: Vec<NewChunk> = chunks
             .iter()
             .enumerate()
@@ -475,7 +466,7 @@ mod tests {
             })
             .collect();
         store.add_chunks(&new, 1 << 30).unwrap();
-        (Scratch(dir), store)
+        (scratch, store)
     }
 
     fn destination() -> Destination {
@@ -486,6 +477,24 @@ mod tests {
         }
     }
 
+    /// A protobuf export of the whole backlog to `destination()`.
+    fn run(
+        store: &mut Store,
+        transport: &Scripted,
+        budget: Duration,
+        ignore_backoff: bool,
+    ) -> Report {
+        export(
+            store,
+            &destination(),
+            Protocol::HttpProtobuf,
+            transport,
+            budget,
+            None,
+            ignore_backoff,
+        )
+    }
+
     fn pending(store: &Store) -> usize {
         store.pending_chunks(None).unwrap().len()
     }
@@ -494,15 +503,7 @@ mod tests {
     fn everything_pending_is_sent_and_marked_shipped_after_a_2xx() {
         let (_s, mut store) = store("all", &[(Priority::Quiet, 10), (Priority::Failed, 10)]);
         let transport = Scripted::new(vec![]);
-        let report = export(
-            &mut store,
-            &destination(),
-            Protocol::HttpProtobuf,
-            &transport,
-            Duration::from_secs(1),
-            None,
-            false,
-        );
+        let report = run(&mut store, &transport, Duration::from_secs(1), false);
         assert_eq!(report.chunks_sent, 2);
         assert_eq!(report.requests, 1, "small chunks share one request");
         assert_eq!(pending(&store), 0);
@@ -512,41 +513,17 @@ mod tests {
     fn a_failure_stops_the_export_keeps_the_chunks_and_backs_off() {
         let (_s, mut store) = store("fail", &[(Priority::Quiet, 10)]);
         let transport = Scripted::new(vec![status(500, None)]);
-        let report = export(
-            &mut store,
-            &destination(),
-            Protocol::HttpProtobuf,
-            &transport,
-            Duration::from_secs(1),
-            None,
-            false,
-        );
+        let report = run(&mut store, &transport, Duration::from_secs(1), false);
         assert_eq!(report.chunks_sent, 0);
         assert!(report.failure.is_some());
         assert_eq!(pending(&store), 1);
         // The next dispatch makes no request at all.
         let again = Scripted::new(vec![]);
-        let report = export(
-            &mut store,
-            &destination(),
-            Protocol::HttpProtobuf,
-            &again,
-            Duration::from_secs(1),
-            None,
-            false,
-        );
+        let report = run(&mut store, &again, Duration::from_secs(1), false);
         assert!(report.backing_off_until.is_some());
         assert!(again.bodies.borrow().is_empty());
         // `dispatch flush` ignores the backoff; success clears it.
-        let report = export(
-            &mut store,
-            &destination(),
-            Protocol::HttpProtobuf,
-            &again,
-            Duration::from_secs(1),
-            None,
-            true,
-        );
+        let report = run(&mut store, &again, Duration::from_secs(1), true);
         assert_eq!(report.chunks_sent, 1);
         assert_eq!(backoff_state(&store, &destination()), None);
     }
@@ -555,15 +532,7 @@ mod tests {
     fn retry_after_sets_the_backoff_and_a_new_destination_ignores_it() {
         let (_s, mut store) = store("retry", &[(Priority::Quiet, 10)]);
         let transport = Scripted::new(vec![status(429, Some(120))]);
-        export(
-            &mut store,
-            &destination(),
-            Protocol::HttpProtobuf,
-            &transport,
-            Duration::from_secs(1),
-            None,
-            false,
-        );
+        run(&mut store, &transport, Duration::from_secs(1), false);
         let (failures, until) = backoff_state(&store, &destination()).unwrap();
         assert_eq!(failures, 1);
         assert!(until >= now_secs() + 119);
@@ -699,24 +668,13 @@ mod tests {
             )
             .unwrap();
         let transport = Scripted::new(vec![ok(), status(500, None)]);
-        let report = export(
-            &mut store,
-            &destination(),
-            Protocol::HttpProtobuf,
-            &transport,
-            Duration::from_secs(5),
-            None,
-            false,
-        );
+        let report = run(&mut store, &transport, Duration::from_secs(5), false);
         assert_eq!(report.chunks_sent, 0);
         assert_eq!(pending(&store), 1);
-        let report = export(
+        let report = run(
             &mut store,
-            &destination(),
-            Protocol::HttpProtobuf,
             &Scripted::new(vec![]),
             Duration::from_secs(5),
-            None,
             true,
         );
         assert_eq!(report.chunks_sent, 1);

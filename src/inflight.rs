@@ -82,6 +82,7 @@ pub fn dir_path(store: &Path) -> PathBuf {
 }
 
 impl Inflight {
+    #[cfg(test)]
     /// Takes the lock (waiting at most `lock_wait`; without it the dispatch still records
     /// itself but adopts no orphans) and writes the started record.
     pub fn begin(store: &Path, lock_wait: Duration, started: &Started) -> io::Result<Inflight> {
@@ -140,10 +141,12 @@ impl Inflight {
         }
     }
 
+    #[cfg(test)]
     pub fn orphans(&self) -> Vec<(PathBuf, NewChunk)> {
         self.orphan_scan().orphans()
     }
 
+    #[cfg(test)]
     /// Removes imported orphan records.
     pub fn forget(&self, paths: &[PathBuf]) {
         forget(paths)
@@ -330,25 +333,7 @@ fn take_lock(path: &Path, wait: Duration) -> io::Result<Option<File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let dir = std::env::temp_dir()
-                .join(format!("dispatch-inflight-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-        fn store(&self) -> PathBuf {
-            self.0.join("t.db")
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::Scratch;
 
     fn started(at: i64) -> Started<'static> {
         Started {
@@ -374,8 +359,8 @@ mod tests {
     #[test]
     fn a_record_left_by_a_killed_dispatch_is_an_orphan_for_the_next_lock_holder() {
         let scratch = Scratch::new("orphan");
-        leave_record(&scratch.store(), 1, DEAD_PID);
-        let next = Inflight::begin(&scratch.store(), Duration::ZERO, &started(2)).unwrap();
+        leave_record(&scratch.path("t.db"), 1, DEAD_PID);
+        let next = Inflight::begin(&scratch.path("t.db"), Duration::ZERO, &started(2)).unwrap();
         let orphans = next.orphans();
         assert_eq!(orphans.len(), 1);
         let chunk = &orphans[0].1;
@@ -387,7 +372,7 @@ mod tests {
         assert!(next.orphans().is_empty());
         next.finish();
         assert_eq!(
-            std::fs::read_dir(dir_path(&scratch.store()))
+            std::fs::read_dir(dir_path(&scratch.path("t.db")))
                 .unwrap()
                 .count(),
             0
@@ -397,11 +382,15 @@ mod tests {
     #[test]
     fn nobody_without_the_lock_adopts_orphans_and_live_writers_are_never_orphans() {
         let scratch = Scratch::new("live");
-        leave_record(&scratch.store(), 1, DEAD_PID);
-        let live = Inflight::begin(&scratch.store(), Duration::ZERO, &started(2)).unwrap();
+        leave_record(&scratch.path("t.db"), 1, DEAD_PID);
+        let live = Inflight::begin(&scratch.path("t.db"), Duration::ZERO, &started(2)).unwrap();
         assert!(live.holds_lock());
-        let other =
-            Inflight::begin(&scratch.store(), Duration::from_millis(20), &started(3)).unwrap();
+        let other = Inflight::begin(
+            &scratch.path("t.db"),
+            Duration::from_millis(20),
+            &started(3),
+        )
+        .unwrap();
         assert!(!other.holds_lock());
         assert!(other.orphans().is_empty());
         // The lock holder sees the dead record, but not the live newcomer's.
@@ -415,11 +404,11 @@ mod tests {
     #[test]
     fn torn_records_are_dropped() {
         let scratch = Scratch::new("torn");
-        let dir = dir_path(&scratch.store());
+        let dir = dir_path(&scratch.path("t.db"));
         crate::state_dir::ensure_private_dir(&dir).unwrap();
         let torn = dir.join(format!("5-{DEAD_PID}"));
         std::fs::write(&torn, b"DTI1\tnot-a-number").unwrap();
-        let me = Inflight::begin(&scratch.store(), Duration::ZERO, &started(6)).unwrap();
+        let me = Inflight::begin(&scratch.path("t.db"), Duration::ZERO, &started(6)).unwrap();
         assert!(me.orphans().is_empty());
         assert!(!torn.exists());
         me.finish();

@@ -22,6 +22,8 @@ pub mod state_dir;
 pub mod store;
 pub mod supervise;
 pub mod target;
+#[cfg(test)]
+mod test_support;
 pub mod transport;
 pub mod view;
 pub mod wrapper;

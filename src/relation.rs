@@ -281,22 +281,16 @@ pub trait Tools {
     fn run(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>>;
 }
 
-/// Whether this event can change the answer (or there is none yet).
-pub fn needs_discovery(
-    event: &str,
-    relation: Option<&str>,
-    endpoints: &Endpoints,
-    cached: bool,
-) -> bool {
+/// Whether this event can change the answer. (With no answer cached yet, the wrapper reads
+/// the relations after the charm instead.)
+pub fn event_can_change_answer(event: &str, relation: Option<&str>, endpoints: &Endpoints) -> bool {
     if endpoints.is_empty() {
         return false;
     }
-    if !cached
-        || matches!(
-            event,
-            "install" | "start" | "upgrade-charm" | "leader-elected"
-        )
-    {
+    if matches!(
+        event,
+        "install" | "start" | "upgrade-charm" | "leader-elected"
+    ) {
         return true;
     }
     relation.is_some_and(|r| {

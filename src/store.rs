@@ -619,26 +619,8 @@ fn quarantine(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::Scratch;
     use std::os::unix::fs::PermissionsExt;
-
-    struct Scratch(PathBuf);
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let dir =
-                std::env::temp_dir().join(format!("dispatch-store-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
-        }
-        fn db(&self) -> PathBuf {
-            self.0.join("t.db")
-        }
-    }
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn chunk(event: &str, priority: Priority, size: usize) -> NewChunk {
         NewChunk {
@@ -662,8 +644,8 @@ mod tests {
     #[test]
     fn new_store_is_private_wal_and_versioned() {
         let scratch = Scratch::new("new");
-        let store = Store::open(&scratch.db()).unwrap();
-        let mode = std::fs::metadata(scratch.db())
+        let store = Store::open(&scratch.path("t.db")).unwrap();
+        let mode = std::fs::metadata(scratch.path("t.db"))
             .unwrap()
             .permissions()
             .mode();
@@ -683,7 +665,7 @@ mod tests {
     #[test]
     fn chunks_are_listed_oldest_first_and_filtered() {
         let scratch = Scratch::new("list");
-        let mut store = Store::open(&scratch.db()).unwrap();
+        let mut store = Store::open(&scratch.path("t.db")).unwrap();
         store
             .add_chunks(
                 &[
@@ -715,7 +697,7 @@ mod tests {
     #[test]
     fn eviction_removes_shipped_then_quiet_oldest_first_and_keeps_failed_longest() {
         let scratch = Scratch::new("evict");
-        let mut store = Store::open(&scratch.db()).unwrap();
+        let mut store = Store::open(&scratch.path("t.db")).unwrap();
         let big = 40_000;
         for (event, priority) in [
             ("failed", Priority::Failed),
@@ -747,7 +729,7 @@ mod tests {
     #[test]
     fn the_chunk_being_added_is_kept_even_when_alone_over_the_cap() {
         let scratch = Scratch::new("alone");
-        let mut store = Store::open(&scratch.db()).unwrap();
+        let mut store = Store::open(&scratch.path("t.db")).unwrap();
         store
             .add_chunks(&[chunk("old", Priority::Failed, 1000)], DEFAULT_CAP)
             .unwrap();
@@ -760,7 +742,7 @@ mod tests {
     #[test]
     fn a_started_record_is_imported_once_even_if_its_trace_was_stored() {
         let scratch = Scratch::new("import");
-        let mut store = Store::open(&scratch.db()).unwrap();
+        let mut store = Store::open(&scratch.path("t.db")).unwrap();
         let stored = chunk("install", Priority::Quiet, 10);
         store
             .add_chunks(std::slice::from_ref(&stored), DEFAULT_CAP)
@@ -786,12 +768,12 @@ mod tests {
     fn a_version_1_store_is_migrated() {
         let scratch = Scratch::new("migrate");
         {
-            let conn = Connection::open(scratch.db()).unwrap();
+            let conn = Connection::open(scratch.path("t.db")).unwrap();
             conn.execute_batch(SCHEMA).unwrap();
             conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA user_version = 1")
                 .unwrap();
         }
-        let store = Store::open(&scratch.db()).unwrap();
+        let store = Store::open(&scratch.path("t.db")).unwrap();
         let version: i32 = store
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -811,10 +793,10 @@ mod tests {
     #[test]
     fn a_corrupt_store_is_moved_aside_and_recreated() {
         let scratch = Scratch::new("corrupt");
-        std::fs::write(scratch.db(), vec![0x42u8; 8192]).unwrap();
-        let store = Store::open(&scratch.db()).unwrap();
+        std::fs::write(scratch.path("t.db"), vec![0x42u8; 8192]).unwrap();
+        let store = Store::open(&scratch.path("t.db")).unwrap();
         assert_eq!(store.notes.len(), 1, "{:?}", store.notes);
-        assert!(corrupt_copy(&scratch.db(), "").exists());
+        assert!(corrupt_copy(&scratch.path("t.db"), "").exists());
         assert_eq!(store.stats().unwrap().chunks, 0);
     }
 
@@ -822,13 +804,13 @@ mod tests {
     fn a_newer_schema_is_left_alone() {
         let scratch = Scratch::new("newer");
         {
-            let store = Store::open(&scratch.db()).unwrap();
+            let store = Store::open(&scratch.path("t.db")).unwrap();
             store
                 .conn
                 .execute_batch("PRAGMA user_version = 99")
                 .unwrap();
         }
-        match Store::open(&scratch.db()) {
+        match Store::open(&scratch.path("t.db")) {
             Err(OpenError::NewerSchema(99)) => {}
             other => panic!("expected NewerSchema, got {:?}", other.err()),
         }
@@ -838,8 +820,11 @@ mod tests {
     fn a_symlinked_store_path_is_refused() {
         let scratch = Scratch::new("symlink");
         let target = scratch.0.join("elsewhere.db");
-        std::os::unix::fs::symlink(&target, scratch.db()).unwrap();
-        let error = Store::open(&scratch.db()).err().unwrap().to_string();
+        std::os::unix::fs::symlink(&target, scratch.path("t.db")).unwrap();
+        let error = Store::open(&scratch.path("t.db"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("symlink"), "{error}");
         assert!(!target.exists());
     }
@@ -847,7 +832,7 @@ mod tests {
     #[test]
     fn settings_round_trip_and_clear() {
         let scratch = Scratch::new("settings");
-        let store = Store::open(&scratch.db()).unwrap();
+        let store = Store::open(&scratch.path("t.db")).unwrap();
         assert_eq!(store.setting("destination").unwrap(), None);
         store.set_setting("destination", Some("x")).unwrap();
         assert_eq!(store.setting("destination").unwrap().as_deref(), Some("x"));

@@ -382,11 +382,10 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     prepared.tools_dir = tools_dir.clone();
     let mut own_calls = Vec::new();
     if let Some(tools_dir) = &tools_dir {
-        let trigger = relation::needs_discovery(
+        let trigger = relation::event_can_change_answer(
             env.event_name(),
             env.get("JUJU_RELATION"),
             &prepared.endpoints,
-            true,
         );
         if trigger {
             let root = format!("00-{}-{}-01", ids.trace_id, ids.root_span_id);
