@@ -92,9 +92,7 @@ impl Channel {
 }
 
 fn dropped_path(fifo: &Path) -> PathBuf {
-    let mut name = fifo.as_os_str().to_owned();
-    name.push(".dropped");
-    PathBuf::from(name)
+    crate::store::with_suffix(fifo, ".dropped")
 }
 
 fn make_fifo(path: &Path) -> io::Result<()> {

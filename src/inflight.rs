@@ -23,7 +23,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::store::{NewChunk, Priority};
+use crate::store::{create_private_file, with_suffix, NewChunk, Priority};
 
 const TAG: &str = "DTI1";
 
@@ -65,12 +65,6 @@ pub struct Started<'a> {
     pub trace_id: &'a str,
     pub event: &'a str,
     pub provisional: &'a [u8],
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 pub fn lock_path(store: &Path) -> PathBuf {
@@ -305,14 +299,7 @@ fn parse(bytes: &[u8]) -> Option<NewChunk> {
 
 /// Takes the dispatch lock, retrying until `wait` has passed. `Ok(None)`: someone else has it.
 fn take_lock(path: &Path, wait: Duration) -> io::Result<Option<File>> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+    let file = create_private_file(path)?;
     let deadline = Instant::now() + wait;
     loop {
         // SAFETY: flock on a descriptor we own.

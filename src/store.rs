@@ -180,7 +180,7 @@ impl Store {
     }
 
     fn open_once(path: &Path) -> Result<Store, OpenFailure> {
-        create_private_file(path).map_err(|e| {
+        create_private_file(path).map(drop).map_err(|e| {
             let context = if e.raw_os_error() == Some(libc::ELOOP) {
                 format!("{} is a symlink; refusing to follow it", path.display())
             } else {
@@ -569,7 +569,9 @@ fn evict(conn: &Connection, max_bytes: u64, keep: Option<i64>) -> rusqlite::Resu
     Ok(evicted)
 }
 
-fn create_private_file(path: &Path) -> io::Result<()> {
+/// Opens (creating if needed, mode 0600) a file of ours; never through a symlink, never
+/// inherited by the child.
+pub fn create_private_file(path: &Path) -> io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -578,7 +580,6 @@ fn create_private_file(path: &Path) -> io::Result<()> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map(drop)
 }
 
 /// `dispatch disable` leaves this file beside the store: checking it costs one `stat`, so a
@@ -587,7 +588,8 @@ pub fn disabled_flag(path: &Path) -> PathBuf {
     with_suffix(path, ".disabled")
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+/// `path` with `suffix` appended to its file name (`x.db` -> `x.db-wal`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)

@@ -1030,11 +1030,7 @@ fn report(prepared: &Prepared) {
     // into the same line on every hook.
     let memory = match &prepared.state_dir {
         Some(dir) => dir.join(operator::LAST_WARNING),
-        None => {
-            let mut path = prepared.store_path.as_os_str().to_owned();
-            path.push(".last-warning");
-            PathBuf::from(path)
-        }
+        None => store::with_suffix(&prepared.store_path, ".last-warning"),
     };
     Operator::new(Some(&memory), silent).report(&prepared.problems);
 }
