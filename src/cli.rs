@@ -305,6 +305,10 @@ fn status(charm_dir: &Path) -> Result<i32> {
         }
     }
     match destination::resolve(&env, &loaded.config, stored.as_ref(), relation.as_ref()) {
+        None if destination::waits_for_ca(relation.as_ref()) => out.push_str(
+            "destination: waiting for the CA certificate from the certificate_transfer relation \
+             (the tracing relation's URL is https; traces are kept in the local store)\n",
+        ),
         None => out.push_str("destination: none (traces are kept in the local store only)\n"),
         Some(destination) => {
             out.push_str(&format!(
@@ -422,6 +426,9 @@ fn flush(charm_dir: &Path) -> Result<i32> {
     let Some(destination) =
         destination::resolve(&env, &loaded.config, stored.as_ref(), relation.as_ref())
     else {
+        if destination::waits_for_ca(relation.as_ref()) {
+            bail!("not sending yet: the tracing relation's URL is https and the certificate_transfer relation has not delivered its CA certificate");
+        }
         bail!("no destination: set one with `dispatch set-destination URL` or relate the charm to a tracing provider");
     };
     // Not while a dispatch exports the same backlog (both would send it): wait for its lock.

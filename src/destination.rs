@@ -51,8 +51,8 @@ pub enum Ca {
     System,
     /// A PEM bundle in a file.
     File(PathBuf),
-    /// PEM text given directly.
-    Pem(String),
+    /// PEM text given directly, and where it came from.
+    Pem { pem: String, origin: &'static str },
 }
 
 impl Ca {
@@ -60,7 +60,7 @@ impl Ca {
         match self {
             Ca::System => "the system trust store".into(),
             Ca::File(path) => format!("{}", path.display()),
-            Ca::Pem(_) => "PEM text from the environment".into(),
+            Ca::Pem { origin, .. } => format!("PEM certificates from {origin}"),
         }
     }
 }
@@ -182,7 +182,7 @@ pub fn resolve(
     if let Some(answer) = relation {
         if let Some(url) = &answer.url {
             // https before the certificate_transfer relation delivered its CA: buffer.
-            if url.starts_with("https://") && answer.ca_relation && answer.ca.is_empty() {
+            if waits_for_ca(relation) {
                 return None;
             }
             return Some(Destination {
@@ -190,7 +190,10 @@ pub fn resolve(
                 ca: if answer.ca.is_empty() {
                     Ca::System
                 } else {
-                    Ca::Pem(answer.ca.join("\n"))
+                    Ca::Pem {
+                        pem: answer.ca.join("\n"),
+                        origin: "the certificate_transfer relation",
+                    }
                 },
                 source: Source::Relation,
             });
@@ -204,7 +207,10 @@ pub fn resolve(
             format!("{url}/v1/traces")
         };
         let ca = match non_empty(env, "JUJU_CHARM_TRACE_CONFIG_CA_CERT") {
-            Some(ca) if ca.contains("-----BEGIN") => Ca::Pem(ca.to_string()),
+            Some(ca) if ca.contains("-----BEGIN") => Ca::Pem {
+                pem: ca.to_string(),
+                origin: "JUJU_CHARM_TRACE_CONFIG_CA_CERT",
+            },
             Some(ca) => Ca::File(PathBuf::from(ca.trim())),
             None => Ca::System,
         };
@@ -215,6 +221,19 @@ pub fn resolve(
         });
     }
     None
+}
+
+/// Whether the relation's destination is held back until the certificate_transfer relation
+/// delivers its CA (`resolve` then gives none).
+pub fn waits_for_ca(relation: Option<&crate::relation::Answer>) -> bool {
+    relation.is_some_and(|answer| {
+        answer
+            .url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://"))
+            && answer.ca_relation
+            && answer.ca.is_empty()
+    })
 }
 
 fn env_ca(env: &BTreeMap<String, String>) -> Ca {
@@ -309,7 +328,7 @@ mod tests {
         ]);
         let d = resolve(&full, &config(None), None, None).unwrap();
         assert_eq!(d.url, "https://c:4318/v1/traces");
-        assert!(matches!(d.ca, Ca::Pem(_)));
+        assert!(matches!(d.ca, Ca::Pem { .. }));
         let path = env(&[
             ("JUJU_CHARM_TRACE_CONFIG_HTTP", "https://c:4318"),
             ("JUJU_CHARM_TRACE_CONFIG_CA_CERT", "/var/lib/ca.pem"),
@@ -342,7 +361,7 @@ mod tests {
         };
         let d = resolve(&juju, &config(None), None, Some(&with_ca)).unwrap();
         assert_eq!(d.source, Source::Relation);
-        assert!(matches!(d.ca, Ca::Pem(_)));
+        assert!(matches!(d.ca, Ca::Pem { .. }));
         let stored = Stored {
             url: "http://s/v1/traces".into(),
             ca_file: None,

@@ -9,6 +9,10 @@
 //!   dispatch (nothing is retried now) and starts a backoff for the destination that grows with
 //!   each failure, capped; `Retry-After` (429/503) sets it instead. While backing off, a
 //!   dispatch makes no request at all. A new destination or `dispatch flush` resets it.
+//! - A request the backend refuses for its content teaches us its shape: after a 413 requests
+//!   for that destination stay under half the refused size (a chunk larger than that goes in
+//!   parts), and after a 400/422 on a request that held several chunks each chunk travels
+//!   alone, so one chunk the backend cannot take holds back no other.
 //! - Transport is a seam (`Transport`), so the rules are unit-tested without sockets.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -19,10 +23,12 @@ use prost::Message;
 
 use crate::config::Protocol;
 use crate::destination::Destination;
-use crate::store::{Store, StoredChunk};
+use crate::store::{Queued, Store};
 
 /// Requests are kept under this many bytes (more chunks wait for the next request).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Requests never shrink below this after a 413 (a single span larger than it still goes alone).
+const MIN_REQUEST_BYTES: usize = 16 * 1024;
 /// First backoff after a failure, doubled per consecutive failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
@@ -65,11 +71,17 @@ pub struct Report {
     pub out_of_budget: bool,
     /// Stored chunks that do not decode and so can never be sent.
     pub unsendable: usize,
+    /// Chunks the backend refused for their content (400, 413, 422): kept, sent later.
+    pub refused: usize,
+    /// The export ended at a failed request (rather than going on past refused chunks).
+    pub stopped_by_failure: bool,
 }
 
 /// Backoff state kept in the store's settings.
 const KEY_BACKOFF: &str = "export.backoff";
 const KEY_LAST: &str = "export.last";
+const KEY_SHAPE: &str = "export.request_shape";
+const KEY_REFUSED: &str = "export.refused";
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -101,6 +113,51 @@ impl Backoff {
             KEY_BACKOFF,
             Some(&format!("{}\t{}\t{}", self.url, self.failures, self.until)),
         );
+    }
+}
+
+/// How requests to one destination are cut, learnt from the content it refused:
+/// `<backoff key>\t<max bytes>\t<one chunk per request: 0|1>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RequestShape {
+    max_bytes: usize,
+    one_chunk_per_request: bool,
+}
+
+impl RequestShape {
+    fn load(store: &Store, key: &str) -> RequestShape {
+        let learnt = || {
+            let text = store.setting(KEY_SHAPE).ok()??;
+            let mut parts = text.split('\t');
+            if parts.next()? != key {
+                return None;
+            }
+            Some(RequestShape {
+                max_bytes: parts.next()?.parse().ok()?,
+                one_chunk_per_request: parts.next()? == "1",
+            })
+        };
+        learnt().unwrap_or(RequestShape {
+            max_bytes: MAX_REQUEST_BYTES,
+            one_chunk_per_request: false,
+        })
+    }
+
+    fn save(&self, store: &Store, key: &str) {
+        let flag = if self.one_chunk_per_request { "1" } else { "0" };
+        let text = format!("{key}\t{}\t{flag}", self.max_bytes);
+        let _ = store.set_setting(KEY_SHAPE, Some(&text));
+    }
+
+    /// What a refusal of a request of `body_len` bytes holding `chunks` chunks teaches.
+    fn learn(&mut self, status: u16, body_len: usize, chunks: usize) -> bool {
+        let before = self.clone();
+        match status {
+            413 => self.max_bytes = (body_len / 2).clamp(MIN_REQUEST_BYTES, self.max_bytes),
+            400 | 422 if chunks > 1 => self.one_chunk_per_request = true,
+            _ => {}
+        }
+        *self != before
     }
 }
 
@@ -173,9 +230,17 @@ pub fn export(
             return report;
         }
     }
+    let key = backoff_key(destination);
+    let mut shape = RequestShape::load(store, &key);
     let mut one_by_one = false;
-    let mut pending = match store.pending_chunks(first) {
-        Ok(chunks) => chunks,
+    let mut refused = load_refused(store, &key);
+    let mut pending = match store.pending_queue(first) {
+        Ok(mut chunks) => {
+            // Chunks the destination refused before go last (the sort is stable).
+            chunks.sort_by_key(|chunk| refused.contains(&chunk.id));
+            refused.retain(|id| chunks.iter().any(|chunk| chunk.id == *id));
+            chunks
+        }
         Err(e) => {
             report.failure = Some(Failure {
                 cause: format!("cannot read the trace store: {e}"),
@@ -191,9 +256,27 @@ pub fn export(
             report.out_of_budget = true;
             break;
         }
-        let batch = take_batch(&mut pending, one_by_one);
+        let batch = take_batch(
+            &mut pending,
+            one_by_one || shape.one_chunk_per_request,
+            shape.max_bytes,
+        );
         let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
-        let (content_type, parts) = match encode(&batch, protocol) {
+        let loaded: rusqlite::Result<Vec<Option<Vec<u8>>>> =
+            ids.iter().map(|id| store.payload(*id)).collect();
+        let payloads: Vec<Vec<u8>> = match loaded {
+            // (None: gone since the queue was read; only eviction removes chunks.)
+            Ok(payloads) => payloads.into_iter().flatten().collect(),
+            Err(e) => {
+                report.failure = Some(Failure {
+                    cause: format!("cannot read the trace store: {e}"),
+                    actionable: false,
+                    retry_after: None,
+                });
+                break;
+            }
+        };
+        let (content_type, parts) = match encode(&payloads, protocol, shape.max_bytes) {
             Ok(encoded) => encoded,
             Err(_) if batch.len() > 1 => {
                 // One of them does not decode: go on one chunk at a time, so it holds back
@@ -210,37 +293,94 @@ pub fn export(
             }
         };
         // A chunk too big for one request goes in parts; it counts as shipped once all are.
-        let mut result = Ok(());
+        let mut outcome = Sent::Accepted;
         for body in &parts {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 report.out_of_budget = true;
-                result = Err(None);
+                outcome = Sent::OutOfBudget;
                 break;
             }
             report.requests += 1;
-            if let Err(failure) = transport
-                .post(&destination.url, content_type, body, left)
-                .and_then(|answer| classify(answer, &destination.url))
-            {
-                result = Err(Some(failure));
+            let answer = transport.post(&destination.url, content_type, body, left);
+            let status = answer.as_ref().map_or(0, |answer| answer.status);
+            if let Err(failure) = answer.and_then(|answer| classify(answer, &destination.url)) {
+                outcome = if refused_for_content(status) {
+                    if shape.learn(status, body.len(), ids.len()) {
+                        shape.save(store, &key);
+                    }
+                    Sent::Refused(failure)
+                } else {
+                    Sent::Failed(failure)
+                };
                 break;
             }
         }
-        match result {
-            Ok(()) => {
+        match outcome {
+            Sent::Accepted => {
                 if store.mark_shipped(&ids).is_ok() {
                     report.chunks_sent += ids.len();
+                    refused.retain(|id| !ids.contains(id));
                 }
             }
-            Err(failure) => {
-                report.failure = failure;
+            Sent::Refused(failure) => {
+                // The destination works but will not take these: they wait at the back of the
+                // queue (in a smaller request next time, if that is what it wants) and the rest
+                // goes on now. They are not sent again in this dispatch.
+                report.refused += ids.len();
+                for id in &ids {
+                    if !refused.contains(id) {
+                        refused.push(*id);
+                    }
+                }
+                report.failure = Some(failure);
+            }
+            Sent::Failed(failure) => {
+                report.failure = Some(failure);
+                report.stopped_by_failure = true;
                 break;
             }
+            Sent::OutOfBudget => break,
         }
     }
+    save_refused(store, &key, &refused);
     record(store, destination, &report, backoff);
     report
+}
+
+/// What became of one request's chunks.
+enum Sent {
+    Accepted,
+    /// The backend refused the content (not the destination's health): others may go on.
+    Refused(Failure),
+    Failed(Failure),
+    OutOfBudget,
+}
+
+/// Statuses by which a working backend says it will not take this request's content.
+fn refused_for_content(status: u16) -> bool {
+    matches!(status, 400 | 413 | 422)
+}
+
+/// Ids of pending chunks the destination (by its backoff key) refused: `<key>\t<id>,<id>...`.
+fn load_refused(store: &Store, key: &str) -> Vec<i64> {
+    let Some(text) = store.setting(KEY_REFUSED).ok().flatten() else {
+        return Vec::new();
+    };
+    match text.split_once('\t') {
+        Some((owner, ids)) if owner == key => {
+            ids.split(',').filter_map(|id| id.parse().ok()).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn save_refused(store: &Store, key: &str, refused: &[i64]) {
+    let ids: Vec<String> = refused.iter().map(i64::to_string).collect();
+    let text = (!ids.is_empty()).then(|| format!("{key}\t{}", ids.join(",")));
+    if text != store.setting(KEY_REFUSED).ok().flatten() {
+        let _ = store.set_setting(KEY_REFUSED, text.as_deref());
+    }
 }
 
 /// Turns a status into success or a failure with its cause.
@@ -284,8 +424,12 @@ fn record(store: &Store, destination: &Destination, report: &Report, backoff: Op
         ),
     };
     let _ = store.set_setting(KEY_LAST, Some(&format!("{} at {}", summary, now_secs())));
+    // A destination that took some chunks and refused others for their content is working:
+    // no backoff for it. One that refuses everything may well be misconfigured: back off.
+    let working = !report.stopped_by_failure && report.chunks_sent > 0;
     match &report.failure {
         None => reset_backoff(store),
+        Some(_) if working => reset_backoff(store),
         Some(failure) => {
             let failures = backoff.map_or(0, |b| b.failures) + 1;
             let wait = failure
@@ -303,38 +447,36 @@ fn record(store: &Store, destination: &Destination, report: &Report, backoff: Op
 }
 
 /// Takes the next chunks that fit in one request (always at least one).
-fn take_batch(pending: &mut Vec<StoredChunk>, one_by_one: bool) -> Vec<StoredChunk> {
+fn take_batch(pending: &mut Vec<Queued>, one_by_one: bool, max_bytes: usize) -> Vec<Queued> {
     let mut size = 0;
     let mut count = 0;
     for chunk in pending.iter() {
-        if count > 0 && (one_by_one || size + chunk.payload.len() > MAX_REQUEST_BYTES) {
+        if count > 0 && (one_by_one || size + chunk.size > max_bytes) {
             break;
         }
-        size += chunk.payload.len();
+        size += chunk.size;
         count += 1;
     }
     pending.drain(..count).collect()
 }
 
 /// The request bodies for a batch: concatenated protobuf (or OTLP/JSON of the merged
-/// request), split into parts under `MAX_REQUEST_BYTES` when a single chunk is bigger.
+/// request), split into parts under `max_bytes` when a single chunk is bigger.
 fn encode(
-    batch: &[StoredChunk],
+    payloads: &[Vec<u8>],
     protocol: Protocol,
+    max_bytes: usize,
 ) -> Result<(&'static str, Vec<Vec<u8>>), String> {
-    let mut body = Vec::with_capacity(batch.iter().map(|c| c.payload.len()).sum());
-    for chunk in batch {
-        body.extend_from_slice(&chunk.payload);
-    }
-    if body.len() <= MAX_REQUEST_BYTES && protocol == Protocol::HttpProtobuf {
+    let body = payloads.concat();
+    if body.len() <= max_bytes && protocol == Protocol::HttpProtobuf {
         return Ok(("application/x-protobuf", vec![body]));
     }
     let request = ExportTraceServiceRequest::decode(body.as_slice())
         .map_err(|e| format!("a stored trace is not valid OTLP: {e}"))?;
-    let parts = if body.len() <= MAX_REQUEST_BYTES {
+    let parts = if body.len() <= max_bytes {
         vec![request]
     } else {
-        split(request, MAX_REQUEST_BYTES)
+        split(request, max_bytes)
     };
     match protocol {
         Protocol::HttpProtobuf => Ok((
@@ -496,7 +638,7 @@ mod tests {
     }
 
     fn pending(store: &Store) -> usize {
-        store.pending_chunks(None).unwrap().len()
+        store.pending_queue(None).unwrap().len()
     }
 
     #[test]
@@ -570,7 +712,7 @@ mod tests {
             ],
         );
         let mut ids: Vec<i64> = store
-            .pending_chunks(None)
+            .pending_queue(None)
             .unwrap()
             .iter()
             .map(|c| c.id)
@@ -578,7 +720,7 @@ mod tests {
         ids.sort();
         let current = *ids.last().unwrap();
         let order: Vec<i64> = store
-            .pending_chunks(Some(current))
+            .pending_queue(Some(current))
             .unwrap()
             .iter()
             .map(|c| c.id)
@@ -597,7 +739,7 @@ mod tests {
         );
         assert_eq!(report.requests, 3);
         assert_eq!(report.chunks_sent, 2);
-        assert_eq!(store.pending_chunks(None).unwrap()[0].id, ids[0]);
+        assert_eq!(store.pending_queue(None).unwrap()[0].id, ids[0]);
     }
 
     fn big_request(spans: usize, attribute_bytes: usize) -> ExportTraceServiceRequest {
@@ -712,6 +854,84 @@ mod tests {
         assert_eq!(report.unsendable, 1);
         assert!(report.failure.is_none());
         assert_eq!(backoff_state(&store, &destination()), None);
+    }
+
+    fn add(store: &mut Store, payloads: Vec<Vec<u8>>) {
+        let chunks: Vec<NewChunk> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| NewChunk {
+                started_at: i as i64,
+                event: format!("e{i}"),
+                trace_id: format!("t{i}"),
+                payload,
+                priority: Priority::Quiet,
+            })
+            .collect();
+        store.add_chunks(&chunks, 1 << 30).unwrap();
+    }
+
+    #[test]
+    fn a_413_makes_later_requests_smaller_and_then_everything_goes() {
+        let (_s, mut store) = store("413", &[]);
+        let chunk = big_request(200, 1000).encode_to_vec();
+        add(&mut store, vec![chunk.clone(), chunk.clone(), chunk]);
+        let transport = Scripted::new(vec![status(413, None)]);
+        let report = run(&mut store, &transport, Duration::from_secs(5), false);
+        let refused_size = transport.bodies.borrow()[0].len();
+        assert_eq!((report.chunks_sent, report.refused), (0, 3));
+        assert!(report.failure.unwrap().actionable);
+        assert!(
+            backing_off(&store, &destination()),
+            "refusing all backs off"
+        );
+
+        let transport = Scripted::new(vec![]);
+        let report = run(&mut store, &transport, Duration::from_secs(5), true);
+        assert_eq!(report.chunks_sent, 3);
+        let bodies = transport.bodies.borrow();
+        assert!(bodies.len() >= 3, "{} requests", bodies.len());
+        assert!(bodies.iter().all(|b| b.len() <= refused_size / 2));
+        assert_eq!(pending(&store), 0);
+        assert!(load_refused(&store, &backoff_key(&destination())).is_empty());
+    }
+
+    #[test]
+    fn a_chunk_refused_for_its_content_goes_last_and_holds_back_no_other() {
+        let (_s, mut store) = store("400", &[]);
+        let small = |spans| big_request(spans, 10).encode_to_vec();
+        add(&mut store, vec![small(1), small(2), small(3)]);
+        let ids: Vec<i64> = store
+            .pending_queue(None)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        // Three chunks in one request, refused: next time each goes alone.
+        let transport = Scripted::new(vec![status(400, None)]);
+        let report = run(&mut store, &transport, Duration::from_secs(1), false);
+        assert_eq!((transport.bodies.borrow().len(), report.refused), (1, 3));
+
+        // The first one is the one the backend cannot take; the others go through, and a
+        // destination that accepts chunks is not backed off.
+        let transport = Scripted::new(vec![status(400, None), ok(), ok()]);
+        let report = run(&mut store, &transport, Duration::from_secs(1), true);
+        assert_eq!((report.chunks_sent, report.refused), (2, 1));
+        assert_eq!(transport.bodies.borrow().len(), 3);
+        assert_eq!(backoff_state(&store, &destination()), None);
+
+        // A new dispatch's chunk goes before the refused one, which is still kept.
+        add(&mut store, vec![small(4)]);
+        let transport = Scripted::new(vec![ok(), status(400, None)]);
+        let report = run(&mut store, &transport, Duration::from_secs(1), false);
+        assert_eq!((report.chunks_sent, report.refused), (1, 1));
+        let left: Vec<i64> = store
+            .pending_queue(None)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(left, vec![ids[0]]);
     }
 
     #[test]

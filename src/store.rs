@@ -121,6 +121,13 @@ pub struct StoredChunk {
     pub payload: Vec<u8>,
 }
 
+/// A chunk waiting to be shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Queued {
+    pub id: i64,
+    pub size: usize,
+}
+
 /// Which chunks `dispatch traces` shows.
 #[derive(Debug, Clone, Default)]
 pub struct ChunkFilter {
@@ -374,14 +381,28 @@ impl Store {
     }
 
     /// Chunks not shipped yet in shipping order: `first` (this dispatch's) first, then the
-    /// best priority, oldest first.
-    pub fn pending_chunks(&self, first: Option<i64>) -> rusqlite::Result<Vec<StoredChunk>> {
+    /// best priority, oldest first. Ids and sizes only: an export reads the payloads of what
+    /// it is about to send (`payload`), not of the whole backlog.
+    pub fn pending_queue(&self, first: Option<i64>) -> rusqlite::Result<Vec<Queued>> {
         let mut statement = self.conn.prepare_cached(
-            "SELECT id, state, priority, started_at, event, trace_id, payload FROM chunk
-             WHERE state = 1 ORDER BY id = ?1 DESC, priority DESC, id",
+            "SELECT id, size FROM chunk WHERE state = 1 ORDER BY id = ?1 DESC, priority DESC, id",
         )?;
-        let rows = statement.query_map([first.unwrap_or(-1)], stored_chunk)?;
+        let rows = statement.query_map([first.unwrap_or(-1)], |row| {
+            Ok(Queued {
+                id: row.get(0)?,
+                size: row.get::<_, i64>(1)? as usize,
+            })
+        })?;
         rows.collect()
+    }
+
+    /// One chunk's trace.
+    pub fn payload(&self, id: i64) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.conn
+            .query_row("SELECT payload FROM chunk WHERE id = ?1", [id], |row| {
+                row.get(0)
+            })
+            .optional()
     }
 
     /// One stored chunk by id.

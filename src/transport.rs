@@ -85,7 +85,7 @@ fn load_roots(ca: &Ca) -> Result<Vec<Certificate<'static>>, Failure> {
         Ca::File(path) => std::fs::read(path).map_err(|e| {
             tls_failure(format!("cannot read the CA bundle {}: {e}", path.display()))
         })?,
-        Ca::Pem(text) => text.as_bytes().to_vec(),
+        Ca::Pem { pem, .. } => pem.as_bytes().to_vec(),
     };
     let roots: Vec<Certificate<'static>> = parse_pem(&pem)
         .filter_map(Result::ok)
@@ -125,13 +125,23 @@ impl Transport for Http {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
         Ok(Answer {
             status,
             retry_after,
         })
     }
+}
+
+/// `Retry-After` is either seconds or an HTTP date (RFC 9110 §10.2.3); a date in the past
+/// means now.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// A failure's cause in words an operator can act on, and whether they can.
@@ -343,9 +353,12 @@ mod tests {
 
     #[test]
     fn a_ca_bundle_without_certificates_is_an_actionable_failure() {
-        let failure = load_roots(&Ca::Pem("not a certificate".into()))
-            .err()
-            .unwrap();
+        let failure = load_roots(&Ca::Pem {
+            pem: "not a certificate".into(),
+            origin: "a test",
+        })
+        .err()
+        .unwrap();
         assert!(failure.actionable);
         assert!(
             failure.cause.contains("no PEM certificate"),
@@ -357,5 +370,22 @@ mod tests {
     #[test]
     fn the_system_trust_store_is_found() {
         assert!(!load_roots(&Ca::System).unwrap().is_empty());
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(90))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 }

@@ -203,8 +203,9 @@ struct Tracing {
     builder: TraceBuilder,
     facts: RootFacts,
     reader: Option<Reader<OpenedStore>>,
-    /// Hook-tool calls the wrapper made itself (relation discovery).
-    own_calls: Vec<dispatch_shim::Record>,
+    /// The wrapper's own hook-tool calls (relation publishing and discovery), before and
+    /// after the charm: one allowance of time and one record list for the whole dispatch.
+    own_tools: Option<HookTools>,
 }
 
 fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals) -> i32 {
@@ -380,7 +381,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     // The relations, on the events that can change them: read (and, as leader, our side
     // published) before the charm runs, so its own writes come later and win.
     prepared.tools_dir = tools_dir.clone();
-    let mut own_calls = Vec::new();
+    let mut own_tools = None;
     if let Some(tools_dir) = &tools_dir {
         let trigger = relation::event_can_change_answer(
             env.event_name(),
@@ -389,20 +390,18 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         );
         if trigger {
             let root = format!("00-{}-{}-01", ids.trace_id, ids.root_span_id);
-            let mut tools = HookTools::new(tools_dir, root);
+            let tools = own_tools.insert(HookTools::new(tools_dir, root));
             let broken = broken_relation(env);
             if prepared.config.publish_requirer_data {
                 if let Some(app) = env.application_name() {
-                    relation::publish(&mut tools, &prepared.endpoints, app, broken.as_deref());
+                    relation::publish(tools, &prepared.endpoints, app, broken.as_deref());
                 }
             }
-            if let Some(answer) =
-                relation::discover(&mut tools, &prepared.endpoints, broken.as_deref())
+            if let Some(answer) = relation::discover(tools, &prepared.endpoints, broken.as_deref())
             {
                 prepared.relation = Some(answer);
                 prepared.relation_discovered = true;
             }
-            own_calls = tools.records;
         }
     }
     facts.problems = prepared.problems.clone();
@@ -411,7 +410,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
             builder,
             facts,
             reader,
-            own_calls,
+            own_tools,
         }),
         env_changes,
     )
@@ -597,6 +596,9 @@ struct HookTools {
     traceparent: String,
     records: Vec<dispatch_shim::Record>,
     spent: Duration,
+    /// `relation-ids` answers: relation ids do not change within a hook, and publishing
+    /// and discovering both need them.
+    relation_ids: Vec<(String, Vec<u8>)>,
 }
 
 impl HookTools {
@@ -606,12 +608,30 @@ impl HookTools {
             traceparent,
             records: Vec::new(),
             spent: Duration::ZERO,
+            relation_ids: Vec::new(),
         }
     }
 }
 
 impl relation::Tools for HookTools {
     fn run(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>> {
+        let question = args.join(" ");
+        if tool == "relation-ids" {
+            if let Some((_, known)) = self.relation_ids.iter().find(|(q, _)| *q == question) {
+                return Some(known.clone());
+            }
+        }
+        let stdout = self.run_traced(tool, args);
+        if let (Some(answer), "relation-ids") = (&stdout, tool) {
+            self.relation_ids.push((question, answer.clone()));
+        }
+        stdout
+    }
+}
+
+impl HookTools {
+    /// Runs a tool within what is left of `OWN_CALLS_BUDGET`, recording it as a tool span.
+    fn run_traced(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>> {
         let start = spans::time_to_unix_nanos(SystemTime::now());
         let left = OWN_CALLS_BUDGET.saturating_sub(self.spent);
         let begun = Instant::now();
@@ -679,12 +699,13 @@ fn run_bounded(
         .spawn()?;
     // Read on a thread so a large answer cannot fill the pipe while we wait.
     let mut pipe = child.stdout.take();
-    let reader = std::thread::spawn(move || {
+    let (sender, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         let mut out = Vec::new();
         if let Some(pipe) = pipe.as_mut() {
             let _ = pipe.read_to_end(&mut out);
         }
-        out
+        let _ = sender.send(out);
     });
     let deadline = Instant::now() + limit;
     let status = loop {
@@ -698,7 +719,12 @@ fn run_bounded(
         }
         std::thread::sleep(Duration::from_micros(200));
     };
-    let stdout = reader.join().unwrap_or_default();
+    // Not a join: a process the tool left behind may hold its stdout open. Past the deadline
+    // the reader is abandoned (it ends with the wrapper) and the call counts as timed out.
+    let left = deadline.saturating_duration_since(Instant::now());
+    let stdout = answer
+        .recv_timeout(left)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
     Ok((status, stdout))
 }
 
@@ -840,18 +866,19 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
                 "00-{}-{}-01",
                 builder.ids.trace_id, builder.ids.root_span_id
             );
-            let mut tools = HookTools::new(&tools_dir, root);
+            let tools = tracing
+                .own_tools
+                .get_or_insert_with(|| HookTools::new(&tools_dir, root));
             let broken = broken_relation(&prepared.env);
-            if let Some(answer) =
-                relation::discover(&mut tools, &prepared.endpoints, broken.as_deref())
+            if let Some(answer) = relation::discover(tools, &prepared.endpoints, broken.as_deref())
             {
                 prepared.relation = Some(answer);
                 prepared.relation_discovered = true;
             }
-            tracing.own_calls.extend(tools.records);
         }
     }
-    for record in collected.records.iter().chain(&tracing.own_calls) {
+    let own_calls = tracing.own_tools.iter().flat_map(|tools| &tools.records);
+    for record in collected.records.iter().chain(own_calls) {
         changed |= changes_state(&record.tool);
         spans.push(builder.tool_span(record));
     }
@@ -926,6 +953,10 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
                     let _ = store.set_setting(relation::SETTING, Some(&json));
                 }
             }
+        } else if prepared.endpoints.is_empty() && prepared.relation.take().is_some() {
+            // The charm no longer declares the relations (an upgrade removed them): what they
+            // said no longer holds, for this dispatch or for tool mode.
+            let _ = store.set_setting(relation::SETTING, None);
         }
         let answer = prepared.relation.clone();
         ship(

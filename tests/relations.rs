@@ -76,6 +76,15 @@ fn the_leader_publishes_our_side_and_traces_go_to_the_related_provider() {
     let root = util::root(&trace)["span_id"].clone();
     let ids = spans_named(&trace, "relation-ids");
     assert!(!ids.is_empty(), "{trace:#}");
+    // Publishing and discovering share one `relation-ids` call per endpoint.
+    let mut asked: Vec<String> = charm
+        .tool_calls()
+        .iter()
+        .filter(|c| c["tool"] == "relation-ids")
+        .map(|c| c["args"][0].as_str().unwrap_or_default().to_string())
+        .collect();
+    asked.sort();
+    assert_eq!(asked, ["charm-tracing", "receive-ca-cert"]);
     assert!(ids.iter().all(|s| s["parent_span_id"] == root));
     let status = text(&charm.tool(&["status"]).stdout);
     assert!(
@@ -207,6 +216,11 @@ fn an_https_provider_is_trusted_through_the_certificate_transfer_relation() {
         "shipped over TLS with the relation's CA"
     );
     assert_eq!(charm.last_trace()["state"], "shipped");
+    let status = text(&charm.tool(&["status"]).stdout);
+    assert!(
+        status.contains("CA: PEM certificates from the certificate_transfer relation"),
+        "{status}"
+    );
     let version = &state(&charm)["relations"]["receive-ca-cert"]["receive-ca-cert:4"]["data"]
         ["myapp"]["version"];
     assert_eq!(version, "1", "the leader published version=1");
@@ -241,6 +255,19 @@ fn an_https_provider_waits_for_the_ca_when_the_ca_relation_has_none_yet() {
         "nothing sent before the CA arrives"
     );
     assert_eq!(charm.last_trace()["state"], "pending");
+    // The operator is told why, by `status` and by `flush`.
+    let status = text(&charm.tool(&["status"]).stdout);
+    assert!(
+        status.contains("destination: waiting for the CA certificate"),
+        "{status}"
+    );
+    let flush = charm.tool(&["flush"]);
+    assert_eq!(code(&flush), 1);
+    assert!(
+        text(&flush.stderr).contains("certificate_transfer relation has not delivered its CA"),
+        "{}",
+        text(&flush.stderr)
+    );
 
     // The CA arrives: the relation event reads it and everything buffered is shipped.
     let mut updated = state(&charm);
@@ -275,4 +302,42 @@ fn a_hanging_hook_tool_cannot_hold_the_hook_up_on_our_account() {
     assert!(took < std::time::Duration::from_secs(12), "took {took:?}");
     let trace = charm.last_trace();
     assert!(!spans_named(&trace, "relation-ids").is_empty());
+}
+
+#[test]
+fn a_hook_tool_that_leaves_a_process_holding_its_stdout_cannot_hold_the_hook_up() {
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start(vec![Answer::ok()]);
+    relate(&charm, &receiver);
+    // The tool answers and exits, but a process it started keeps its stdout open.
+    let tool = charm.tools.join("relation-ids");
+    std::fs::remove_file(&tool).unwrap();
+    std::fs::write(&tool, "#!/bin/sh\nsleep 60 &\necho '[]'\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let started = std::time::Instant::now();
+    let out = charm.dispatch("hooks/install", &[("CHARM_EXIT", "3")]);
+    let took = started.elapsed();
+    assert_eq!(code(&out), 3, "{}", text(&out.stderr));
+    // The 5 s allowance for our own calls covers the whole dispatch, before and after the charm.
+    assert!(took < std::time::Duration::from_secs(8), "took {took:?}");
+}
+
+#[test]
+fn an_upgrade_that_removes_the_relations_forgets_their_destination() {
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start(vec![Answer::ok()]);
+    relate(&charm, &receiver);
+    assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
+    assert_eq!(receiver.requests().len(), 1);
+    charm.write("metadata.yaml", "name: shell-charm\n");
+    let out = charm.dispatch("hooks/upgrade-charm", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "nothing sent after the upgrade"
+    );
+    assert_eq!(charm.last_trace()["state"], "pending");
+    let status = text(&charm.tool(&["status"]).stdout);
+    assert!(status.contains("destination: none"), "{status}");
 }
