@@ -14,6 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub mod receiver;
+pub mod rotel;
 
 use serde_json::Value;
 
@@ -139,6 +140,16 @@ impl Charm {
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.join(rel)
+    }
+
+    /// Makes this copy the charm as packed, without us: `dispatch` becomes the fixture's own
+    /// `dispatch.orig` (what charmcraft generated) and the shim goes, so that Juju-like runs
+    /// of `dispatch` (and ops re-running `hooks/<event> -> ../dispatch`) are the bare charm's.
+    pub fn remove_wrapper(&self) {
+        // `dispatch` may be a hard link to the built binary: replace it, never write through it.
+        std::fs::remove_file(self.path("dispatch")).unwrap();
+        std::fs::remove_file(self.path("dispatch-shim")).unwrap();
+        std::fs::copy(self.path("dispatch.orig"), self.path("dispatch")).unwrap();
     }
 
     /// The environment Juju would give a hook for `event` (a dispatch path such as
