@@ -317,6 +317,11 @@ fn status(charm_dir: &Path) -> Result<i32> {
                 destination.source.describe(),
                 destination.ca.describe()
             ));
+            let protocol = match destination::protocol(&env, &loaded.config) {
+                crate::config::Protocol::HttpProtobuf => "http/protobuf",
+                crate::config::Protocol::HttpJson => "http/json",
+            };
+            out.push_str(&format!("protocol: {protocol}\n"));
             if let Some(store) = &store {
                 if let Some((failures, until)) = export::backoff_state(store, &destination) {
                     out.push_str(&format!(
@@ -449,7 +454,7 @@ fn flush(charm_dir: &Path) -> Result<i32> {
     let report = export::export(
         &mut store,
         &destination,
-        loaded.config.protocol,
+        destination::protocol(&env, &loaded.config),
         &http,
         budget,
         None,

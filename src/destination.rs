@@ -146,10 +146,7 @@ pub fn resolve(
     stored: Option<&Stored>,
     relation: Option<&crate::relation::Answer>,
 ) -> Option<Destination> {
-    let injected: Vec<&str> = env
-        .get(ENV_INJECTED)
-        .map(|v| v.split(',').collect())
-        .unwrap_or_default();
+    let injected = injected(env);
     let from_env = |key: &str| non_empty(env, key).filter(|_| !injected.contains(&key));
     if let Some(url) = from_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
         return Some(Destination {
@@ -221,6 +218,33 @@ pub fn resolve(
         });
     }
     None
+}
+
+/// The OTLP encoding: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, else `OTEL_EXPORTER_OTLP_PROTOCOL`
+/// (`http/protobuf` or `http/json`; values a wrapper injected do not count), else the config
+/// file's `protocol`. `grpc`, or anything else, is not ours to speak: the next source decides.
+pub fn protocol(env: &BTreeMap<String, String>, config: &Config) -> crate::config::Protocol {
+    use crate::config::Protocol;
+    let injected = injected(env);
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .iter()
+    .filter(|key| !injected.contains(key))
+    .find_map(|key| match non_empty(env, key)?.trim() {
+        "http/protobuf" => Some(Protocol::HttpProtobuf),
+        "http/json" => Some(Protocol::HttpJson),
+        _ => None,
+    })
+    .unwrap_or(config.protocol)
+}
+
+/// Names of the variables a wrapper put into this environment (`DISPATCH_TRACE_INJECTED`).
+fn injected(env: &BTreeMap<String, String>) -> Vec<&str> {
+    env.get(ENV_INJECTED)
+        .map(|v| v.split(',').collect())
+        .unwrap_or_default()
 }
 
 /// Whether the relation's destination is held back until the certificate_transfer relation
@@ -417,5 +441,34 @@ mod tests {
         assert!(validate_url("tempo:4318").is_err());
         assert!(validate_url("ftp://x/").is_err());
         assert!(validate_url("http:///v1/traces").is_err());
+    }
+
+    #[test]
+    fn the_protocol_comes_from_the_environment_then_the_config_file() {
+        use crate::config::Protocol;
+        let json_config = Config {
+            protocol: Protocol::HttpJson,
+            ..Config::default()
+        };
+        assert_eq!(protocol(&env(&[]), &json_config), Protocol::HttpJson);
+        let general = env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]);
+        assert_eq!(protocol(&general, &json_config), Protocol::HttpProtobuf);
+        let both = env(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+        ]);
+        assert_eq!(protocol(&both, &Config::default()), Protocol::HttpJson);
+        // grpc is not spoken here: the next source decides.
+        let grpc = env(&[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc")]);
+        assert_eq!(protocol(&grpc, &json_config), Protocol::HttpJson);
+        // A value a wrapper injected for its child is not configuration.
+        let injected = env(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json"),
+            (ENV_INJECTED, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+        ]);
+        assert_eq!(
+            protocol(&injected, &Config::default()),
+            Protocol::HttpProtobuf
+        );
     }
 }

@@ -999,7 +999,7 @@ fn ship(
             let report = export::export(
                 store,
                 &destination,
-                config.protocol,
+                destination::protocol(&env, config),
                 &http,
                 budget,
                 current,

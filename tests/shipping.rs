@@ -56,7 +56,7 @@ fn a_dispatch_ships_its_trace_as_otlp_protobuf_to_the_destination() {
 }
 
 #[test]
-fn json_is_sent_when_the_config_asks_for_it() {
+fn json_is_sent_when_the_config_or_the_environment_asks_for_it() {
     let charm = Charm::new("shell");
     charm.write("dispatch-trace.yaml", "protocol: http/json\n");
     let receiver = Receiver::start(vec![Answer::ok()]);
@@ -68,6 +68,26 @@ fn json_is_sent_when_the_config_asks_for_it() {
     let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
     let span_name = &body["resourceSpans"][0]["scopeSpans"][0]["spans"];
     assert!(span_name.is_array(), "{body:#}");
+
+    // The standard variable wins over the config file, and the general one applies too.
+    let env = [("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")];
+    assert_eq!(code(&charm.dispatch("hooks/start", &env)), 0);
+    let env = [("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")];
+    std::fs::remove_file(charm.path("dispatch-trace.yaml")).unwrap();
+    assert_eq!(code(&charm.dispatch("hooks/start", &env)), 0);
+    let types: Vec<_> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.header("content-type").unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "application/json",
+            "application/x-protobuf",
+            "application/json"
+        ]
+    );
 }
 
 #[test]
