@@ -78,6 +78,12 @@ fn main() {
     std::fs::create_dir_all(&charm).unwrap();
     std::fs::write(charm.join("metadata.yaml"), "name: bench-charm\n").unwrap();
     write_script(&charm.join("dispatch.orig"), "#!/bin/sh\nexit 0\n");
+    // A tool-heavy hook: what a busy charm does in one event, 40 hook-tool calls.
+    write_script(
+        &charm.join("busy.sh"),
+        "#!/bin/sh\nfor i in 1 2 3 4 5 6 7 8; do is-leader >/dev/null; config-get >/dev/null; \
+         relation-get >/dev/null; juju-log hello; status-set active; done\n",
+    );
     write_script(
         &charm.join("calls.sh"),
         "#!/bin/sh\ni=0\nwhile [ $i -lt $CALLS ]; do is-leader >/dev/null; i=$((i+1)); done\n",
@@ -149,6 +155,19 @@ fn main() {
     // Differences taken within each round cancel the machine's drift between rounds.
     let added_ms = paired_median(&traced, &bare);
     let floor_added_ms = paired_median(&floored, &bare);
+
+    // 1b. A tool-heavy hook (40 tool calls): bare vs wrapped.
+    std::fs::write(charm.join("dispatch-trace.yaml"), "target: busy.sh\n").unwrap();
+    let busy = charm.join("busy.sh");
+    let mut busy_bare = Vec::new();
+    let mut busy_traced = Vec::new();
+    for _ in 0..rounds / 2 {
+        busy_bare.push(run(&[&busy], &[]));
+        busy_traced.push(run(&[&wrapped], &[]));
+    }
+    std::fs::remove_file(charm.join("dispatch-trace.yaml")).unwrap();
+    let busy_bare_ms = median(&busy_bare, |s| s.wall);
+    let busy_added_ms = paired_median(&busy_traced, &busy_bare);
 
     // 2. Per hook-tool call: the tool bare, behind the floor, and behind our shim (with the
     // wrapper's channel open and drained, as during a dispatch).
@@ -286,6 +305,15 @@ fn main() {
             format!("{:.3} ms", added_ms - floor_added_ms),
             "about 1 ms (floor + 1 ms)".into(),
             added_ms - floor_added_ms <= 1.0,
+        ),
+        (
+            "tool-heavy hook (40 tool calls): added per dispatch".into(),
+            format!(
+                "{busy_added_ms:.3} ms ({:.1}% of the bare hook's {busy_bare_ms:.1} ms)",
+                100.0 * busy_added_ms / busy_bare_ms
+            ),
+            "dispatch + 40 x per-call figure".into(),
+            true,
         ),
         (
             "added time per hook-tool call (shim vs bare tool)".into(),
