@@ -4,6 +4,9 @@
 //! medians of interleaved runs, so the machine's noise hits every variant alike; only the
 //! differences and ratios printed at the end are meant to be compared with the targets.
 //!
+//! Also measured: a tool-heavy hook, and a real ops charm (`fixtures/charms/ops`) bare, under
+//! our dispatch, and with ops[tracing] on, so the two tracers' costs compare on one charm.
+//!
 //! The floor is a minimal statically linked C program that posix_spawns its argument, waits
 //! and mirrors the exit: the unavoidable cost of any extra process layer.
 
@@ -281,6 +284,10 @@ fn main() {
     }
     let backoff_added_ms = paired_median(&backing_off, &backoff_bare);
     drop(hanging);
+    // 5. A real ops charm: what we add, and what ops[tracing] adds, to the same hook.
+    let ops_rounds = if quick { 20 } else { 60 };
+    let (ops_bare_ms, ops_ours_ms, ops_theirs_ms) = ops_charm_costs(&work, &release, ops_rounds);
+
     let clear = Command::new(&wrapped)
         .arg("clear-destination")
         .stdout(Stdio::null())
@@ -305,6 +312,33 @@ fn main() {
             format!("{:.3} ms", added_ms - floor_added_ms),
             "about 1 ms (floor + 1 ms)".into(),
             added_ms - floor_added_ms <= 1.0,
+        ),
+        (
+            format!("real ops charm, update-status: added by our dispatch ({ops_rounds} rounds)"),
+            format!(
+                "{ops_ours_ms:.2} ms ({:.1}% of the bare hook's {ops_bare_ms:.0} ms)",
+                100.0 * ops_ours_ms / ops_bare_ms
+            ),
+            "reference".into(),
+            true,
+        ),
+        (
+            "real ops charm, update-status: added by ops[tracing] (no destination)".into(),
+            format!("{ops_theirs_ms:.1} ms"),
+            "reference".into(),
+            true,
+        ),
+        (
+            "ops[tracing]'s added cost / ours (trivial charm)".into(),
+            format!("{:.0}x", ops_theirs_ms / added_ms),
+            ">= 80x".into(),
+            ops_theirs_ms / added_ms >= 80.0,
+        ),
+        (
+            "ops[tracing]'s added cost / ours (same ops charm)".into(),
+            format!("{:.0}x", ops_theirs_ms / ops_ours_ms),
+            ">= 80x".into(),
+            ops_theirs_ms / ops_ours_ms >= 80.0,
         ),
         (
             "tool-heavy hook (40 tool calls): added per dispatch".into(),
@@ -544,4 +578,132 @@ fn cpu_model() -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// The same real ops charm (`fixtures/charms/ops`, ops from target/test-venv) three ways, one
+/// `update-status` each, interleaved: bare, under our dispatch, and bare with ops[tracing]
+/// switched on (no destination: it buffers, as ours does). Hook tools are the fake ones,
+/// since ops parses their JSON. Returns (bare, ours added, ops[tracing] added) in ms.
+fn ops_charm_costs(work: &Path, release: &Path, rounds: usize) -> (f64, f64, f64) {
+    let root = repo_root();
+    let venv_python = root.join("target/test-venv/bin/python3");
+    let site = std::fs::read_dir(root.join("target/test-venv/lib"))
+        .ok()
+        .and_then(|mut dirs| dirs.next())
+        .map(|dir| dir.unwrap().path().join("site-packages"))
+        .filter(|site| site.join("ops").exists() && site.join("ops_tracing").exists())
+        .expect("ops is not in target/test-venv: run tests/python-env (benches/run does)");
+    let interpreter = std::fs::canonicalize(&venv_python).unwrap();
+    let python_bin = work.join("python-bin");
+    std::fs::create_dir_all(&python_bin).unwrap();
+    std::os::unix::fs::symlink(interpreter, python_bin.join("python3")).unwrap();
+    let tools = work.join("fake-tools");
+    let installed = Command::new(release.join("fake-jujuc"))
+        .arg("--install-tools")
+        .arg(&tools)
+        .status()
+        .unwrap();
+    assert!(installed.success());
+
+    // One copy per variant, each with its own fake model, charmcraft's layout and a `venv`
+    // of the test venv's packages (ops-tracing only where the charm asks for it).
+    let copy = |name: &str, traced: bool, wrapped: bool| -> (PathBuf, PathBuf) {
+        let charm = work.join(name);
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(root.join("fixtures/charms/ops"))
+            .arg(&charm)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let venv = charm.join("venv");
+        std::fs::create_dir(&venv).unwrap();
+        for entry in std::fs::read_dir(&site).unwrap() {
+            let entry = entry.unwrap();
+            if !traced
+                && entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("ops_tracing")
+            {
+                continue;
+            }
+            std::os::unix::fs::symlink(entry.path(), venv.join(entry.file_name())).unwrap();
+        }
+        let orig = charm.join("dispatch.orig");
+        if traced {
+            let text = std::fs::read_to_string(&orig).unwrap();
+            write_script(
+                &orig,
+                &text.replace("./src/charm.py", "./src/charm_traced.py"),
+            );
+        }
+        if wrapped {
+            for binary in ["dispatch", "dispatch-shim"] {
+                std::fs::copy(release.join(binary), charm.join(binary)).unwrap();
+            }
+        }
+        let state = charm.join(".fake-juju");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::write(
+            state.join("state.json"),
+            r#"{"unit": "bench/0", "leader": true, "config": {"port": 8080, "greeting": "Hi"},
+                "relations": {"replicas": {"replicas:1": {"app": "bench", "units": [],
+                "data": {"bench": {}, "bench/0": {}}}}}}"#,
+        )
+        .unwrap();
+        let entry = charm.join(if wrapped { "dispatch" } else { "dispatch.orig" });
+        (charm, entry)
+    };
+    let path = format!("{}:{}:/usr/bin:/bin", tools.display(), python_bin.display());
+    let run = |(charm, entry): &(PathBuf, PathBuf)| -> Sample {
+        let mut command = Command::new(entry);
+        command
+            .env_clear()
+            .env("PATH", &path)
+            .env("FAKE_JUJU_STATE", charm.join(".fake-juju"))
+            .env("JUJU_DISPATCH_PATH", "hooks/update-status")
+            .env("JUJU_HOOK_NAME", "update-status")
+            .env("JUJU_UNIT_NAME", "bench/0")
+            .env("JUJU_MODEL_NAME", "bench")
+            .env("JUJU_MODEL_UUID", "00000000-0000-4000-8000-000000000000")
+            .env("JUJU_CHARM_DIR", charm)
+            .env("JUJU_VERSION", "3.6.4")
+            .current_dir(charm)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        measure(command)
+    };
+    let bare = copy("ops-bare", false, false);
+    let ours = copy("ops-ours", false, true);
+    let theirs = copy("ops-tracing", true, false);
+    for _ in 0..3 {
+        run(&bare);
+        run(&ours);
+        run(&theirs);
+    }
+    let (mut bare_runs, mut ours_runs, mut theirs_runs) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        bare_runs.push(run(&bare));
+        ours_runs.push(run(&ours));
+        theirs_runs.push(run(&theirs));
+    }
+    let traces = Command::new(&ours.1)
+        .args(["traces", "--last", "0", "--format", "json"])
+        .output()
+        .unwrap();
+    let recorded = String::from_utf8_lossy(&traces.stdout)
+        .lines()
+        .filter(|line| line.contains("\"update-status\""))
+        .count();
+    assert!(
+        recorded >= rounds,
+        "our dispatch recorded {recorded} update-status traces for {rounds} rounds"
+    );
+    (
+        median(&bare_runs, |s| s.wall),
+        paired_median(&ours_runs, &bare_runs),
+        paired_median(&theirs_runs, &bare_runs),
+    )
 }
