@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 use serde_yaml::{Mapping, Value as Yaml};
-use util::{code, span, text, Charm, Scratch, UNIT};
+use util::{code, span, text, Charm, Scratch};
 
 /// The part's name in charmcraft-part.yaml.
 const PART: &str = "dispatch-trace";
@@ -377,33 +377,7 @@ fn deploy(prime: &Path) -> Charm {
     let scratch = Scratch::new("charmcraft-part-deployed");
     let dir = scratch.path("charm");
     copy_tree(prime, &dir);
-    let tools = scratch.path("tools");
-    let fake_jujuc = util::bin_dir().join("fake-jujuc");
-    assert!(
-        fake_jujuc.exists(),
-        "{} is missing: build the workspace first (`cargo build --workspace`; tests/run does)",
-        fake_jujuc.display()
-    );
-    let status = Command::new(fake_jujuc)
-        .arg("--install-tools")
-        .arg(&tools)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let state = scratch.path("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(
-        state.join("state.json"),
-        format!(r#"{{"unit": "{UNIT}", "leader": true}}"#),
-    )
-    .unwrap();
-    Charm {
-        scratch,
-        dir,
-        tools,
-        state,
-        env: BTreeMap::new(),
-    }
+    Charm::around(scratch, dir)
 }
 
 #[test]

@@ -115,6 +115,11 @@ impl Charm {
         copy_dir(&repo_root().join("fixtures/charms").join(fixture), &dir);
         install_binary("dispatch", &dir);
         install_binary("dispatch-shim", &dir);
+        Charm::around(scratch, dir)
+    }
+
+    /// A charm already in `dir` (inside `scratch`), given fake hook tools and their state.
+    pub fn around(scratch: Scratch, dir: PathBuf) -> Charm {
         let tools = scratch.path("tools");
         let status = Command::new(built("fake-jujuc"))
             .arg("--install-tools")
