@@ -7,16 +7,23 @@
 //! the reader never sees end-of-file between two shims, and a stop pipe wakes the reader once
 //! the child has ended; it then drains what is left and returns. A shim finishes its write
 //! before it exits, so everything written by the child's own tool calls is in the FIFO by then.
+//!
+//! The same thread serves the loopback listener for custom spans (`loopback`), polling its
+//! sockets with the FIFO, so that a dispatch costs one thread however it is traced.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use dispatch_shim::Record;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::loopback::{self, Server, GRACE};
+use crate::receiver::Received;
 
 const FIFO_NAME: &str = "records";
 /// Ask for a roomy pipe so bursts of tool calls never find it full (Linux's default
@@ -38,6 +45,10 @@ pub struct Collected {
     pub ignored: u64,
     /// Records shims could not deliver (channel full), counted beside the FIFO.
     pub dropped: u64,
+    /// Spans the charm's code sent to the custom-span listener.
+    pub custom: Received,
+    /// The custom-span receiver failed (an internal error): it stopped serving.
+    pub custom_failed: bool,
 }
 
 impl Channel {
@@ -65,29 +76,99 @@ impl Channel {
             _write_end: write_end,
         })
     }
+}
 
-    /// Starts draining on a thread; `nonce` selects this dispatch's records. The thread first
-    /// runs `prelude` (work that should overlap with the child, such as opening the store;
-    /// the FIFO's buffer holds records meanwhile) and hands its result back with the records.
-    pub fn start_reader<T: Send + 'static>(
-        self,
-        nonce: String,
-        prelude: impl FnOnce() -> T + Send + 'static,
-    ) -> io::Result<Reader<T>> {
-        let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-        let dropped_path = dropped_path(&self.path);
-        let thread = std::thread::Builder::new()
-            .name("records".into())
-            .spawn(move || {
-                let early = std::panic::catch_unwind(std::panic::AssertUnwindSafe(prelude)).ok();
-                let mut collector = Collector::new(nonce);
-                drain_until_stopped(&self, &stop_read, &mut collector);
-                (collector.finish(&dropped_path), early)
-            })?;
-        Ok(Reader {
-            thread: Some(thread),
-            stop: Some(stop_write),
-        })
+/// Starts the thread that works while the child runs: with `listen`, it first opens the
+/// custom-span listener (`loopback`; its endpoint is then waiting in `Reader::endpoint`), so
+/// that binding overlaps with the rest of the setup rather than delaying the child; then it
+/// runs `prelude` (work that should overlap with the child, such as opening the store; the
+/// FIFO's buffer and the listen backlog hold what arrives meanwhile); then it drains the
+/// record channel (records of this dispatch's `nonce`) and serves the listener, whichever of
+/// the two there is, until `Reader::finish`. One thread for both: a dispatch whose charm
+/// sends no spans pays for no thread of its own.
+pub fn start_reader<T: Send + 'static>(
+    channel: Option<Channel>,
+    listen: bool,
+    nonce: String,
+    prelude: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<Reader<T>> {
+    let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let endpoint = Arc::new(Endpoint::default());
+    let endpoint_slot = endpoint.clone();
+    let thread = std::thread::Builder::new()
+        .name("records".into())
+        .spawn(move || {
+            let mut server = None;
+            if listen {
+                let bound = std::panic::catch_unwind(|| Server::bind(&nonce));
+                let answer = match &bound {
+                    Ok(Ok(bound)) => Ok(bound.endpoint().to_string()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("internal error while opening the listener".to_string()),
+                };
+                endpoint_slot.set(answer);
+                server = bound.ok().and_then(Result::ok);
+            }
+            let early = std::panic::catch_unwind(std::panic::AssertUnwindSafe(prelude)).ok();
+            let mut collector = Collector::new(nonce);
+            let mut custom_failed = false;
+            serve_until_stopped(
+                channel.as_ref(),
+                &stop_read,
+                &mut collector,
+                &mut server,
+                &mut custom_failed,
+            );
+            let custom = server.map(|server| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.finish(GRACE)))
+            });
+            let dropped = channel.as_ref().map(|c| dropped_path(&c.path));
+            let mut collected = collector.finish(dropped.as_deref());
+            match custom {
+                Some(Ok(received)) => collected.custom = received,
+                Some(Err(_)) => custom_failed = true,
+                None => {}
+            }
+            collected.custom_failed = custom_failed;
+            (collected, early)
+        })?;
+    Ok(Reader {
+        thread: Some(thread),
+        stop: Some(stop_write),
+        endpoint: listen.then_some(endpoint),
+    })
+}
+
+/// The listener's URL (or why there is none), handed from the reader's thread to the main
+/// thread once. (A Mutex and a Condvar: std's channels cost more binary for one message.)
+#[derive(Default)]
+struct Endpoint {
+    answer: Mutex<Option<Result<String, String>>>,
+    ready: Condvar,
+}
+
+impl Endpoint {
+    fn set(&self, answer: Result<String, String>) {
+        if let Ok(mut slot) = self.answer.lock() {
+            *slot = Some(answer);
+        }
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Result<String, String> {
+        let lost = || Err("internal error while opening the listener".to_string());
+        let Ok(mut slot) = self.answer.lock() else {
+            return lost();
+        };
+        loop {
+            if let Some(answer) = slot.take() {
+                return answer;
+            }
+            slot = match self.ready.wait(slot) {
+                Ok(slot) => slot,
+                Err(_) => return lost(),
+            };
+        }
     }
 }
 
@@ -126,20 +207,54 @@ fn discard(fd: &OwnedFd) {
     }
 }
 
-fn drain_until_stopped(channel: &Channel, stop: &OwnedFd, collector: &mut Collector) {
-    let mut buffer = vec![0u8; 64 * 1024];
+fn serve_until_stopped(
+    channel: Option<&Channel>,
+    stop: &OwnedFd,
+    collector: &mut Collector,
+    server: &mut Option<Server>,
+    custom_failed: &mut bool,
+) {
+    let mut buffer = vec![0u8; if channel.is_some() { 64 * 1024 } else { 0 }];
     loop {
-        let mut fds = [
-            PollFd::new(channel.read_end.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
+        let revents: Vec<PollFlags> = {
+            let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+            if let Some(channel) = channel {
+                fds.push(PollFd::new(channel.read_end.as_fd(), PollFlags::POLLIN));
+            }
+            let mut timeout = PollTimeout::NONE;
+            if let Some(server) = server.as_ref() {
+                fds.extend(server.poll_fds());
+                if let Some(due) = server.timeout() {
+                    timeout = loopback::poll_timeout(due);
+                }
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+            fds.iter()
+                .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
+                .collect()
+        };
+        let stopping = !revents[0].is_empty();
+        let mut next = 1;
+        if let Some(channel) = channel {
+            if stopping || !revents[1].is_empty() {
+                read_available(&channel.read_end, &mut buffer, collector);
+            }
+            next = 2;
         }
-        let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
-        read_available(&channel.read_end, &mut buffer, collector);
+        if let Some(serving) = server.as_mut() {
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                serving.ready(&revents[next..])
+            }));
+            // A bug in the receiver costs the custom spans, never the tool records.
+            if served.is_err() {
+                *server = None;
+                *custom_failed = true;
+            }
+        }
         if stopping {
             return;
         }
@@ -188,12 +303,16 @@ impl Collector {
         self.partial.drain(..start);
     }
 
-    fn finish(mut self, dropped_path: &Path) -> Collected {
+    fn finish(mut self, dropped_path: Option<&Path>) -> Collected {
         if !self.partial.is_empty() {
             self.collected.ignored += 1;
         }
-        if let Ok(text) = std::fs::read_to_string(dropped_path) {
-            let _ = std::fs::remove_file(dropped_path);
+        let dropped = dropped_path.and_then(|path| {
+            let text = std::fs::read_to_string(path).ok()?;
+            let _ = std::fs::remove_file(path);
+            Some(text)
+        });
+        if let Some(text) = dropped {
             self.collected.dropped = text.lines().filter(|l| *l == self.nonce).count() as u64;
         }
         self.collected
@@ -204,9 +323,16 @@ impl Collector {
 pub struct Reader<T> {
     thread: Option<JoinHandle<(Collected, Option<T>)>>,
     stop: Option<OwnedFd>,
+    endpoint: Option<Arc<Endpoint>>,
 }
 
 impl<T> Reader<T> {
+    /// The custom-span listener's URL, or why there is none; `None` if it was not asked
+    /// for (or was already taken). Waits for the thread to have tried, which it does first.
+    pub fn endpoint(&mut self) -> Option<Result<String, String>> {
+        Some(self.endpoint.take()?.take())
+    }
+
     /// Stops the reader; returns the records and the prelude's result (`None` if it panicked).
     pub fn finish(mut self) -> (Collected, Option<T>) {
         if let Some(stop) = self.stop.take() {
@@ -251,7 +377,7 @@ mod tests {
         let (a, b) = stream.split_at(17);
         collector.feed(a);
         collector.feed(b);
-        let collected = collector.finish(Path::new("/nonexistent"));
+        let collected = collector.finish(None);
         assert_eq!(collected.records.len(), 2);
         assert_eq!(collected.ignored, 2);
     }
@@ -263,7 +389,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let channel = Channel::open(&dir).unwrap();
         let path = channel.path.clone();
-        let reader = channel.start_reader("n1".into(), || 7).unwrap();
+        let reader = start_reader(Some(channel), false, "n1".into(), || 7).unwrap();
         let writer = open_fifo(&path, libc::O_WRONLY).unwrap();
         for _ in 0..500 {
             nix::unistd::write(&writer, &record("n1").encode()).unwrap();

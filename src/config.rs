@@ -62,6 +62,10 @@ pub struct Config {
     pub juju_trace_context: TraceContextMode,
     /// Record the text of `juju-log` messages (free text may hold secrets: off by default).
     pub record_log_messages: bool,
+    /// Listen on loopback during a dispatch for the charm's own spans (OTLP/HTTP), and point
+    /// the child's `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` there (issue #5). `false`: no
+    /// listener, and the child's OpenTelemetry variables are left as the hook had them.
+    pub custom_spans: bool,
 }
 
 impl Default for Config {
@@ -81,6 +85,7 @@ impl Default for Config {
             publish_requirer_data: true,
             juju_trace_context: TraceContextMode::default(),
             record_log_messages: false,
+            custom_spans: true,
         }
     }
 }
@@ -189,6 +194,7 @@ export_budget_ms: 250
 publish_requirer_data: false
 juju_trace_context: continue
 record_log_messages: true
+custom_spans: false
 "#,
         )
         .unwrap();
@@ -197,6 +203,8 @@ record_log_messages: true
         assert_eq!(config.juju_trace_context, TraceContextMode::Continue);
         assert_eq!(config.export_budget_ms, 250);
         assert!(config.record_log_messages);
+        assert!(!config.custom_spans);
+        assert!(Config::default().custom_spans);
     }
 
     #[test]

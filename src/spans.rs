@@ -16,6 +16,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Array, InstrumentationScope, KeyValue, StringValue, Value};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
 use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
@@ -170,12 +171,21 @@ pub struct RootFacts {
     pub records_ignored: u64,
     pub incoming: Option<IncomingContext>,
     pub continued: bool,
+    /// Spans the charm's code sent us (kept), and what was turned away.
+    pub custom_spans: usize,
+    pub custom_spans_dropped: u64,
+    pub custom_requests_refused: u64,
+    /// Why the custom-span listener did not work (bind failure, internal error): not for the
+    /// operator's stderr, there is nothing to act on, but whoever misses their spans finds it.
+    pub custom_spans_error: Option<String>,
 }
 
 /// Builds the resource and spans of a dispatch.
 pub struct TraceBuilder {
     pub ids: DispatchIds,
     resource: Resource,
+    /// The Juju topology part of our resource, added to the resources of custom spans.
+    topology: Vec<(&'static str, String)>,
     scope: InstrumentationScope,
     event_name: String,
     event_attributes: Vec<KeyValue>,
@@ -203,9 +213,14 @@ impl TraceBuilder {
             ("juju_model", env.get("JUJU_MODEL_NAME")),
             ("juju_model_uuid", env.get("JUJU_MODEL_UUID")),
         ];
+        let mut topology = Vec::new();
+        if let Some(service) = service_name.or(app).or(charm_name) {
+            topology.push(("service.name", service.to_string()));
+        }
         for (key, value) in pairs {
             if let Some(value) = value {
                 resource.push(KeyValue::new(key, value.to_string()));
+                topology.push((key, value.to_string()));
             }
         }
         let resource = Resource::builder_empty()
@@ -218,6 +233,7 @@ impl TraceBuilder {
         TraceBuilder {
             ids,
             resource,
+            topology,
             scope,
             event_name: env.event_name().to_string(),
             event_attributes: env
@@ -302,6 +318,22 @@ impl TraceBuilder {
                 "dispatch.tool_records_ignored",
                 facts.records_ignored as i64,
             ));
+        }
+        for (key, count) in [
+            ("dispatch.custom_spans", facts.custom_spans as u64),
+            ("dispatch.custom_spans_dropped", facts.custom_spans_dropped),
+            (
+                "dispatch.custom_requests_refused",
+                facts.custom_requests_refused,
+            ),
+        ] {
+            if count > 0 {
+                span.attributes.push(KeyValue::new(key, count as i64));
+            }
+        }
+        if let Some(error) = &facts.custom_spans_error {
+            span.attributes
+                .push(KeyValue::new("dispatch.custom_spans_error", error.clone()));
         }
         if let Some(incoming) = &facts.incoming {
             if !facts.continued {
@@ -497,6 +529,50 @@ impl TraceBuilder {
             resource_spans: group_spans_by_resource_and_scope(spans, &resource),
         }
     }
+
+    /// Our spans, then the spans the charm's code sent (issue #5), as one OTLP request.
+    pub fn encode_with_custom(&self, spans: Vec<SpanData>, custom: Vec<ResourceSpans>) -> Vec<u8> {
+        let mut request = self.request(spans);
+        request
+            .resource_spans
+            .extend(custom.into_iter().map(|r| self.adopt(r)));
+        request.encode_to_vec()
+    }
+
+    /// Custom spans keep their own resource (the charm chose it: its `service.name`, its SDK's
+    /// `telemetry.sdk.*`), with the Juju topology keys it lacks added, so that whatever finds
+    /// our spans by unit, application or model finds these too. An SDK's default
+    /// `service.name` (`unknown_service`, `unknown_service:<exe>`) is not a choice: ours
+    /// replaces it.
+    fn adopt(&self, mut custom: ResourceSpans) -> ResourceSpans {
+        use opentelemetry_proto::tonic::common::v1::{
+            any_value, AnyValue, KeyValue as ProtoKeyValue,
+        };
+        let resource = custom.resource.get_or_insert_with(Default::default);
+        let attributes = &mut resource.attributes;
+        let unnamed = |kv: &ProtoKeyValue| {
+            kv.key == "service.name"
+                && match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(name)) => {
+                        name.is_empty() || name.starts_with("unknown_service")
+                    }
+                    _ => true,
+                }
+        };
+        attributes.retain(|kv| !unnamed(kv));
+        for (key, value) in &self.topology {
+            if !attributes.iter().any(|kv| kv.key == *key) {
+                attributes.push(ProtoKeyValue {
+                    key: key.to_string(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(value.clone())),
+                    }),
+                    ..ProtoKeyValue::default()
+                });
+            }
+        }
+        custom
+    }
 }
 
 /// `status-set [--application[=BOOL]] [--] <status> [message]` as Juju's flag parser reads
@@ -631,6 +707,111 @@ mod tests {
         assert!(span.attributes.iter().any(|a| a.key == "k"));
         assert!(annotate_span(&payload, SpanId::from_bytes([9; 8]), "k", "v").is_none());
         assert!(annotate_span(b"junk", ids.root_span_id, "k", "v").is_none());
+    }
+
+    #[test]
+    fn custom_spans_keep_their_resource_with_the_juju_topology_added() {
+        use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue as Kv};
+        use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+        use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
+        let string = |key: &str, value: &str| Kv {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Kv::default()
+        };
+        let ids = DispatchIds::new(None);
+        let hook = env(&[
+            ("JUJU_UNIT_NAME", "myapp/0"),
+            ("JUJU_MODEL_NAME", "m"),
+            ("JUJU_MODEL_UUID", "uuid"),
+        ]);
+        let builder = TraceBuilder::new(ids, &hook, Some("my-charm"), None);
+        let custom = |attributes: Vec<Kv>| ResourceSpans {
+            resource: Some(ProtoResource {
+                attributes,
+                ..ProtoResource::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    name: "theirs".into(),
+                    ..Span::default()
+                }],
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        };
+        let ours = builder.root_span(&RootFacts::default(), SystemTime::now(), None, vec![]);
+        let payload = builder.encode_with_custom(
+            vec![ours],
+            vec![
+                custom(vec![
+                    string("service.name", "my-workload"),
+                    string("juju_unit", "theirs/9"),
+                    string("telemetry.sdk.language", "python"),
+                ]),
+                custom(vec![string("service.name", "unknown_service")]),
+            ],
+        );
+        let request = ExportTraceServiceRequest::decode(payload.as_slice()).unwrap();
+        let value = |r: &ResourceSpans, key: &str| {
+            r.resource
+                .as_ref()
+                .unwrap()
+                .attributes
+                .iter()
+                .filter(|kv| kv.key == key)
+                .map(|kv| kv.value.clone().unwrap().value.unwrap())
+                .collect::<Vec<_>>()
+        };
+        let s = |v: &str| vec![any_value::Value::StringValue(v.into())];
+        assert_eq!(request.resource_spans.len(), 3);
+        assert_eq!(
+            request.resource_spans[0].scope_spans[0]
+                .scope
+                .as_ref()
+                .unwrap()
+                .name,
+            SCOPE_NAME,
+            "ours first"
+        );
+        let named = &request.resource_spans[1];
+        assert_eq!(value(named, "service.name"), s("my-workload"));
+        assert_eq!(value(named, "juju_unit"), s("theirs/9"), "theirs win");
+        assert_eq!(value(named, "juju_application"), s("myapp"));
+        assert_eq!(value(named, "charm"), s("my-charm"));
+        assert_eq!(value(named, "service.namespace"), s("uuid"));
+        assert_eq!(value(named, "telemetry.sdk.language"), s("python"));
+        let unnamed = &request.resource_spans[2];
+        assert_eq!(value(unnamed, "service.name"), s("myapp"));
+        assert_eq!(unnamed.scope_spans[0].spans[0].name, "theirs");
+    }
+
+    #[test]
+    fn the_root_span_counts_custom_spans_and_names_a_listener_failure() {
+        let builder = TraceBuilder::new(DispatchIds::new(None), &env(&[]), None, None);
+        let facts = RootFacts {
+            custom_spans: 2,
+            custom_spans_dropped: 1,
+            custom_spans_error: Some("cannot listen".into()),
+            ..RootFacts::default()
+        };
+        let root = builder.root_span(&facts, SystemTime::now(), None, vec![]);
+        let attributes = &root.attributes;
+        assert!(attributes.contains(&KeyValue::new("dispatch.custom_spans", 2_i64)));
+        assert!(attributes.contains(&KeyValue::new("dispatch.custom_spans_dropped", 1_i64)));
+        assert!(attributes.contains(&KeyValue::new(
+            "dispatch.custom_spans_error",
+            "cannot listen".to_string()
+        )));
+        assert!(!attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == "dispatch.custom_requests_refused"));
+        assert!(
+            matches!(root.status, Status::Unset),
+            "not the charm's failure"
+        );
     }
 
     #[test]

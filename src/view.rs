@@ -35,6 +35,19 @@ fn priority_name(priority: i64) -> &'static str {
     }
 }
 
+/// All spans of a request with their scope's name, flattened.
+fn scoped_spans(request: &ExportTraceServiceRequest) -> Vec<(&str, &Span)> {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| r.scope_spans.iter())
+        .flat_map(|s| {
+            let scope = s.scope.as_ref().map_or("", |scope| scope.name.as_str());
+            s.spans.iter().map(move |span| (scope, span))
+        })
+        .collect()
+}
+
 /// All spans of a request, flattened.
 fn spans(request: &ExportTraceServiceRequest) -> Vec<&Span> {
     request
@@ -100,6 +113,13 @@ fn value_json(value: &Option<AnyValue>) -> Value {
     }
 }
 
+fn attributes_json(attributes: &[KeyValue]) -> serde_json::Map<String, Value> {
+    attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), value_json(&kv.value)))
+        .collect()
+}
+
 fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Option<AnyValue>> {
     attributes
         .iter()
@@ -120,6 +140,13 @@ fn span_line(span: &Span) -> String {
         }
     }
     let _ = write!(line, "  {:.2} ms", duration_ms(span));
+    match span.events.len() {
+        0 => {}
+        1 => line.push_str("  1 event"),
+        n => {
+            let _ = write!(line, "  {n} events");
+        }
+    }
     if let Some(code) = attribute(&span.attributes, "process.exit.code") {
         let _ = write!(line, "  exit {}", value_text(code));
     }
@@ -177,33 +204,39 @@ pub fn tree(chunks: &[StoredChunk]) -> Result<String> {
             priority_name(chunk.priority)
         );
         for root in roots {
-            render(&mut out, root, &children, "", true, true);
+            render(&mut out, root, &children, "", true, Some(&chunk.trace_id));
         }
         out.push('\n');
     }
     Ok(out)
 }
 
+/// Renders a span and its children; `top` (the chunk's trace id) for a tree's first line.
 fn render(
     out: &mut String,
     span: &Span,
     children: &HashMap<&[u8], Vec<&Span>>,
     prefix: &str,
     last: bool,
-    top: bool,
+    top: Option<&str>,
 ) {
-    let (branch, next) = if top {
+    let (branch, next) = if top.is_some() {
         ("", String::from("  "))
     } else if last {
         ("└─ ", format!("{prefix}   "))
     } else {
         ("├─ ", format!("{prefix}│  "))
     };
-    let _ = writeln!(out, "  {prefix}{branch}{}", span_line(span));
+    let _ = write!(out, "  {prefix}{branch}{}", span_line(span));
+    // A span of another trace: custom spans the charm started in a trace of its own.
+    if let Some(trace_id) = top.filter(|id| *id != hex(&span.trace_id)) {
+        let _ = write!(out, "  (trace {}, not {trace_id})", hex(&span.trace_id));
+    }
+    out.push('\n');
     if let Some(kids) = children.get(span.span_id.as_slice()) {
         for (i, kid) in kids.iter().enumerate() {
-            let child_prefix = if top { "" } else { next.as_str() };
-            render(out, kid, children, child_prefix, i + 1 == kids.len(), false);
+            let child_prefix = if top.is_some() { "" } else { next.as_str() };
+            render(out, kid, children, child_prefix, i + 1 == kids.len(), None);
         }
     }
 }
@@ -263,13 +296,20 @@ pub fn json(chunks: &[StoredChunk]) -> Result<String> {
                     .collect()
             })
             .unwrap_or_default();
-        let spans: Vec<Value> = spans(&request)
+        let spans: Vec<Value> = scoped_spans(&request)
             .into_iter()
-            .map(|s| {
-                let attributes: serde_json::Map<String, Value> = s
-                    .attributes
+            .map(|(scope, s)| {
+                let attributes = attributes_json(&s.attributes);
+                let events: Vec<Value> = s
+                    .events
                     .iter()
-                    .map(|kv| (kv.key.clone(), value_json(&kv.value)))
+                    .map(|e| {
+                        json!({
+                            "name": e.name,
+                            "time_unix_nano": e.time_unix_nano,
+                            "attributes": attributes_json(&e.attributes),
+                        })
+                    })
                     .collect();
                 let links: Vec<Value> = s
                     .links
@@ -278,6 +318,7 @@ pub fn json(chunks: &[StoredChunk]) -> Result<String> {
                     .collect();
                 json!({
                     "name": s.name,
+                    "trace_id": hex(&s.trace_id),
                     "span_id": hex(&s.span_id),
                     "parent_span_id": hex(&s.parent_span_id),
                     "kind": span::SpanKind::try_from(s.kind).map(|k| k.as_str_name()).unwrap_or("SPAN_KIND_UNSPECIFIED"),
@@ -287,7 +328,9 @@ pub fn json(chunks: &[StoredChunk]) -> Result<String> {
                     "status": if is_error(s) { "ERROR" } else { "OK" },
                     "status_message": s.status.as_ref().map(|st| st.message.clone()).unwrap_or_default(),
                     "attributes": attributes,
+                    "events": events,
                     "links": links,
+                    "scope": scope,
                 })
             })
             .collect();
@@ -341,6 +384,77 @@ mod tests {
             .unwrap()
             .contains("\"error\""));
         assert_eq!(otlp_json(&[chunk]).unwrap(), "");
+    }
+
+    #[test]
+    fn custom_spans_nest_in_the_tree_and_a_foreign_trace_is_named() {
+        use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+        use opentelemetry_proto::tonic::trace::v1::{span::Event, ResourceSpans, ScopeSpans};
+        let ours = [7u8; 16];
+        let make = |trace: [u8; 16], id: u8, parent: Option<u8>, name: &str| Span {
+            trace_id: trace.to_vec(),
+            span_id: vec![id; 8],
+            parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+            name: name.into(),
+            start_time_unix_nano: u64::from(id),
+            end_time_unix_nano: u64::from(id) + 1_000_000,
+            ..Span::default()
+        };
+        let scoped = |scope: &str, spans: Vec<Span>| ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: scope.into(),
+                    ..InstrumentationScope::default()
+                }),
+                spans,
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        };
+        let mut custom = make(ours, 3, Some(2), "reconcile");
+        custom.events.push(Event {
+            name: "done".into(),
+            ..Event::default()
+        });
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                scoped(
+                    "juju-dispatch-trace",
+                    vec![
+                        make(ours, 1, None, "install"),
+                        make(ours, 2, Some(1), "charm"),
+                    ],
+                ),
+                scoped("mine", vec![custom, make([9; 16], 4, None, "elsewhere")]),
+            ],
+        };
+        let chunk = StoredChunk {
+            id: 1,
+            state: STATE_PENDING,
+            priority: 0,
+            started_at: 0,
+            event: "install".into(),
+            trace_id: hex(&ours),
+            payload: request.encode_to_vec(),
+        };
+        let tree = tree(std::slice::from_ref(&chunk)).unwrap();
+        let lines: Vec<&str> = tree.lines().collect();
+        assert!(lines[1].starts_with("  install  "), "{tree}");
+        assert!(lines[2].starts_with("  └─ charm  "), "{tree}");
+        assert!(lines[3].starts_with("     └─ reconcile  "), "{tree}");
+        assert!(lines[3].ends_with("  1 event"), "{tree}");
+        assert!(lines[4].starts_with("  elsewhere  "), "{tree}");
+        assert!(
+            lines[4].contains(&format!("(trace {}, not ", hex(&[9; 16]))),
+            "{tree}"
+        );
+
+        let document: Value = serde_json::from_str(&json(&[chunk]).unwrap()).unwrap();
+        let spans = document[0]["spans"].as_array().unwrap();
+        let reconcile = spans.iter().find(|s| s["name"] == "reconcile").unwrap();
+        assert_eq!(reconcile["scope"], "mine");
+        assert_eq!(reconcile["trace_id"], hex(&ours));
+        assert_eq!(reconcile["events"][0]["name"], "done");
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //!    `OTEL_SDK_DISABLED`, `enabled: false`, `dispatch disable`): if not, exec the target so
 //!    nothing of ours stays in the process tree.
 //! 2. Before the spawn, only what must precede the child: the dispatch lock and the started
-//!    record (`inflight`), the hook-tool shims and the record channel. Any failure here is a
-//!    problem to report, never a reason not to run the charm.
+//!    record (`inflight`), the hook-tool shims, the record channel and the custom-span
+//!    listener (`loopback`; bound on the reader's thread while this one goes on, since the
+//!    child's environment needs its port). Any failure here is a problem to report, never a
+//!    reason not to run the charm.
 //! 3. While the child runs (it has the other core): open the store and import the records of
-//!    killed wrappers, off the hook's critical path.
-//! 4. After the child: build the trace, store it in one transaction, mirror the child's end.
+//!    killed wrappers, off the hook's critical path; drain tool records and answer the
+//!    charm's own spans on the same thread.
+//! 4. After the child: build the trace (custom spans included), store it in one
+//!    transaction, mirror the child's end.
 //!    After the spawn our problems are warnings: everything runs inside `catch_unwind` and
 //!    cannot change the exit, the output or the signal the hook ends with.
 
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use dispatch_shim::{changes_state, ENV_CHANNEL, ENV_LOG_TEXT, ENV_NONCE, ENV_TOOLS_DIR};
 use opentelemetry::KeyValue;
 
-use crate::channel::{Channel, Collected, Reader};
+use crate::channel::{self, Channel, Collected, Reader};
 use crate::config::{Config, TraceContextMode};
 use crate::destination;
 use crate::export;
@@ -292,22 +296,47 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     let mut env_changes: Vec<(OsString, OsString)> = Vec::new();
     let mut reader = None;
     let mut tools_dir: Option<PathBuf> = None;
-    if let (Target::Program(_), Some(state_dir)) = (&prepared.target, &prepared.state_dir) {
+    let program = matches!(prepared.target, Target::Program(_));
+    let interception = match (&prepared.state_dir, program) {
+        (Some(state_dir), true) => {
+            intercept(&prepared.charm_dir, state_dir).unwrap_or_else(|problem| {
+                prepared.problems.push(problem);
+                None
+            })
+        }
+        _ => None,
+    };
+    // The listener for the charm's own spans (issue #5), opened on the reader's thread.
+    let listen = program && prepared.config.custom_spans;
+    if interception.is_some() || listen {
         let store_path = prepared.store_path.clone();
         let scan = prepared.inflight.as_ref().map(Inflight::orphan_scan);
         let max_bytes = prepared.config.store_max_bytes;
         let open_early = move || open_store_at(&store_path, scan.as_ref(), max_bytes);
-        match intercept(&prepared.charm_dir, state_dir, &nonce, open_early) {
-            Ok(Some(interception)) => {
-                env_changes.extend(interception.env(&nonce, prepared.config.record_log_messages));
-                tools_dir = Some(interception.tools_dir.clone());
-                reader = Some(interception.reader);
+        let (channel, interception) = match interception {
+            Some(interception) => {
+                let env = interception.env(&nonce, prepared.config.record_log_messages);
+                (
+                    Some(interception.channel),
+                    Some((env, interception.tools_dir)),
+                )
             }
-            Ok(None) => {}
-            Err(problem) => prepared.problems.push(problem),
+            None => (None, None),
+        };
+        match channel::start_reader(channel, listen, nonce.clone(), open_early) {
+            Ok(started) => {
+                reader = Some(started);
+                if let Some((env, tools)) = interception {
+                    env_changes.extend(env);
+                    tools_dir = Some(tools);
+                }
+            }
+            Err(e) => prepared
+                .problems
+                .push(format!("cannot start the record reader: {e}")),
         }
     }
-    if reader.is_none() {
+    if !env_changes.iter().any(|(key, _)| key == ENV_NONCE) {
         // Still marks the environment as inside a traced dispatch, so a nested dispatch
         // (a charm running `hooks/<event>` itself) is not traced a second time.
         env_changes.push((ENV_NONCE.into(), nonce.into()));
@@ -403,6 +432,17 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
                 prepared.relation_discovered = true;
             }
         }
+    }
+    // Asked for last, so that the reader's thread has long since bound it: the bind stays off
+    // the hook's critical path. Failing to bind is nothing the operator can act on: it goes
+    // on the root span, not to stderr.
+    match reader.as_mut().and_then(Reader::endpoint) {
+        Some(Ok(endpoint)) => env_changes.extend(custom_span_env(&endpoint)),
+        Some(Err(e)) => {
+            facts.custom_spans_error =
+                Some(format!("cannot listen on 127.0.0.1 for custom spans: {e}"))
+        }
+        None => {}
     }
     facts.problems = prepared.problems.clone();
     (
@@ -731,9 +771,8 @@ fn run_bounded(
 struct Interception {
     shim_dir: PathBuf,
     tools_dir: PathBuf,
-    channel: PathBuf,
+    channel: Channel,
     path_var: OsString,
-    reader: Reader<OpenedStore>,
 }
 
 impl Interception {
@@ -747,7 +786,10 @@ impl Interception {
                 ENV_TOOLS_DIR.into(),
                 self.tools_dir.clone().into_os_string(),
             ),
-            (ENV_CHANNEL.into(), self.channel.clone().into_os_string()),
+            (
+                ENV_CHANNEL.into(),
+                self.channel.path.clone().into_os_string(),
+            ),
             (ENV_NONCE.into(), nonce.into()),
         ];
         if log_text {
@@ -757,14 +799,34 @@ impl Interception {
     }
 }
 
+/// The child's standard OpenTelemetry variables for the custom-span listener (issue #5).
+///
+/// Traces only: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (a full URL, used as is by every SDK)
+/// and `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf` (SDKs that default to gRPC, and
+/// the Python SDK's `OTEL_TRACES_EXPORTER=otlp` auto-configuration, pick OTLP/HTTP from it).
+/// Never `OTEL_EXPORTER_OTLP_ENDPOINT`, which would send metrics and logs here too, to be
+/// refused; and no `OTEL_METRICS_EXPORTER`/`OTEL_LOGS_EXPORTER`: left alone, an SDK does with
+/// metrics and logs exactly what it did before the charm was wrapped. An endpoint the hook
+/// already had (the operator's destination) is replaced for the child, since we forward
+/// everything there ourselves; the wrapper reads its own environment, which keeps it. The
+/// names go into `DISPATCH_TRACE_INJECTED`, so our tool mode run inside the hook
+/// (`dispatch status`, `dispatch flush`) never takes them for a destination.
+fn custom_span_env(endpoint: &str) -> Vec<(OsString, OsString)> {
+    const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+    vec![
+        (ENDPOINT.into(), endpoint.into()),
+        (PROTOCOL.into(), "http/protobuf".into()),
+        (
+            destination::ENV_INJECTED.into(),
+            format!("{ENDPOINT},{PROTOCOL}").into(),
+        ),
+    ]
+}
+
 /// Sets up hook-tool interception; `Ok(None)` when there are no hook tools on PATH (not a
 /// problem: `juju exec` style runs and tests without tools).
-fn intercept(
-    charm_dir: &Path,
-    state_dir: &Path,
-    nonce: &str,
-    open_early: impl FnOnce() -> OpenedStore + Send + 'static,
-) -> Result<Option<Interception>, String> {
+fn intercept(charm_dir: &Path, state_dir: &Path) -> Result<Option<Interception>, String> {
     let path_var = std::env::var_os("PATH").unwrap_or_default();
     let shim_dir_path = state_dir.join("shims");
     let Some(tools_dir) = shims::find_tools_dir(&path_var, &shim_dir_path) else {
@@ -789,16 +851,11 @@ fn intercept(
             state_dir.display()
         )
     })?;
-    let channel_path = channel.path.clone();
-    let reader = channel
-        .start_reader(nonce.to_string(), open_early)
-        .map_err(|e| format!("cannot start the record reader: {e}"))?;
     Ok(Some(Interception {
         shim_dir,
         tools_dir,
-        channel: channel_path,
+        channel,
         path_var,
-        reader,
     }))
 }
 
@@ -849,6 +906,14 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
     facts.problems = prepared.problems.clone();
     facts.records_dropped = collected.dropped;
     facts.records_ignored = collected.ignored;
+    facts.custom_spans = collected.custom.spans;
+    facts.custom_spans_dropped = collected.custom.dropped;
+    facts.custom_requests_refused = collected.custom.refused;
+    if collected.custom_failed {
+        facts.custom_spans_error = Some(panic_problem(
+            "receiving custom spans (the listener stopped)",
+        ));
+    }
 
     let mut spans = Vec::with_capacity(collected.records.len() + 2);
     let mut changed = false;
@@ -904,7 +969,7 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
     }
     let failed = failure.is_some();
     spans.push(builder.root_span(&facts, SystemTime::now(), failure, extra));
-    let payload = builder.encode(spans);
+    let payload = builder.encode_with_custom(spans, collected.custom.resource_spans);
     let priority = if failed {
         Priority::Failed
     } else if changed {
