@@ -159,6 +159,20 @@ fn main() {
     let added_ms = paired_median(&traced, &bare);
     let floor_added_ms = paired_median(&floored, &bare);
 
+    // 1a. The custom-span listener on a charm that sends nothing: on vs off, the same config
+    // file either way (rewritten between runs, outside the timed part).
+    let config_file = charm.join("dispatch-trace.yaml");
+    let mut listening = Vec::new();
+    let mut not_listening = Vec::new();
+    for _ in 0..rounds {
+        std::fs::write(&config_file, "custom_spans: true\n").unwrap();
+        listening.push(run(&[&wrapped], &[]));
+        std::fs::write(&config_file, "custom_spans: false\n").unwrap();
+        not_listening.push(run(&[&wrapped], &[]));
+    }
+    std::fs::remove_file(&config_file).unwrap();
+    let listener_ms = paired_median(&listening, &not_listening);
+
     // 1b. A tool-heavy hook (40 tool calls): bare vs wrapped.
     std::fs::write(charm.join("dispatch-trace.yaml"), "target: busy.sh\n").unwrap();
     let busy = charm.join("busy.sh");
@@ -312,6 +326,12 @@ fn main() {
             format!("{:.3} ms", added_ms - floor_added_ms),
             "about 1 ms (floor + 1 ms)".into(),
             added_ms - floor_added_ms <= 1.0,
+        ),
+        (
+            "custom-span listener on a charm that sends nothing (on vs off)".into(),
+            format!("{listener_ms:+.3} ms"),
+            "not measurable (within noise, ~0.05 ms)".into(),
+            listener_ms.abs() <= 0.05,
         ),
         (
             format!("real ops charm, update-status: added by our dispatch ({ops_rounds} rounds)"),
