@@ -21,9 +21,24 @@ pub enum Answer {
     Slow(Duration),
     /// Close the connection without answering.
     Close,
+    /// Read the head and half of the body, then reset the connection (RST, not FIN), as a
+    /// crashing backend or a middlebox does. Plain HTTP only.
+    ResetMidBody,
+    /// Read the request, then answer this status with a body of this many bytes, written
+    /// until it is all sent or the client goes away.
+    HugeBody(u16, usize),
 }
 
 impl Answer {
+    /// The status this answer sends, if it sends one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Answer::Status(code, _, _) | Answer::HugeBody(code, _) => Some(*code),
+            Answer::Slow(_) => Some(200),
+            Answer::Hang | Answer::Close | Answer::ResetMidBody => None,
+        }
+    }
+
     pub fn ok() -> Answer {
         Answer::Status(
             200,
@@ -40,6 +55,8 @@ pub struct Request {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The status it was answered with (`None`: hung, closed or reset without an answer).
+    pub answered: Option<u16>,
 }
 
 impl Request {
@@ -108,13 +125,30 @@ impl Receiver {
         Receiver::start_with(script, None)
     }
 
+    /// The same on a given port of 127.0.0.1 (one known before the receiver is up, so that a
+    /// destination can point at a backend that is down and later comes up).
+    pub fn start_on(port: u16, script: Vec<Answer>) -> Receiver {
+        Receiver::listen(
+            TcpListener::bind(("127.0.0.1", port)).unwrap(),
+            script,
+            None,
+        )
+    }
+
     /// The same over HTTPS with the server certificate of `pki`.
     pub fn start_tls(script: Vec<Answer>, pki: &TestPki) -> Receiver {
         Receiver::start_with(script, Some(pki.server_config()))
     }
 
     fn start_with(script: Vec<Answer>, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Receiver::listen(TcpListener::bind("127.0.0.1:0").unwrap(), script, tls)
+    }
+
+    fn listen(
+        listener: TcpListener,
+        script: Vec<Answer>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Receiver {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -142,6 +176,9 @@ impl Receiver {
                                 let _ = stream.set_nonblocking(false);
                                 let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
                                 match tls {
+                                    None if matches!(answer, Answer::ResetMidBody) => {
+                                        reset_mid_body(stream, &requests)
+                                    }
                                     None => serve(stream, answer, &requests, &stop),
                                     Some(config) => {
                                         let Ok(connection) = rustls::ServerConnection::new(config)
@@ -203,9 +240,10 @@ fn serve<S: Read + Write>(
 ) {
     let mut reader = BufReader::new(stream);
     loop {
-        let Some(request) = read_request(&mut reader) else {
+        let Some(mut request) = read_request(&mut reader) else {
             return;
         };
+        request.answered = answer.status();
         requests.lock().unwrap().push(request);
         let stream = reader.get_mut();
         match &answer {
@@ -232,12 +270,59 @@ fn serve<S: Read + Write>(
                 std::thread::sleep(*delay);
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
             }
-            Answer::Close => return,
+            Answer::Close | Answer::ResetMidBody => return,
+            Answer::HugeBody(code, size) => {
+                let head = format!("HTTP/1.1 {code} Scripted\r\nContent-Length: {size}\r\n\r\n");
+                if stream.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let block = vec![b'x'; 64 * 1024];
+                let mut left = *size;
+                while left > 0 {
+                    let n = left.min(block.len());
+                    if stream.write_all(&block[..n]).is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            }
         }
     }
 }
 
-fn read_request<S: Read>(reader: &mut BufReader<S>) -> Option<Request> {
+/// Reads the head and half of the body, records what came, and resets the connection.
+fn reset_mid_body(stream: std::net::TcpStream, requests: &Mutex<Vec<Request>>) {
+    use std::os::fd::AsRawFd;
+    let mut reader = BufReader::new(stream);
+    let Some(mut request) = read_head(&mut reader) else {
+        return;
+    };
+    request.body = vec![0u8; content_length(&request) / 2];
+    if reader.read_exact(&mut request.body).is_err() {
+        return;
+    }
+    requests.lock().unwrap().push(request);
+    let stream = reader.into_inner();
+    // SO_LINGER with a zero timeout: close() sends RST and discards what is unread.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a valid option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(stream);
+}
+
+/// A request's line and headers (the body still unread).
+fn read_head<S: Read>(reader: &mut BufReader<S>) -> Option<Request> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -256,17 +341,25 @@ fn read_request<S: Read>(reader: &mut BufReader<S>) -> Option<Request> {
         let (k, v) = header.split_once(':')?;
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
-    let length: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).ok()?;
     Some(Request {
         method,
         path,
         headers,
-        body,
+        body: Vec::new(),
+        answered: None,
     })
+}
+
+fn content_length(request: &Request) -> usize {
+    request
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn read_request<S: Read>(reader: &mut BufReader<S>) -> Option<Request> {
+    let mut request = read_head(reader)?;
+    request.body = vec![0u8; content_length(&request)];
+    reader.read_exact(&mut request.body).ok()?;
+    Some(request)
 }
