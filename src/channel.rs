@@ -241,7 +241,10 @@ fn serve_until_stopped(
         let mut next = 1;
         if let Some(channel) = channel {
             if stopping || !revents[1].is_empty() {
-                read_available(&channel.read_end, &mut buffer, collector);
+                // Once the child has ended, what is in the FIFO was written before (a pipe holds
+                // at most 1 MiB): read that much and no more, so a process the charm left
+                // writing into our channel cannot hold the end of the hook.
+                read_available(&channel.read_end, &mut buffer, collector, MAX_READ_AT_ONCE);
             }
             next = 2;
         }
@@ -261,11 +264,22 @@ fn serve_until_stopped(
     }
 }
 
-fn read_available(fd: &OwnedFd, buffer: &mut [u8], collector: &mut Collector) {
-    loop {
+/// The most read from the channel before looking at the stop pipe again (and, when stopping,
+/// at all): the largest a pipe's buffer can be made (`/proc/sys/fs/pipe-max-size`).
+const MAX_READ_AT_ONCE: usize = 1024 * 1024;
+
+/// A record line is shorter than this (a shim writes each in one atomic write).
+const MAX_LINE: usize = libc::PIPE_BUF;
+
+fn read_available(fd: &OwnedFd, buffer: &mut [u8], collector: &mut Collector, limit: usize) {
+    let mut read = 0;
+    while read < limit {
         match nix::unistd::read(fd.as_fd(), buffer) {
             Ok(0) => return,
-            Ok(n) => collector.feed(&buffer[..n]),
+            Ok(n) => {
+                read += n;
+                collector.feed(&buffer[..n]);
+            }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return,
         }
@@ -276,6 +290,8 @@ fn read_available(fd: &OwnedFd, buffer: &mut [u8], collector: &mut Collector) {
 struct Collector {
     nonce: String,
     partial: Vec<u8>,
+    /// Inside a line already too long to be a record: skip to its end.
+    skipping: bool,
     collected: Collected,
 }
 
@@ -284,11 +300,21 @@ impl Collector {
         Collector {
             nonce,
             partial: Vec::new(),
+            skipping: false,
             collected: Collected::default(),
         }
     }
 
-    fn feed(&mut self, bytes: &[u8]) {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        if self.skipping {
+            match bytes.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    bytes = &bytes[end + 1..];
+                    self.skipping = false;
+                }
+                None => return,
+            }
+        }
         self.partial.extend_from_slice(bytes);
         let mut start = 0;
         while let Some(offset) = self.partial[start..].iter().position(|&b| b == b'\n') {
@@ -301,6 +327,13 @@ impl Collector {
             start = end + 1;
         }
         self.partial.drain(..start);
+        // Not a record (those are shorter): drop it now rather than rescanning it, and
+        // growing it, with every read.
+        if self.partial.len() > MAX_LINE {
+            self.partial.clear();
+            self.skipping = true;
+            self.collected.ignored += 1;
+        }
     }
 
     fn finish(mut self, dropped_path: Option<&Path>) -> Collected {
@@ -403,5 +436,26 @@ mod tests {
         assert_eq!(collected.dropped, 2);
         assert!(!dropped_path(&path).exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_line_too_long_to_be_a_record_is_skipped_without_holding_the_records_after_it() {
+        let mut collector = Collector::new("n1".into());
+        let good = record("n1").encode();
+        collector.feed(&good);
+        // Megabytes without a newline, in pieces, then the end of that line and a record.
+        for _ in 0..256 {
+            collector.feed(&[b'x'; 8192]);
+        }
+        assert!(
+            collector.partial.len() <= MAX_LINE,
+            "{}",
+            collector.partial.len()
+        );
+        collector.feed(b"tail\n");
+        collector.feed(&good);
+        let collected = collector.finish(None);
+        assert_eq!(collected.records.len(), 2);
+        assert_eq!(collected.ignored, 1);
     }
 }

@@ -17,10 +17,10 @@
 //! `TRACEPARENT` it was given (to `$OUT/tp`; `$OUT` is a scratch directory outside the charm
 //! dir where the charm leaves its observations).
 //!
-//! Five more cases found bugs (a signal held during set-up outrun by a quick charm, a tool
-//! killed by pid through its shim surviving, an unbounded drain of the record channel, a
-//! store deleted mid-dispatch swallowing the trace, a completed hook reported as killed when
-//! the disk is too full even for the finished trace); they join this file with their fixes.
+//! Four more cases found bugs (a signal held during set-up outrun by a quick charm, a tool
+//! killed by pid through its shim surviving, a store deleted mid-dispatch swallowing the
+//! trace, a completed hook reported as killed when the disk is too full even for the finished
+//! trace); they join this file with their fixes, as the unbounded channel drain's did.
 //!
 //! Pinned elsewhere, so not repeated here: a store locked by a long transaction
 //! (`store.rs`, `a_store_locked_by_another_process_costs_a_short_bounded_wait_and_loses_no_trace`),
@@ -1477,4 +1477,37 @@ fn a_receiver_sending_a_huge_body_back_costs_no_more_than_the_budget() {
         let id = last_trace_id(&charm);
         assert_eq!(stored_once(&charm, &id)["state"], state);
     }
+}
+
+/// A daemon the charm leaves writing into our record channel (for 6 s: `yes`, or bytes
+/// without a newline) cannot hold the end of the hook: after the charm ends the reader takes
+/// what the pipe held and stops, and a line too long to be a record is skipped, not kept.
+#[test]
+fn a_daemon_flooding_our_record_channel_cannot_hold_the_end_of_the_hook() {
+    let mut late = Vec::new();
+    for (what, flood) in [
+        ("lines", "timeout 6 yes"),
+        ("bytes without a newline", "timeout 6 cat /dev/zero"),
+    ] {
+        let charm = Charm::new("shell");
+        let _reaper = Reaper(&charm);
+        let out = out_dir(&charm);
+        let run = noting_trace(&format!(
+            "{flood} > \"${{DISPATCH_TRACE_CHANNEL:-/dev/null}}\" 2>/dev/null < /dev/null &\n\
+             sleep 0.2; is-leader > /dev/null"
+        ));
+        let env = [
+            ("OUT", path_str(&out)),
+            ("CHARM_RUN", run.as_str()),
+            ("CHARM_EXIT", "4"),
+        ];
+        let bare = timed(charm.command("dispatch.orig", "hooks/update-status", &env));
+        let traced = timed(charm.command("dispatch", "hooks/update-status", &env));
+        assert_eq!(code(&traced.out), code(&bare.out));
+        assert_eq!(traced.out.stdout, bare.out.stdout);
+        if traced.took > bare.took + SLACK {
+            late.push(format!("{what}: {:?} (bare {:?})", traced.took, bare.took));
+        }
+    }
+    assert!(late.is_empty(), "the flood held the hook's end: {late:?}");
 }
