@@ -165,32 +165,6 @@ fn listing(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// (bytes of traces, cap) from `dispatch status`.
-fn status_sizes(charm: &Charm) -> (f64, f64) {
-    let out = charm.tool(&["status"]);
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let status = text(&out.stdout);
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("store:"))
-        .unwrap_or_else(|| panic!("no store line in {status}"));
-    let words: Vec<&str> = line
-        .split(|c: char| c.is_whitespace() || "();,".contains(c))
-        .filter(|w| !w.is_empty())
-        .collect();
-    let at = |word: &str| words.iter().position(|w| *w == word).unwrap();
-    let size = |i: usize| {
-        let n: f64 = words[i].parse().unwrap();
-        n * match words[i + 1] {
-            "B" => 1.0,
-            "KiB" => 1024.0,
-            "MiB" => 1024.0 * 1024.0,
-            other => panic!("unit {other} in {line}"),
-        }
-    };
-    (size(at("traces") - 3), size(at("cap") + 1))
-}
-
 /// Processes still carrying this charm's fake-tool state in their environment.
 fn processes_of(charm: &Charm) -> Vec<i32> {
     let needle = format!("FAKE_JUJU_STATE={}", charm.state.display()).into_bytes();
@@ -328,7 +302,7 @@ fn a_thousand_dispatches_through_an_outage_a_flaky_backend_and_recovery_lose_onl
             );
         }
         if i % 100 == 99 {
-            let (bytes, said) = status_sizes(&charm);
+            let (bytes, said) = util::status_sizes(&charm);
             assert_eq!(said, cap as f64);
             assert!(
                 bytes <= said,

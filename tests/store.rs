@@ -554,44 +554,6 @@ fn a_store_path_that_is_a_symlink_is_refused_and_its_target_is_never_created_or_
     );
 }
 
-/// Bytes from a `dispatch status` size such as `63.2 KiB`.
-fn parse_size(number: &str, unit: &str) -> f64 {
-    let n: f64 = number.parse().unwrap();
-    match unit {
-        "B" => n,
-        "KiB" => n * 1024.0,
-        "MiB" => n * 1024.0 * 1024.0,
-        other => panic!("unknown unit {other}"),
-    }
-}
-
-/// (trace bytes, cap) from `dispatch status`'s store line.
-fn status_sizes(charm: &Charm) -> (f64, f64) {
-    let out = charm.tool(&["status"]);
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let status = text(&out.stdout);
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("store:"))
-        .unwrap_or_else(|| panic!("no store line in {status}"));
-    let words: Vec<&str> = line
-        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ';' || c == ',')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let at = |word: &str| {
-        words
-            .iter()
-            .position(|w| *w == word)
-            .unwrap_or_else(|| panic!("no {word:?} in {line}"))
-    };
-    let traces = at("traces") - 3; // "<n> <unit> of traces"
-    let cap = at("cap") + 1;
-    (
-        parse_size(words[traces], words[traces + 1]),
-        parse_size(words[cap], words[cap + 1]),
-    )
-}
-
 #[test]
 fn the_size_cap_keeps_failed_dispatches_and_evicts_the_oldest_quiet_ones_first() {
     let charm = Charm::new("shell");
@@ -617,7 +579,7 @@ fn the_size_cap_keeps_failed_dispatches_and_evicts_the_oldest_quiet_ones_first()
             assert_eq!(last["priority"], "failed");
             failed_ids.push(last["trace_id"].as_str().unwrap().to_string());
         }
-        let (bytes, cap) = status_sizes(&charm);
+        let (bytes, cap) = util::status_sizes(&charm);
         assert_eq!(cap, 65536.0);
         assert!(bytes <= cap, "{bytes} bytes of traces over the {cap} cap");
     }

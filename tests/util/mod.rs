@@ -365,3 +365,41 @@ pub const NOISY: &[(&str, &str)] = &[
     ("CHARM_STDERR", "charm complains\n"),
     ("CHARM_EXIT", "3"),
 ];
+
+/// (trace bytes, cap) from `dispatch status`'s store line.
+pub fn status_sizes(charm: &Charm) -> (f64, f64) {
+    let out = charm.tool(&["status"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let status = text(&out.stdout);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("store:"))
+        .unwrap_or_else(|| panic!("no store line in {status}"));
+    let words: Vec<&str> = line
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ';' || c == ',')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let at = |word: &str| {
+        words
+            .iter()
+            .position(|w| *w == word)
+            .unwrap_or_else(|| panic!("no {word:?} in {line}"))
+    };
+    let traces = at("traces") - 3; // "<n> <unit> of traces"
+    let cap = at("cap") + 1;
+    (
+        parse_size(words[traces], words[traces + 1]),
+        parse_size(words[cap], words[cap + 1]),
+    )
+}
+
+/// Bytes from a `dispatch status` size such as `63.2 KiB`.
+fn parse_size(number: &str, unit: &str) -> f64 {
+    let n: f64 = number.parse().unwrap();
+    match unit {
+        "B" => n,
+        "KiB" => n * 1024.0,
+        "MiB" => n * 1024.0 * 1024.0,
+        other => panic!("unknown unit {other}"),
+    }
+}
