@@ -5,14 +5,8 @@
 //! for them synchronously (no handlers, so every disposition the hook inherited stays as it
 //! was and passes to the child through exec), forward them to the child, and mirror its end.
 //!
-//! Forwarding rule, because a signal the child already received must not arrive twice:
-//! - `SI_KERNEL` signals (Ctrl-C, Ctrl-\ and hang-ups from the terminal in `juju debug-hooks`)
-//!   are not forwarded: the kernel sent them to the whole foreground process group, child
-//!   included (we never call `setpgid`).
-//! - Signals sent by PID 1 are not forwarded: that is systemd stopping the agent's cgroup, or
-//!   Pebble stopping the agent's process group on Kubernetes; both signal every process.
-//! - Signals the hook inherited as ignored are not forwarded: the child ignores them too.
-//! - Anything else sent to us alone (Juju, a person with `kill`) is forwarded once.
+//! Which signals are forwarded, and how the child is started so that it dies with us, is
+//! shared with the shim: `dispatch_shim::child`.
 //!
 //! SIGPIPE and SIGXFSZ are ignored in this process (a closed stderr or a file-size limit must
 //! not kill the wrapper) and restored in the child to what the hook gave us. The child gets
@@ -26,27 +20,17 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use dispatch_shim::child::{self, FORWARDED};
 use nix::sys::signal::Signal;
 
-/// Signals forwarded to the child (subject to the rule above). Job-control signals are left
-/// at their defaults so Ctrl-Z stops wrapper and child together, as it would stop the hook.
-const FORWARDED: &[libc::c_int] = &[
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGALRM,
-    libc::SIGWINCH,
-    libc::SIGPWR,
-];
+pub use dispatch_shim::child::should_forward;
 
 /// Signals we ignore for ourselves and restore for the child (SIGCHLD is also restored, see
 /// `capture`).
 const SELF_IGNORED: &[libc::c_int] = &[libc::SIGPIPE, libc::SIGXFSZ];
 
 /// The signal state the hook handed us, captured before we changed anything.
+#[derive(Clone)]
 pub struct InheritedSignals {
     mask: libc::sigset_t,
     ignored: Vec<libc::c_int>,
@@ -83,16 +67,12 @@ impl InheritedSignals {
         }
     }
 
-    fn for_child(&self) -> InheritedSignals {
-        InheritedSignals {
-            mask: self.mask,
-            ignored: Vec::new(),
-            self_ignored_were: self.self_ignored_were.clone(),
-        }
+    /// Dispositions to put back in the child: those we changed only for ourselves.
+    fn dispositions_for_child(&self) -> &[(libc::c_int, libc::sighandler_t)] {
+        &self.self_ignored_were
     }
 
-    /// Puts the inherited state back into a freshly forked child (called between fork and
-    /// exec: only async-signal-safe calls).
+    /// Puts the inherited state back (between fork and exec: only async-signal-safe calls).
     fn restore_in_child(&self) {
         // SAFETY: async-signal-safe calls on the child's own signal state.
         unsafe {
@@ -159,24 +139,7 @@ pub struct SpawnUnavailable(pub std::io::Error);
 
 /// Blocks the forwarded signals and SIGCHLD in this thread (and in threads started after).
 pub fn block_signals() {
-    // SAFETY: adjusting our own mask.
-    unsafe {
-        let set = watched_set();
-        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-fn watched_set() -> libc::sigset_t {
-    // SAFETY: building a sigset value.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &signal in FORWARDED {
-            libc::sigaddset(&mut set, signal);
-        }
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        set
-    }
+    child::block_watched();
 }
 
 /// Runs the child to its end, forwarding signals. Signals must already be blocked.
@@ -189,9 +152,11 @@ pub fn run(
 ) -> Result<ChildRun, SpawnUnavailable> {
     let started = SystemTime::now();
     // Signals that arrived while we prepared were meant for the hook, and the child did not
-    // exist to receive them directly: whatever the rule says, they go to it.
-    let early = pending_signals();
-    let pid = match spawn(launch, inherited) {
+    // exist to receive them directly: whatever the rule says, they go to it. It raises them
+    // itself before exec; sent after the spawn, a charm done in a millisecond could exit first.
+    let early = take_pending_signals(inherited);
+    let raise: Vec<libc::c_int> = early.iter().map(|s| s.signal).collect();
+    let pid = match spawn(launch, inherited, &raise) {
         Ok(pid) => pid,
         Err(error) => {
             let code = match error.raw_os_error() {
@@ -212,12 +177,11 @@ pub fn run(
                 end: ChildEnd::Exited(code),
                 usage: None,
                 spawn_error: Some(error.to_string()),
-                signals: Vec::new(),
+                signals: early,
             });
         }
     };
-    let mut signals = Vec::new();
-    deliver_early(pid, &early, inherited, &mut signals);
+    let mut signals = early;
     while_running();
     let (end, usage) = supervise(pid, inherited, &mut signals);
     Ok(ChildRun {
@@ -231,24 +195,14 @@ pub fn run(
     })
 }
 
-/// Everything the child needs between clone and exec, prepared before: the child shares our
-/// memory and must not allocate.
-struct ChildSetup {
-    program: CString,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-    parent: libc::pid_t,
-    state: InheritedSignals,
-    /// Written by the child if exec fails (shared memory: CLONE_VM).
-    exec_errno: libc::c_int,
-}
-
-/// Starts the child like glibc's posix_spawn does (CLONE_VM | CLONE_VFORK: no page tables
-/// copied, we resume once it has exec'd), but with PR_SET_PDEATHSIG armed in between, which
-/// posix_spawn cannot do and std's `pre_exec` only offers with a full fork (DESIGN §7: +0.2
-/// ms). Uses `execve`, not `execvp`: no PATH search and no /bin/sh fallback for scripts
-/// without `#!`, exactly as Juju runs a hook.
-fn spawn(launch: &Launch, inherited: &InheritedSignals) -> std::io::Result<libc::pid_t> {
+/// Starts the child with `dispatch_shim::child::spawn`: no page tables copied, and
+/// PR_SET_PDEATHSIG armed (DESIGN §7: std's `pre_exec` would need a full fork, +0.2 ms),
+/// `execve` without PATH search or /bin/sh fallback, exactly as Juju runs a hook.
+fn spawn(
+    launch: &Launch,
+    inherited: &InheritedSignals,
+    raise: &[libc::c_int],
+) -> std::io::Result<libc::pid_t> {
     let c = |bytes: &[u8]| {
         CString::new(bytes)
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL byte"))
@@ -259,70 +213,21 @@ fn spawn(launch: &Launch, inherited: &InheritedSignals) -> std::io::Result<libc:
         .into_iter()
         .map(|entry| c(&entry))
         .collect::<std::io::Result<Vec<CString>>>()?;
-    let mut setup = Box::new(ChildSetup {
-        program,
-        argv: vec![argv0.as_ptr(), std::ptr::null()],
-        envp: env
-            .iter()
-            .map(|e| e.as_ptr())
-            .chain([std::ptr::null()])
-            .collect(),
-        parent: std::process::id() as libc::pid_t,
-        state: inherited.for_child(),
-        exec_errno: 0,
-    });
-    let mut stack = vec![0u8; CHILD_STACK];
-    // SAFETY: the stack grows down from its (16-aligned) end; `setup`, `env`, `argv0` and the
-    // stack outlive the child's use of them because CLONE_VFORK suspends us until it has
-    // exec'd or exited. The child only makes async-signal-safe calls.
-    let pid = unsafe {
-        let top = stack.as_mut_ptr().add(CHILD_STACK) as usize & !15;
-        libc::clone(
-            child_main,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-            (&mut *setup as *mut ChildSetup).cast(),
-        )
-    };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the child is done with `setup` (exec'd or exited); volatile because it wrote it.
-    let exec_errno = unsafe { std::ptr::read_volatile(&setup.exec_errno) };
-    if exec_errno != 0 {
-        // It exited (127) without exec'ing: reap it and report why.
-        let mut status = 0;
-        // SAFETY: reaping our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        return Err(std::io::Error::from_raw_os_error(exec_errno));
-    }
-    drop((env, argv0, stack));
-    Ok(pid)
-}
-
-const CHILD_STACK: usize = 64 * 1024;
-
-extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the ChildSetup the parent keeps alive while we run (CLONE_VFORK).
-    unsafe {
-        let setup = &mut *(arg as *mut ChildSetup);
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            setup.exec_errno = (*libc::__errno_location()).max(1);
-            libc::_exit(127);
-        }
-        if libc::getppid() != setup.parent {
-            // We died before the death signal was armed.
-            libc::_exit(1);
-        }
-        setup.state.restore_in_child();
-        libc::execve(
-            setup.program.as_ptr(),
-            setup.argv.as_ptr(),
-            setup.envp.as_ptr(),
-        );
-        setup.exec_errno = (*libc::__errno_location()).max(1);
-        libc::_exit(127)
-    }
+    let argv = [argv0.as_ptr(), std::ptr::null()];
+    let envp: Vec<*const libc::c_char> = env
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain([std::ptr::null()])
+        .collect();
+    child::spawn(&child::Exec {
+        program: &program,
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        mask: inherited.mask,
+        dispositions: inherited.dispositions_for_child(),
+        raise,
+    })
+    .map_err(std::io::Error::from_raw_os_error)
 }
 
 /// Our environment with `changes` applied, in its original order (changed variables keep
@@ -351,31 +256,19 @@ fn child_environment(changes: &[(OsString, OsString)]) -> Vec<Vec<u8>> {
     env
 }
 
-/// Watched signals (but SIGCHLD) pending right now.
-fn pending_signals() -> Vec<libc::c_int> {
-    // SAFETY: reading our own pending set.
+/// Takes (consumes) the forwarded signals pending right now, so they reach the child once, by
+/// its own hand, and not again through `supervise`. A signal the hook ignores is discarded by
+/// the kernel and never pending.
+fn take_pending_signals(inherited: &InheritedSignals) -> Vec<ReceivedSignal> {
+    let mut taken = Vec::new();
+    // SAFETY: reading our own pending set, and consuming pending signals without waiting.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigpending(&mut set);
-        FORWARDED
-            .iter()
-            .copied()
-            .filter(|&signal| libc::sigismember(&set, signal) == 1)
-            .collect()
-    }
-}
-
-/// Takes the signals that were pending before the spawn and forwards them (unless the hook
-/// ignores them, in which case the child does too).
-fn deliver_early(
-    pid: libc::pid_t,
-    early: &[libc::c_int],
-    inherited: &InheritedSignals,
-    received: &mut Vec<ReceivedSignal>,
-) {
-    for &signal in early {
-        // SAFETY: consuming one pending signal without waiting.
-        let taken = unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        libc::sigpending(&mut pending);
+        for &signal in FORWARDED {
+            if libc::sigismember(&pending, signal) != 1 {
+                continue;
+            }
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, signal);
@@ -383,18 +276,15 @@ fn deliver_early(
                 tv_sec: 0,
                 tv_nsec: 0,
             };
-            libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == signal
-        };
-        if !taken {
-            continue;
+            if libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) == signal {
+                taken.push(ReceivedSignal {
+                    signal,
+                    forwarded: !inherited.ignored.contains(&signal),
+                });
+            }
         }
-        let forwarded = !inherited.ignored.contains(&signal);
-        if forwarded {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, signal) };
-        }
-        received.push(ReceivedSignal { signal, forwarded });
     }
+    taken
 }
 
 /// Keeps at most this many received signals for the trace (a signal storm must not grow
@@ -406,7 +296,7 @@ fn supervise(
     inherited: &InheritedSignals,
     received: &mut Vec<ReceivedSignal>,
 ) -> (ChildEnd, Usage) {
-    let set = watched_set();
+    let set = child::watched_set();
     loop {
         if let Some(done) = try_reap(pid) {
             return done;
@@ -428,24 +318,6 @@ fn supervise(
             received.push(ReceivedSignal { signal, forwarded });
         }
     }
-}
-
-/// The forwarding rule from the module docs, as a pure function.
-pub fn should_forward(signal: i32, code: i32, sender: libc::pid_t, ignored: &[i32]) -> bool {
-    if ignored.contains(&signal) {
-        return false;
-    }
-    // Only the terminal's signals reach the whole foreground group; other kernel-sent ones
-    // (an alarm timer the hook inherited and the child did not) are ours alone.
-    let from_terminal = matches!(
-        signal,
-        libc::SIGINT | libc::SIGQUIT | libc::SIGHUP | libc::SIGWINCH
-    );
-    if code == libc::SI_KERNEL && from_terminal {
-        return false;
-    }
-    let sent_by_process = code == libc::SI_USER || code == libc::SI_QUEUE || code == libc::SI_TKILL;
-    !(sent_by_process && sender == 1)
 }
 
 fn try_reap(pid: libc::pid_t) -> Option<(ChildEnd, Usage)> {
@@ -493,7 +365,7 @@ impl Usage {
 
 /// Replaces this process with the target (pass-through modes). Returns only on failure.
 pub fn exec(program: &Path, argv0: &OsString, inherited: &InheritedSignals) -> std::io::Error {
-    let state = inherited.for_child();
+    let state = inherited.clone();
     let mut command = Command::new(program);
     command.arg0(argv0);
     // SAFETY: the closure only makes async-signal-safe system calls. std resets the mask and
@@ -563,39 +435,6 @@ pub fn signal_name(signal: i32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn terminal_signals_are_not_forwarded() {
-        assert!(!should_forward(libc::SIGINT, libc::SI_KERNEL, 0, &[]));
-        assert!(!should_forward(libc::SIGWINCH, libc::SI_KERNEL, 0, &[]));
-    }
-
-    #[test]
-    fn a_kernel_alarm_is_forwarded() {
-        assert!(should_forward(libc::SIGALRM, libc::SI_KERNEL, 0, &[]));
-    }
-
-    #[test]
-    fn signals_from_init_are_not_forwarded() {
-        assert!(!should_forward(libc::SIGTERM, libc::SI_USER, 1, &[]));
-    }
-
-    #[test]
-    fn signals_sent_to_us_by_a_process_are_forwarded() {
-        assert!(should_forward(libc::SIGTERM, libc::SI_USER, 4242, &[]));
-        assert!(should_forward(libc::SIGUSR1, libc::SI_QUEUE, 4242, &[]));
-        assert!(should_forward(libc::SIGHUP, libc::SI_TKILL, 4242, &[]));
-    }
-
-    #[test]
-    fn inherited_ignored_signals_are_not_forwarded() {
-        assert!(!should_forward(
-            libc::SIGINT,
-            libc::SI_USER,
-            4242,
-            &[libc::SIGINT]
-        ));
-    }
 
     #[test]
     fn signal_names_are_the_conventional_ones() {

@@ -898,6 +898,50 @@ fn a_hanging_hook_tool_the_charm_times_out_ends_as_it_would_bare() {
 
 // ---- the charm's stdio -----------------------------------------------------------------------
 
+/// A hook tool the charm kills by pid (`kill`, Python's `Popen.terminate()` or `kill()`,
+/// subprocess timeouts) dies bare. Traced, the signal reaches the shim: it must pass a
+/// catchable one on, and take the tool with it on SIGKILL, or the real tool runs on with the
+/// hook's stdout (a `relation-set` the charm gave up on could still happen).
+#[test]
+fn a_hanging_hook_tool_the_charm_kills_by_pid_is_gone_as_it_would_be_bare() {
+    let charm = Charm::new("shell");
+    let _reaper = Reaper(&charm);
+    let out = out_dir(&charm);
+    std::fs::create_dir_all(charm.state.join("hang")).unwrap();
+    std::fs::write(charm.state.join("hang/is-leader"), "").unwrap();
+    let mut survivors = Vec::new();
+    for sig in ["TERM", "KILL"] {
+        let run = noting_trace(&format!(
+            "is-leader > \"$OUT/tool.out\" 2>&1 & p=$!\n\
+             sleep 0.3; kill -s {sig} $p; wait $p; echo \"is-leader: $?\""
+        ));
+        let env = [("OUT", path_str(&out)), ("CHARM_RUN", run.as_str())];
+        let bare = timed(charm.command("dispatch.orig", "hooks/update-status", &env));
+        std::thread::sleep(Duration::from_millis(100));
+        let bare_left = tool_processes(&charm);
+        let traced = timed(charm.command("dispatch", "hooks/update-status", &env));
+        assert_hook_unchanged(&traced, &bare, Duration::ZERO, Says::Nothing);
+        assert_eq!(
+            bare_left,
+            Vec::<i32>::new(),
+            "bare {sig}: the tool survived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let left = tool_processes(&charm);
+        if !left.is_empty() {
+            survivors.push(format!("SIG{sig}: {left:?}"));
+            for pid in left {
+                // SAFETY: a fake tool this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    assert!(
+        survivors.is_empty(),
+        "the real hook tool outlived the call the charm killed: {survivors:?}"
+    );
+}
+
 #[test]
 fn a_charm_that_closes_or_redirects_its_stdio_ends_as_it_would_bare() {
     let charm = Charm::new("shell");
@@ -1089,6 +1133,72 @@ fn sigterm_before_the_charm_starts_reaches_it_and_the_hook_dies_of_it() {
         serde_json::json!(["SIGTERM"])
     );
     assert_eq!(root(&trace)["status"], "ERROR");
+}
+
+/// A signal that arrives while the wrapper prepares (here: waiting for the dispatch lock, held
+/// by a `dispatch flush`) is held for the charm. Sent to it after it starts, a charm done in
+/// a millisecond could finish first (on a busy machine it often did) and exit 0: the hook
+/// would commit instead of dying of SIGTERM, which Juju would have re-queued. Run with the machine busy (two spinning threads), a few dozen times.
+#[test]
+fn a_signal_held_until_the_charm_starts_is_not_outrun_by_a_quick_charm() {
+    let charm = Charm::new("shell");
+    let _reaper = Reaper(&charm);
+    assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
+    let lock_path = charm.path(".dispatch-trace.db.lock");
+    let lock = std::fs::File::open(&lock_path).unwrap();
+    // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for _ in 0..30 {
+        let mut wrapper = charm
+            .command("dispatch", "hooks/stop", &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Waiting for the lock (up to 200 ms), signals already blocked: before the spawn.
+        let seen = Instant::now();
+        while !has_open(wrapper.id(), &lock_path) && seen.elapsed() < Duration::from_secs(5) {
+            std::thread::yield_now();
+        }
+        signal(&wrapper, libc::SIGTERM);
+        outcomes.push(wrapper.wait().unwrap());
+    }
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
+    drop(lock);
+    let survived = outcomes
+        .iter()
+        .filter(|s| s.signal() != Some(libc::SIGTERM))
+        .count();
+    assert_eq!(
+        survived, 0,
+        "SIGTERM before the charm started, yet the hook ended otherwise in {survived} of 30 runs: {outcomes:?}"
+    );
+}
+
+/// Whether `pid` has `path` open.
+fn has_open(pid: u32, path: &Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.filter_map(Result::ok)
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+    })
 }
 
 #[test]

@@ -12,6 +12,8 @@
 //! keep their key only, and free text given to `juju-log`/`action-log` is reduced to its length
 //! unless the charm's config opted in. Tool stdin and stdout are never looked at.
 
+pub mod child;
+
 /// Absolute path of the directory holding Juju's real hook tools.
 pub const ENV_TOOLS_DIR: &str = "DISPATCH_TRACE_TOOLS";
 /// Path of the record channel (a FIFO).

@@ -7,8 +7,11 @@
 //! that could find the shim again) with the very same argv, environment, cwd and file
 //! descriptors, waits, reports one record to the wrapper, and ends exactly as the tool did.
 //!
-//! It runs on every hook-tool call, so it skips std's runtime start-up (`no_main`), spawns with
-//! `posix_spawn` (vfork-fast), and touches nothing but the record channel. Reporting is best
+//! It runs on every hook-tool call, so it skips std's runtime start-up (`no_main`), spawns the
+//! way `posix_spawn` does (vfork-fast, `dispatch_shim::child`), and touches nothing but the
+//! record channel. A charm that kills the call it started (a timeout, `terminate()`) reaches
+//! the shim, not the tool: the shim passes catchable signals on, and the tool dies with the
+//! shim on SIGKILL, so no tool outlives a call the charm gave up on. Reporting is best
 //! effort: no reader (a daemon calling after its dispatch ended) or a full channel never delays
 //! the call by more than a few milliseconds and never changes its outcome.
 #![no_main]
@@ -17,8 +20,8 @@ use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int};
 
 use dispatch_shim::{
-    is_hook_tool, summarize_args, CallEnd, Record, ENV_CHANNEL, ENV_DEPTH, ENV_LOG_TEXT, ENV_NONCE,
-    ENV_TOOLS_DIR, MAX_DEPTH,
+    child, is_hook_tool, summarize_args, CallEnd, Record, ENV_CHANNEL, ENV_DEPTH, ENV_LOG_TEXT,
+    ENV_NONCE, ENV_TOOLS_DIR, MAX_DEPTH,
 };
 
 extern "C" {
@@ -69,15 +72,25 @@ fn run(args: &[&[u8]], argv: *const *const c_char) -> Result<c_int, String> {
     // exit status. The tool gets the default disposition too (hook tools set their own).
     // SAFETY: changing our own disposition before any child exists.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    // Signals the charm sends to the call it started (a timeout, `terminate()`) are waited
+    // for and passed on to the tool; the tool starts with the charm's mask.
+    let mask = child::block_watched();
     let start = unix_nanos();
-    let spawned = spawn(&real_tool, argv, &envp);
+    let spawned = child::spawn(&child::Exec {
+        program: &real_tool,
+        argv,
+        envp: envp.0.as_ptr(),
+        mask,
+        dispositions: &[],
+        raise: &[],
+    });
     // The tool has inherited the caller's SIGPIPE disposition; from here on a reader that
     // goes away mid-write (the dispatch ending) must cost us an EPIPE, not our life.
     // SAFETY: changing our own disposition; `die_of` resets it before re-raising.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let (end, code) = match spawned {
         Ok(pid) => {
-            let status = wait(pid);
+            let status = wait_forwarding_signals(pid);
             let end = if libc::WIFSIGNALED(status) {
                 CallEnd::Signaled(libc::WTERMSIG(status))
             } else {
@@ -170,42 +183,33 @@ fn child_environment(depth: u32) -> (Vec<*const c_char>, CString) {
     (pointers, depth_var)
 }
 
-fn spawn(
-    path: &CStr,
-    argv: *const *const c_char,
-    envp: &(Vec<*const c_char>, CString),
-) -> Result<libc::pid_t, i32> {
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: path, argv and envp are valid NULL-terminated arrays of C strings; no file actions
-    // or attributes, so the tool inherits our descriptors, signal mask and dispositions.
-    let rc = unsafe {
-        libc::posix_spawn(
-            &mut pid,
-            path.as_ptr(),
-            std::ptr::null(),
-            std::ptr::null(),
-            argv as *const *mut c_char,
-            envp.0.as_ptr() as *const *mut c_char,
-        )
-    };
-    if rc == 0 {
-        Ok(pid)
-    } else {
-        Err(rc)
-    }
-}
-
-fn wait(pid: libc::pid_t) -> c_int {
-    let mut status: c_int = 0;
+/// Waits for the tool to end, passing on the signals meant for it (`dispatch_shim::child`'s
+/// rule). Returns its wait status.
+fn wait_forwarding_signals(pid: libc::pid_t) -> c_int {
+    let watched = child::watched_set();
     loop {
-        // SAFETY: plain waitpid on our own child.
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let mut status: c_int = 0;
+        // SAFETY: non-blocking waitpid on our own child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if rc == pid {
             return status;
         }
         if rc == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             // Cannot happen for our own child; report a generic failure rather than hang.
             return 1 << 8;
+        }
+        // SAFETY: waiting for a blocked signal with a valid set and info buffer.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let signal = unsafe { libc::sigwaitinfo(&watched, &mut info) };
+        if signal <= 0 || signal == libc::SIGCHLD {
+            continue;
+        }
+        // Signals the charm gave us as ignored are discarded by the kernel and never seen here.
+        // SAFETY: si_pid is valid for the codes that carry a sender.
+        let sender = unsafe { info.si_pid() };
+        if child::should_forward(signal, info.si_code, sender, &[]) {
+            // SAFETY: signalling our own child; ESRCH (already gone) is fine.
+            unsafe { libc::kill(pid, signal) };
         }
     }
 }
