@@ -148,10 +148,18 @@ impl Inflight {
 
     /// The store could not take the finished trace for now (locked, disk full...): keep it
     /// as this dispatch's record, with its real priority, for the next lock holder to import.
-    /// Bounded: past `MAX_KEPT` waiting records, the trace is dropped instead.
-    pub fn keep_final(mut self, trace_id: &str, event: &str, payload: &[u8], priority: Priority) {
+    /// Bounded: past `MAX_KEPT` waiting records, the trace is dropped instead. When it cannot
+    /// be kept (the disk is too full even for this), the started record goes too: left, it
+    /// would tell the next dispatch that a hook which ran to its end was killed.
+    pub fn keep_final(
+        mut self,
+        trace_id: &str,
+        event: &str,
+        payload: &[u8],
+        priority: Priority,
+    ) -> io::Result<()> {
         let Some(mine) = self.mine.take() else {
-            return;
+            return Ok(());
         };
         let waiting = std::fs::read_dir(&self.dir).map_or(0, |d| d.count());
         let started_at = mine
@@ -161,10 +169,14 @@ impl Inflight {
             .and_then(|n| n.parse::<i64>().ok());
         let (true, Some(started_at)) = (waiting <= MAX_KEPT, started_at) else {
             let _ = std::fs::remove_file(&mine);
-            return;
+            return Err(io::Error::other(format!(
+                "{MAX_KEPT} traces already wait there"
+            )));
         };
         let bytes = record_bytes(started_at, trace_id, event, payload, priority);
-        let _ = write_record(&mine, &bytes);
+        write_record(&mine, &bytes).map(drop).inspect_err(|_| {
+            let _ = std::fs::remove_file(&mine);
+        })
     }
 
     /// The dispatch is recorded (or given up on): remove its record, release the lock.

@@ -40,7 +40,7 @@
 //! transaction and bumps `user_version` (1 -> 2 adds `chunk_by_start`).
 
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -160,6 +160,8 @@ pub struct Stats {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Device and inode of the file opened, to notice the path being pointed elsewhere.
+    file: Option<(u64, u64)>,
     /// What happened while opening that the operator should hear about.
     pub notes: Vec<String>,
 }
@@ -187,14 +189,16 @@ impl Store {
     }
 
     fn open_once(path: &Path) -> Result<Store, OpenFailure> {
-        create_private_file(path).map(drop).map_err(|e| {
-            let context = if e.raw_os_error() == Some(libc::ELOOP) {
-                format!("{} is a symlink; refusing to follow it", path.display())
-            } else {
-                format!("opening {}", path.display())
-            };
-            OpenFailure::Other(anyhow::Error::new(e).context(context))
-        })?;
+        let file = create_private_file(path)
+            .and_then(|f| f.metadata())
+            .map_err(|e| {
+                let context = if e.raw_os_error() == Some(libc::ELOOP) {
+                    format!("{} is a symlink; refusing to follow it", path.display())
+                } else {
+                    format!("opening {}", path.display())
+                };
+                OpenFailure::Other(anyhow::Error::new(e).context(context))
+            })?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -218,8 +222,20 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            file: Some((file.dev(), file.ino())),
             notes: Vec::new(),
         })
+    }
+
+    /// Whether the path no longer names the file this store has open: deleted or replaced
+    /// (an operator resetting the store, a backup put back) since it was opened. Writes would
+    /// then go into a file nobody will read again.
+    pub fn moved_away(&self) -> bool {
+        match (self.file, std::fs::symlink_metadata(&self.path)) {
+            (Some(opened), Ok(now)) => opened != (now.dev(), now.ino()),
+            (Some(_), Err(_)) => true,
+            (None, _) => false,
+        }
     }
 
     /// Opens an existing store for reading only: no creation, no schema change, no moving a
@@ -237,6 +253,7 @@ impl Store {
         (version == SCHEMA_VERSION).then(|| Store {
             conn,
             path: path.to_path_buf(),
+            file: None,
             notes: Vec::new(),
         })
     }
@@ -850,6 +867,20 @@ mod tests {
             .to_string();
         assert!(error.contains("symlink"), "{error}");
         assert!(!target.exists());
+    }
+
+    #[test]
+    fn a_store_knows_when_its_path_was_deleted_or_replaced() {
+        let scratch = Scratch::new("moved");
+        let path = scratch.path("t.db");
+        let store = Store::open(&path).unwrap();
+        assert!(!store.moved_away());
+        std::fs::remove_file(&path).unwrap();
+        assert!(store.moved_away(), "deleted");
+        std::fs::write(&path, b"").unwrap();
+        assert!(store.moved_away(), "another file at the path");
+        let reopened = Store::open(&path).unwrap();
+        assert!(!reopened.moved_away());
     }
 
     #[test]

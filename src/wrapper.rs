@@ -554,6 +554,26 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
 /// Adds chunks; a store found damaged only now (a write fails "malformed") is moved aside and
 /// replaced once. Returns the store to go on with (if any) and the id of the last chunk added
 /// (`None`: not added).
+/// The store to write this dispatch's trace into: the one opened while the charm ran, or,
+/// if its path was deleted or replaced meanwhile (an operator resetting it, a backup put
+/// back), whatever the path names now, so the trace is not written into a file that is gone.
+fn at_its_path(store: Store, prepared: &mut Prepared) -> Option<Store> {
+    if !store.moved_away() {
+        return Some(store);
+    }
+    drop(store);
+    match Store::open(&prepared.store_path) {
+        Ok(mut fresh) => {
+            prepared.problems.append(&mut fresh.notes);
+            Some(fresh)
+        }
+        Err(e) => {
+            prepared.problems.push(e.to_string());
+            None
+        }
+    }
+}
+
 fn add_with_recovery(
     store: Store,
     chunks: &[NewChunk],
@@ -982,7 +1002,7 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
     let mut stored_id = None;
     let trace_id = builder.ids.trace_id.to_string();
     let payload_kept = payload.clone();
-    if let Some(store) = prepared.store.take() {
+    if let Some(store) = prepared.store.take().and_then(|s| at_its_path(s, prepared)) {
         let chunk = NewChunk {
             started_at: spans::time_to_unix_nanos(prepared.start) as i64,
             event: prepared.env.event_name().to_string(),
@@ -1001,12 +1021,20 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
             // Newer schema: nobody here can ever import it.
             None if prepared.store_newer => inflight.finish(),
             // Locked, disk full...: the next dispatch that can, stores it.
-            None => inflight.keep_final(
-                &trace_id,
-                prepared.env.event_name(),
-                &payload_kept,
-                priority,
-            ),
+            None => {
+                let kept = inflight.keep_final(
+                    &trace_id,
+                    prepared.env.event_name(),
+                    &payload_kept,
+                    priority,
+                );
+                if let Err(e) = kept {
+                    prepared.problems.push(format!(
+                        "this dispatch's trace is lost: it could not wait beside {} either ({e})",
+                        prepared.store_path.display()
+                    ));
+                }
+            }
         }
     }
     if let Some(store) = prepared.store.as_mut() {
