@@ -1075,6 +1075,87 @@ fn a_charm_that_closes_or_redirects_its_stdio_ends_as_it_would_bare() {
 
 /// Juju's end of the hook's stdout and stderr gone (a broken pipe): the charm meets it as it
 /// would bare, and our own operator line to a broken stderr does not kill us.
+/// Juju could start a hook with some of fds 0-2 closed. The charm must find them closed as
+/// bare; and nothing the wrapper opens may take their place: our one line written to "stderr"
+/// would land in the lock file, a started record or the store.
+#[test]
+fn a_hook_started_with_stdio_closed_finds_it_closed_and_our_line_lands_in_no_file_of_ours() {
+    let charm = Charm::new("shell");
+    let out = out_dir(&charm);
+    // A config problem, so that the wrapper has a line to write on every run.
+    std::fs::write(charm.path("dispatch-trace.yaml"), "store_max_bytes: 1\n").unwrap();
+    // Shell builtins only: a command substitution would itself open a pipe on a free fd 0-2.
+    let listing = "open=; for n in 0 1 2; do [ -e /proc/$$/fd/$n ] && open=\"$open $n\"; done; \
+                   echo \"open:$open\" >> \"$OUT/fds\"";
+    let run = noting_trace(&format!("{listing}; is-leader; echo done"));
+    let env = [("OUT", path_str(&out)), ("CHARM_RUN", run.as_str())];
+    for closed in [&[0][..], &[1], &[2], &[0, 1, 2]] {
+        let close = |command: &mut Command| {
+            let closed = closed.to_vec();
+            // SAFETY: only close(2), async-signal-safe, between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    for &fd in &closed {
+                        libc::close(fd);
+                    }
+                    Ok(())
+                });
+            }
+        };
+        let _ = std::fs::remove_file(out.join("fds"));
+        let _ = std::fs::remove_file(charm.path(OPERATOR_MEMORY));
+        let (traced, bare) = pair(&charm, "hooks/config-changed", &env, &close);
+        let says = if closed.contains(&2) {
+            Says::Nothing
+        } else {
+            Says::OneLine("store_max_bytes")
+        };
+        assert_hook_unchanged(&traced, &bare, Duration::ZERO, says);
+        let seen = std::fs::read_to_string(out.join("fds")).unwrap();
+        let (bare_fds, traced_fds) = seen.split_at(seen.len() / 2);
+        assert_eq!(
+            traced_fds, bare_fds,
+            "closed {closed:?}: the charm's fds 0-2"
+        );
+        let trace = stored_once(&charm, &last_trace_id(&charm));
+        assert_eq!(root(&trace)["attributes"]["dispatch.tool_calls"], 1);
+        // Our files: the store and what lives beside it, and the state directory (but for
+        // `last-warning`, which remembers the line on purpose).
+        let ours = walkdir(&charm.path(".")).into_iter().filter(|path| {
+            let relative = path.strip_prefix(charm.path(".")).unwrap();
+            relative.to_string_lossy().starts_with(".dispatch-trace")
+                && !path.ends_with(OPERATOR_MEMORY)
+        });
+        for entry in ours {
+            let bytes = std::fs::read(&entry).unwrap_or_default();
+            assert!(
+                !bytes.windows(9).any(|w| w == b"dispatch:"),
+                "closed {closed:?}: our stderr line was written into {}",
+                entry.display()
+            );
+        }
+    }
+}
+
+const OPERATOR_MEMORY: &str = ".dispatch-trace/last-warning";
+
+/// Every regular file under `dir`, symlinks not followed.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}
+
 #[test]
 fn a_hook_whose_stdout_and_stderr_are_broken_pipes_ends_as_it_would_bare() {
     let charm = Charm::new("shell");
