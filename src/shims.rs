@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use dispatch_shim::is_hook_tool;
+use dispatch_shim::HOOK_TOOLS;
 
 pub const SHIM_BINARY: &str = "dispatch-shim";
 const SHIM_DIR: &str = "shims";
@@ -85,13 +85,12 @@ fn rebuild(
     let fresh = state_dir.join(format!("{SHIM_DIR}.new-{pid}"));
     let _ = std::fs::remove_dir_all(&fresh);
     std::fs::DirBuilder::new().mode(0o700).create(&fresh)?;
-    let mut tools: Vec<OsString> = std::fs::read_dir(tools_dir)?
-        .filter_map(Result::ok)
-        .map(|entry| entry.file_name())
-        .filter(|name| name.to_str().is_some_and(is_hook_tool))
-        .collect();
-    tools.sort();
-    for tool in &tools {
+    // Looked up by name rather than listed: a tools directory the hook may search but not
+    // read still has its tools called, and so traced.
+    let tools = HOOK_TOOLS
+        .iter()
+        .filter(|tool| std::fs::symlink_metadata(tools_dir.join(tool)).is_ok());
+    for tool in tools {
         std::os::unix::fs::symlink(shim_binary, fresh.join(tool))?;
     }
     std::fs::write(fresh.join(STAMP), stamp)?;

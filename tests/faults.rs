@@ -947,6 +947,43 @@ fn a_tools_dir_on_path_that_is_missing_or_not_a_directory_changes_nothing() {
 /// The tools directory vanishing while the charm runs (never in Juju, but the shims were put
 /// on PATH before): the call fails with the same exit code as bare. Its message differs: the
 /// shell's "not found" bare, the shim's "cannot run" traced (a limit of PATH shims).
+/// A tools directory the hook's user cannot read (search only) or cannot enter at all: the
+/// calls work or fail exactly as bare. Run as `nobody`: root reads anything.
+#[test]
+fn a_tools_dir_the_hook_cannot_read_or_enter_changes_nothing() {
+    let charm = Charm::new("shell");
+    let out = out_dir(&charm);
+    give_to_nobody(&charm);
+    let run = noting_trace(
+        "is-leader; echo \"is-leader: $?\"; status-set active; echo \"status-set: $?\"",
+    );
+    let env = [
+        ("OUT", path_str(&out)),
+        ("CHARM_RUN", run.as_str()),
+        ("CHARM_EXIT", "3"),
+    ];
+    for (mode, works) in [(0o111, true), (0o000, false)] {
+        chmod(&charm.tools, mode);
+        let (traced, bare) = pair(&charm, "hooks/install", &env, &unprivileged);
+        chmod(&charm.tools, 0o755);
+        assert_hook_unchanged(&traced, &bare, Duration::ZERO, Says::Nothing);
+        let expected = if works {
+            "True\nis-leader: 0\nstatus-set: 0\n"
+        } else {
+            "is-leader: 127\nstatus-set: 127\n"
+        };
+        assert_eq!(text(&traced.out.stdout), expected, "mode {mode:o}");
+        // Searchable: the calls are traced; not even that: there is nothing to call.
+        let trace = traces_unprivileged(&charm).pop().unwrap();
+        let calls = if works { 2 } else { 0 };
+        assert_eq!(
+            root(&trace)["attributes"]["dispatch.tool_calls"],
+            calls,
+            "mode {mode:o}"
+        );
+    }
+}
+
 #[test]
 fn a_tools_dir_that_vanishes_while_the_charm_runs_fails_the_call_with_the_same_exit_code() {
     let charm = Charm::new("shell");
