@@ -1,12 +1,14 @@
 //! Custom spans from charm code (issue #5): during a dispatch the wrapper listens on loopback
 //! for OTLP/HTTP and points the child's `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` there.
 //!
-//! The clients are real: charm code on the OpenTelemetry Python SDK with its OTLP/HTTP
-//! exporter (pinned in tests/requirements.txt, run from target/test-venv), configured only
-//! from the environment it gets, and stdlib clients for OTLP/JSON (the Python exporter only
-//! speaks protobuf), for requests a collector refuses, and for processes the charm leaves
-//! behind (`fixtures/charms/otel`). What a user sees is checked: the hook's outcome, the
-//! answers the clients got, and the trace in `dispatch traces`.
+//! The clients are real, configured only from the environment they get: charm code on the
+//! OpenTelemetry Python SDK with its OTLP/HTTP exporter, which sends protobuf (pinned in
+//! tests/requirements.txt, run from target/test-venv; `fixtures/charms/otel`), and charm code
+//! on the OpenTelemetry JS SDK with its OTLP/HTTP exporter, which sends JSON (pinned in
+//! `fixtures/charms/otel-node/package-lock.json`, installed in target/test-node). Stdlib
+//! clients cover what SDKs do not send: OTLP/JSON shaped by hand, requests a collector
+//! refuses, and processes the charm leaves behind. What a user sees is checked: the hook's
+//! outcome, the answers the clients got, and the trace in `dispatch traces`.
 mod util;
 
 use std::path::PathBuf;
@@ -449,4 +451,202 @@ fn tool_mode_inside_the_hook_does_not_take_the_injected_endpoint_for_a_destinati
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let status = std::fs::read_to_string(&status).unwrap();
     assert!(status.contains("destination: none"), "{status}");
+}
+
+/// The otel-node fixture charm, its `node_modules` a link to target/test-node's (the
+/// OpenTelemetry JS packages of its package-lock.json). `node` is found on the hooks' PATH.
+fn node_charm() -> Charm {
+    let modules = util::repo_root().join("target/test-node/node_modules");
+    assert!(
+        modules
+            .join("@opentelemetry/exporter-trace-otlp-http")
+            .is_dir(),
+        "no OpenTelemetry JS packages in target/test-node: run tests/node-env (tests/run does)"
+    );
+    let charm = Charm::new("otel-node");
+    std::os::unix::fs::symlink(&modules, charm.path("node_modules")).unwrap();
+    charm
+}
+
+/// The Node charm's stdout: `node spans made`, then one line per HTTP exchange its exporter
+/// had, each checked: `sent` is the request's Content-Type (and Content-Encoding), and the
+/// answer was a 200 in JSON. Under dispatch that answer is the proof that JSON arrived: the
+/// loopback receiver answers in the encoding it decoded the request as. Returns the lines.
+fn node_exchanges(out: &std::process::Output, sent: &str) -> Vec<String> {
+    let stdout = text(&out.stdout);
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("node spans made"), "{stdout}");
+    let exchanges: Vec<String> = lines.map(str::to_string).collect();
+    assert!(!exchanges.is_empty(), "the exporter sent nothing: {stdout}");
+    for exchange in &exchanges {
+        assert_eq!(
+            exchange,
+            &format!("export {sent} -> 200 application/json"),
+            "{stdout}"
+        );
+    }
+    exchanges
+}
+
+#[test]
+fn the_node_exporter_posts_json_whatever_the_protocol_variable_says() {
+    // The same client with the same environment as under dispatch, bare, against a scripted
+    // receiver that keeps the raw request: what the JS exporter really puts on the wire.
+    let charm = node_charm();
+    let receiver = Receiver::start(vec![Answer::Status(
+        200,
+        vec![("Content-Type".into(), "application/json".into())],
+        b"{}".to_vec(),
+    )]);
+    let url = receiver.url();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let out = charm.bare(
+        "hooks/config-changed",
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url.as_str()),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("TRACEPARENT", traceparent),
+            ("OTEL_CHARM_ITEMS", "0"),
+        ],
+    );
+    succeeded(&out);
+    assert_eq!(text(&out.stderr), "");
+    node_exchanges(&out, "application/json");
+    let requests = receiver.requests();
+    assert!(!requests.is_empty());
+    let mut spans = Vec::new();
+    for request in &requests {
+        assert_eq!(request.path, "/v1/traces", "the endpoint is used as is");
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        let body: Value = serde_json::from_slice(&request.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&request.body)));
+        let scope_spans = &body["resourceSpans"][0]["scopeSpans"][0];
+        assert_eq!(scope_spans["scope"]["name"], "otel-node-charm", "{body:#}");
+        spans.extend(scope_spans["spans"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    let reconcile = spans.iter().find(|s| s["name"] == "reconcile").unwrap();
+    // Ids as hex strings: OTLP/JSON, not protobuf's bytes.
+    assert_eq!(reconcile["traceId"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(reconcile["parentSpanId"], "b7ad6b7169203331");
+}
+
+#[test]
+fn node_sdk_spans_sent_as_json_join_the_dispatch_trace_under_the_charm_span() {
+    let charm = node_charm();
+    let out = charm.dispatch("hooks/config-changed", &[]);
+    succeeded(&out);
+    // The SDK's diag logger reports failed exports on stderr: nothing there means 200s.
+    assert_eq!(text(&out.stderr), "", "the charm's exporter complained");
+    node_exchanges(&out, "application/json");
+
+    let trace = charm.last_trace();
+    let trace_id = trace["trace_id"].as_str().unwrap();
+    let reconcile = span(&trace, "reconcile");
+    assert_eq!(
+        id(reconcile, "parent_span_id"),
+        id(span(&trace, "charm"), "span_id")
+    );
+    let render = span(&trace, "render-config");
+    let check = span(&trace, "check-workload");
+    for child in [render, check, span(&trace, "publish-status")] {
+        assert_eq!(id(child, "parent_span_id"), id(reconcile, "span_id"));
+    }
+    for custom in [reconcile, render, check] {
+        assert_eq!(custom["trace_id"], trace_id);
+        assert_eq!(custom["scope"], "otel-node-charm");
+    }
+    assert_eq!(reconcile["kind"], "SPAN_KIND_INTERNAL");
+    assert_eq!(check["kind"], "SPAN_KIND_CLIENT");
+    let attributes = &reconcile["attributes"];
+    assert_eq!(attributes["charm.step"], "reconcile");
+    assert_eq!(attributes["charm.replicas"], 3);
+    assert_eq!(attributes["charm.load"], 0.25);
+    assert_eq!(attributes["charm.leader"], true);
+    assert_eq!(attributes["charm.ports"], serde_json::json!([80, 443]));
+    assert_eq!(render["events"][0]["name"], "config-written");
+    assert_eq!(render["events"][0]["attributes"]["bytes"], 42);
+    assert_eq!(
+        render["events"][0]["attributes"]["path"],
+        "/etc/workload.conf"
+    );
+    assert_eq!(check["status"], "ERROR");
+    assert_eq!(check["status_message"], "workload not ready");
+    assert_eq!(check["events"][0]["name"], "exception");
+    assert_eq!(
+        check["events"][0]["attributes"]["exception.message"],
+        "workload answered 503"
+    );
+    let root = root(&trace);
+    assert_eq!(root["attributes"]["dispatch.custom_spans"], 54);
+    assert!(root["attributes"]["dispatch.custom_requests_refused"].is_null());
+    assert_eq!(root["status"], "OK", "a span's error is not the hook's");
+
+    // Their resource, with the Juju topology added; the SDK's default service name
+    // (`unknown_service:node`) replaced.
+    let resource = resource_of_scope(&charm, "otel-node-charm");
+    assert_eq!(resource["telemetry.sdk.language"], "nodejs");
+    assert_eq!(resource["service.name"], "myapp");
+    assert_eq!(resource["juju_unit"], "myapp/0");
+    assert_eq!(resource["juju_model"], "test-model");
+    assert_eq!(resource["charm"], "otel-node-charm");
+}
+
+#[test]
+fn a_hook_tool_called_inside_a_node_span_nests_under_it() {
+    let charm = node_charm();
+    let out = charm.dispatch("hooks/config-changed", &[("OTEL_CHARM_ITEMS", "0")]);
+    succeeded(&out);
+    let trace = charm.last_trace();
+    let status_set = span(&trace, "status-set");
+    assert_eq!(status_set["kind"], "SPAN_KIND_CLIENT");
+    assert_eq!(
+        id(status_set, "parent_span_id"),
+        id(span(&trace, "publish-status"), "span_id"),
+        "{trace:#}"
+    );
+    assert!(status_set["links"].as_array().unwrap().is_empty());
+    let calls = charm.tool_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0]["args"], serde_json::json!(["active", "ready"]));
+}
+
+#[test]
+fn everything_the_node_sdk_sends_up_to_its_shutdown_flush_is_kept() {
+    // 1,004 spans: the batch processor sends a batch as soon as it has 512 and the rest in
+    // the flush of `provider.shutdown()`, which the charm awaits just before it exits.
+    let charm = node_charm();
+    let out = charm.dispatch("hooks/config-changed", &[("OTEL_CHARM_ITEMS", "1000")]);
+    succeeded(&out);
+    assert_eq!(text(&out.stderr), "");
+    let exchanges = node_exchanges(&out, "application/json");
+    assert!(exchanges.len() >= 2, "{exchanges:?}");
+    let trace = charm.last_trace();
+    assert_eq!(root(&trace)["attributes"]["dispatch.custom_spans"], 1004);
+    for i in 0..1000 {
+        assert_eq!(
+            spans_named(&trace, &format!("item-{i}")).len(),
+            1,
+            "item-{i}"
+        );
+    }
+    assert_eq!(spans_named(&trace, "reconcile").len(), 1, "the last to end");
+}
+
+#[test]
+fn gzipped_json_from_the_node_exporter_is_accepted() {
+    let charm = node_charm();
+    let out = charm.dispatch(
+        "hooks/config-changed",
+        &[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")],
+    );
+    succeeded(&out);
+    assert_eq!(text(&out.stderr), "");
+    node_exchanges(&out, "application/json gzip");
+    let trace = charm.last_trace();
+    assert_eq!(root(&trace)["attributes"]["dispatch.custom_spans"], 54);
+    assert_eq!(
+        span(&trace, "render-config")["events"][0]["attributes"]["bytes"],
+        42
+    );
 }

@@ -1,6 +1,6 @@
 //! A scripted OTLP/HTTP receiver for failure modes (the real one, rotel, covers the happy
 //! path): it listens on 127.0.0.1 (port 0), answers each request as scripted, records what it
-//! got, and stops when dropped.
+//! got (bodies framed by Content-Length or chunked), and stops when dropped.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -359,7 +359,38 @@ fn content_length(request: &Request) -> usize {
 
 fn read_request<S: Read>(reader: &mut BufReader<S>) -> Option<Request> {
     let mut request = read_head(reader)?;
-    request.body = vec![0u8; content_length(&request)];
-    reader.read_exact(&mut request.body).ok()?;
+    let chunked = request
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        request.body = read_chunked(reader)?;
+    } else {
+        request.body = vec![0u8; content_length(&request)];
+        reader.read_exact(&mut request.body).ok()?;
+    }
     Some(request)
+}
+
+/// A chunked body (what Node's http client sends for a body written without a length): the
+/// chunks joined, the trailers skipped.
+fn read_chunked<S: Read>(reader: &mut BufReader<S>) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let size = line.split(';').next()?.trim();
+        let size = usize::from_str_radix(size, 16).ok()?;
+        if size == 0 {
+            loop {
+                let mut trailer = String::new();
+                if reader.read_line(&mut trailer).ok()? == 0 || trailer.trim_end().is_empty() {
+                    return Some(body);
+                }
+            }
+        }
+        let start = body.len();
+        body.resize(start + size + 2, 0);
+        reader.read_exact(&mut body[start..]).ok()?;
+        body.truncate(start + size);
+    }
 }
