@@ -151,6 +151,13 @@ fn assert_hook_unchanged(traced: &Timed, bare: &Timed, budget: Duration, says: S
         traced.took,
         bare.took
     );
+    // One line per fault case that passed, for `tests/guarantees` to count (--nocapture).
+    println!(
+        "fault case: {}: hook unchanged, {} line(s) of ours, {:+.1} ms against bare",
+        std::thread::current().name().unwrap_or("?"),
+        ours.len(),
+        traced.took.as_secs_f64() * 1e3 - bare.took.as_secs_f64() * 1e3
+    );
 }
 
 /// A scratch directory outside the charm dir for the charm's observations (`$OUT`).
