@@ -56,7 +56,10 @@ impl Channel {
     pub fn open(state_dir: &Path) -> io::Result<Channel> {
         let path = state_dir.join(FIFO_NAME);
         match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_fifo() => {}
+            // Only our own, private FIFO: one someone else made (while the state dir was open
+            // to others) would let them read the records or feed their own.
+            Ok(meta) if meta.file_type().is_fifo() && crate::state_dir::ours_and_private(&meta) => {
+            }
             Ok(_) => {
                 std::fs::remove_file(&path)?;
                 make_fifo(&path)?;

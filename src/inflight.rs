@@ -19,7 +19,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -216,6 +216,16 @@ impl OrphanScan {
             if own || writer_alive(&path) {
                 continue;
             }
+            // Written by our user or not at all: if the directory was ever open to others,
+            // what they left in it is not a dispatch of ours.
+            // SAFETY: geteuid has no failure modes.
+            if !entry
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.uid() == unsafe { libc::geteuid() })
+            {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             if path.extension().is_some_and(|e| e == "tmp") {
                 // Half-written by a wrapper killed mid-write.
                 let _ = std::fs::remove_file(&path);
@@ -311,7 +321,8 @@ fn parse(bytes: &[u8]) -> Option<NewChunk> {
 
 /// Takes the dispatch lock, retrying until `wait` has passed. `Ok(None)`: someone else has it.
 fn take_lock(path: &Path, wait: Duration) -> io::Result<Option<File>> {
-    let file = create_private_file(path)?;
+    let file = create_private_file(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     let deadline = Instant::now() + wait;
     loop {
         // SAFETY: flock on a descriptor we own.

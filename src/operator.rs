@@ -7,6 +7,7 @@
 //! a problem that comes back is reported again.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The file in the state directory that remembers the last line said.
@@ -45,7 +46,16 @@ impl Operator {
             if std::fs::read(memory).is_ok_and(|last| last == line.as_bytes()) {
                 return;
             }
-            let _ = std::fs::write(memory, &line);
+            // Beside the store when there is no state dir, maybe in a directory others can
+            // write: never through a link they planted, and private whatever the umask.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(memory)
+                .and_then(|mut file| file.write_all(line.as_bytes()));
         }
         let _ = std::io::stderr().write_all(line.as_bytes());
     }

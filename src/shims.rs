@@ -8,9 +8,9 @@
 //! set.
 
 use std::ffi::{OsStr, OsString};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use dispatch_shim::HOOK_TOOLS;
@@ -45,9 +45,16 @@ pub fn ensure_shim_dir(
 ) -> io::Result<PathBuf> {
     let shim_dir = state_dir.join(SHIM_DIR);
     let wanted = stamp(tools_dir, shim_binary)?;
-    if let Ok(found) = std::fs::read(shim_dir.join(STAMP)) {
-        if found == wanted {
-            return Ok(shim_dir);
+    // The stamp is only stat data anyone can read, so it proves nothing in a directory someone
+    // else could have made: a link to theirs, or a directory of theirs put in place while the
+    // state dir was open to others, is rebuilt rather than trusted.
+    let ours = std::fs::symlink_metadata(&shim_dir)
+        .is_ok_and(|meta| meta.is_dir() && crate::state_dir::ours_and_private(&meta));
+    if ours {
+        if let Ok(found) = std::fs::read(shim_dir.join(STAMP)) {
+            if found == wanted {
+                return Ok(shim_dir);
+            }
         }
     }
     rebuild(state_dir, &shim_dir, tools_dir, shim_binary, &wanted)?;
@@ -93,7 +100,13 @@ fn rebuild(
     for tool in tools {
         std::os::unix::fs::symlink(shim_binary, fresh.join(tool))?;
     }
-    std::fs::write(fresh.join(STAMP), stamp)?;
+    // 0600 whatever the umask, like every file of ours.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(fresh.join(STAMP))?
+        .write_all(stamp)?;
     let old = state_dir.join(format!("{SHIM_DIR}.old-{pid}"));
     match std::fs::rename(shim_dir, &old) {
         Ok(()) => {}

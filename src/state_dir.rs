@@ -5,6 +5,7 @@
 //! from anyone else. A path that is a symlink, not a directory, or owned by someone else is
 //! refused rather than used, so a planted link cannot redirect our writes.
 
+use std::fs::Metadata;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,14 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// Whether what `meta` describes is ours and open to nobody else. Inside a directory that was
+/// ever open to others (tightened above, but only from now on), only such entries were made
+/// by us: anything else may have been put there to be used by the hook's user.
+pub fn ours_and_private(meta: &Metadata) -> bool {
+    // SAFETY: geteuid has no failure modes.
+    meta.uid() == unsafe { libc::geteuid() } && meta.mode() & 0o077 == 0
 }
 
 #[cfg(test)]

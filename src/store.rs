@@ -19,7 +19,8 @@
 //!   what the file needs, so the file stops growing at the cap. Over it, eviction removes
 //!   shipped rows first (oldest first), then pending rows by lowest priority, oldest first;
 //!   the chunk being added is never evicted by its own insertion.
-//! - The file is created 0600 and never followed through a symlink.
+//! - The file is created 0600 and never followed through a symlink; one another user owns is
+//!   refused, and ours is made 0600 again (with its -wal/-shm) if it was opened up.
 //!
 //! # Performance
 //! WAL with `synchronous=NORMAL` (no fsync per commit), no checkpoint on close, and a small
@@ -40,7 +41,7 @@
 //! transaction and bumps `user_version` (1 -> 2 adds `chunk_by_start`).
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -189,16 +190,27 @@ impl Store {
     }
 
     fn open_once(path: &Path) -> Result<Store, OpenFailure> {
-        let file = create_private_file(path)
-            .and_then(|f| f.metadata())
-            .map_err(|e| {
-                let context = if e.raw_os_error() == Some(libc::ELOOP) {
-                    format!("{} is a symlink; refusing to follow it", path.display())
-                } else {
-                    format!("opening {}", path.display())
-                };
-                OpenFailure::Other(anyhow::Error::new(e).context(context))
-            })?;
+        let (file, was_open) = open_private(path).map_err(|e| {
+            let context = if e.raw_os_error() == Some(libc::ELOOP) {
+                format!("{} is a symlink; refusing to follow it", path.display())
+            } else {
+                format!("opening {}", path.display())
+            };
+            OpenFailure::Other(anyhow::Error::new(e).context(context))
+        })?;
+        let file = file.metadata().map_err(|e| OpenFailure::Other(e.into()))?;
+        if was_open {
+            // SQLite gives a new -wal/-shm the store's mode, so existing ones were as open.
+            for suffix in ["-wal", "-shm"] {
+                if let Ok(side) = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                    .open(with_suffix(path, suffix))
+                {
+                    let _ = side.set_permissions(std::fs::Permissions::from_mode(0o600));
+                }
+            }
+        }
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -610,14 +622,36 @@ fn evict(conn: &Connection, max_bytes: u64, keep: Option<i64>) -> rusqlite::Resu
 /// Opens (creating if needed, mode 0600) a file of ours; never through a symlink, never
 /// inherited by the child.
 pub fn create_private_file(path: &Path) -> io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
+    open_private(path).map(|(file, _)| file)
+}
+
+/// `create_private_file`, and whether the file had been open to others. One another user owns
+/// is refused: where our files are in a directory others can write (a store path set so), it
+/// was put there for us to fill or to read from. Ours is made 0600 again if someone opened it
+/// up (a restore from a backup, a careless chmod).
+fn open_private(path: &Path) -> io::Result<(std::fs::File, bool)> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+        .open(path)?;
+    let meta = file.metadata()?;
+    // SAFETY: geteuid has no failure modes.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(io::Error::other(format!(
+            "owned by uid {}, not by us (uid {me})",
+            meta.uid()
+        )));
+    }
+    let open = meta.mode() & 0o077 != 0;
+    if open {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok((file, open))
 }
 
 /// `dispatch disable` leaves this file beside the store: checking it costs one `stat`, so a

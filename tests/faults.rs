@@ -51,7 +51,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::Value;
 use util::receiver::{Answer, Receiver};
-use util::{charm_stderr, code, our_lines, root, span, spans_named, text, Charm, NOISY};
+use util::{
+    charm_stderr, code, give_to_nobody, our_lines, root, span, spans_named, text,
+    traces_unprivileged, unprivileged, Charm, NOISY,
+};
 
 /// Added on top of every budget: scheduling noise on a loaded 2-core machine, not a target.
 const SLACK: Duration = Duration::from_secs(2);
@@ -483,69 +486,6 @@ fn a_disk_too_full_even_for_the_finished_trace_never_reports_a_completed_hook_as
         );
     }
     assert!(inflight(&charm).is_empty(), "{:?}", inflight(&charm));
-}
-
-const NOBODY: u32 = 65534;
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// As root, hands the whole scratch tree to `nobody` (the binaries become private copies, not
-/// hard links into target/) so that the runs below can drop root and permissions bind.
-fn give_to_nobody(charm: &Charm) {
-    if !is_root() {
-        return;
-    }
-    for binary in ["dispatch", "dispatch-shim"] {
-        let path = charm.path(binary);
-        let bytes = std::fs::read(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        std::fs::write(&path, bytes).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    fn walk(path: &Path) {
-        std::os::unix::fs::lchown(path, Some(NOBODY), Some(NOBODY)).unwrap();
-        let meta = std::fs::symlink_metadata(path).unwrap();
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(path).unwrap() {
-                walk(&entry.unwrap().path());
-            }
-        }
-    }
-    walk(&charm.scratch.root);
-}
-
-/// Runs as `nobody` when we are root (see the module docs), as ourselves otherwise.
-fn unprivileged(command: &mut Command) {
-    if is_root() {
-        command.uid(NOBODY).gid(NOBODY);
-    }
-}
-
-/// `dispatch <args>` in tool mode, unprivileged too (as root it would create root-owned
-/// -wal/-shm files the hooks could not open).
-fn tool_unprivileged(charm: &Charm, args: &[&str]) -> Output {
-    let mut command = Command::new(charm.path("dispatch"));
-    command
-        .args(args)
-        .current_dir("/")
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .stdin(Stdio::null());
-    unprivileged(&mut command);
-    command.output().unwrap()
-}
-
-fn traces_unprivileged(charm: &Charm) -> Vec<Value> {
-    let out = tool_unprivileged(charm, &["traces", "--last", "0", "--format", "json"]);
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 fn chmod(path: &Path, mode: u32) {

@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -402,4 +403,71 @@ fn parse_size(number: &str, unit: &str) -> f64 {
         "MiB" => n * 1024.0 * 1024.0,
         other => panic!("unknown unit {other}"),
     }
+}
+
+// ---- another local user ----------------------------------------------------------------------
+
+/// uid and gid of `nobody`: the other local user of the tests that need one.
+pub const NOBODY: u32 = 65534;
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// As root, hands the whole scratch tree to `nobody` (the binaries become private copies, not
+/// hard links into target/) so that runs as `nobody` (`unprivileged`) own what they find.
+pub fn give_to_nobody(charm: &Charm) {
+    if !is_root() {
+        return;
+    }
+    for binary in ["dispatch", "dispatch-shim"] {
+        let path = charm.path(binary);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fn walk(path: &Path) {
+        std::os::unix::fs::lchown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).unwrap() {
+                walk(&entry.unwrap().path());
+            }
+        }
+    }
+    walk(&charm.scratch.root);
+}
+
+/// Runs as `nobody` when we are root, as ourselves otherwise.
+pub fn unprivileged(command: &mut Command) {
+    if is_root() {
+        command.uid(NOBODY).gid(NOBODY);
+    }
+}
+
+/// `dispatch <args>` in tool mode, unprivileged too: run by the user the hooks run as, which
+/// is who the store belongs to.
+pub fn tool_unprivileged(charm: &Charm, args: &[&str]) -> Output {
+    let mut command = Command::new(charm.path("dispatch"));
+    command
+        .args(args)
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null());
+    unprivileged(&mut command);
+    command.output().unwrap()
+}
+
+/// All stored dispatches, read as `nobody` (see `tool_unprivileged`).
+pub fn traces_unprivileged(charm: &Charm) -> Vec<Value> {
+    let out = tool_unprivileged(charm, &["traces", "--last", "0", "--format", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
