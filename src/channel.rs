@@ -272,7 +272,7 @@ fn serve_until_stopped(
 const MAX_READ_AT_ONCE: usize = 1024 * 1024;
 
 /// A record line is shorter than this (a shim writes each in one atomic write).
-const MAX_LINE: usize = libc::PIPE_BUF;
+pub const MAX_LINE: usize = libc::PIPE_BUF;
 
 fn read_available(fd: &OwnedFd, buffer: &mut [u8], collector: &mut Collector, limit: usize) {
     let mut read = 0;
@@ -289,8 +289,9 @@ fn read_available(fd: &OwnedFd, buffer: &mut [u8], collector: &mut Collector, li
     }
 }
 
-/// Splits the byte stream into lines and keeps this dispatch's records.
-struct Collector {
+/// Splits the byte stream into lines and keeps this dispatch's records. (Public for the fuzz
+/// targets: it is what reads the bytes anyone who can open the FIFO writes.)
+pub struct Collector {
     nonce: String,
     partial: Vec<u8>,
     /// Inside a line already too long to be a record: skip to its end.
@@ -299,7 +300,7 @@ struct Collector {
 }
 
 impl Collector {
-    fn new(nonce: String) -> Collector {
+    pub fn new(nonce: String) -> Collector {
         Collector {
             nonce,
             partial: Vec::new(),
@@ -308,7 +309,7 @@ impl Collector {
         }
     }
 
-    fn feed(&mut self, mut bytes: &[u8]) {
+    pub fn feed(&mut self, mut bytes: &[u8]) {
         if self.skipping {
             match bytes.iter().position(|&b| b == b'\n') {
                 Some(end) => {
@@ -339,7 +340,7 @@ impl Collector {
         }
     }
 
-    fn finish(mut self, dropped_path: Option<&Path>) -> Collected {
+    pub fn finish(mut self, dropped_path: Option<&Path>) -> Collected {
         if !self.partial.is_empty() {
             self.collected.ignored += 1;
         }

@@ -29,7 +29,7 @@ impl CharmMetadata {
             let path = charm_dir.join(file);
             match std::fs::read(&path) {
                 Ok(bytes) => {
-                    return serde_yaml::from_slice(&bytes)
+                    return CharmMetadata::parse(&bytes)
                         .map(Some)
                         .map_err(|e| format!("{}: {e}", path.display()))
                 }
@@ -38,6 +38,11 @@ impl CharmMetadata {
             }
         }
         Ok(None)
+    }
+
+    /// Parses the text of `metadata.yaml` or `charmcraft.yaml` (keys we do not use are ignored).
+    pub fn parse(bytes: &[u8]) -> Result<CharmMetadata, serde_yaml::Error> {
+        serde_yaml::from_slice(bytes)
     }
 
     /// The first `requires` endpoint (by name) with this interface.

@@ -447,7 +447,11 @@ enum Parsed {
 fn parse_head(buffer: &[u8], limits: &Limits) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut headers);
-    let length = match request.parse(buffer) {
+    // Only as much as a head may take (and one byte more, to know it is too long): what lies
+    // beyond must not decide the answer, or it would depend on how the reads split the input
+    // (found by fuzzing: a malformed line past the limit gave 400 or 431).
+    let window = &buffer[..buffer.len().min(limits.max_head_bytes + 1)];
+    let length = match request.parse(window) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) if buffer.len() > limits.max_head_bytes => {
             return Parsed::Bad(Refusal::new(431, "request headers too large"))
@@ -939,6 +943,24 @@ mod tests {
         assert_eq!(received.resource_spans.len(), 1);
         assert_eq!(conversation.state(), State::Open);
         assert!(!conversation.in_flight(), "an idle keep-alive connection");
+    }
+
+    /// Found by fuzzing: a head over the limit whose malformed line lay past the limit was
+    /// answered 400 when read at once and 431 when read in pieces.
+    #[test]
+    fn a_head_over_the_limit_gets_the_same_answer_however_the_reads_split_it() {
+        let mut input = format!("POST {PATH} HTTP/1.1\r\nHost: ").into_bytes();
+        input.resize(LIMITS.max_head_bytes + 100, b'x');
+        input.extend_from_slice(b"\r\nbad header line\r\n\r\n");
+        let (at_once, _, _) = exchange(&input);
+        let mut conversation = Conversation::new();
+        let mut received = Received::default();
+        let mut in_pieces = Vec::new();
+        for piece in input.chunks(7) {
+            in_pieces.extend(conversation.feed(piece, PATH, &LIMITS, &mut received));
+        }
+        assert_eq!(status_of(&at_once), 431, "{at_once}");
+        assert_eq!(at_once, String::from_utf8_lossy(&in_pieces));
     }
 
     #[test]
