@@ -14,30 +14,123 @@ use anyhow::{bail, Context, Result};
 use crate::config::{Config, CONFIG_FILE};
 use crate::destination;
 use crate::export;
+use crate::human;
 use crate::metadata::CharmMetadata;
 use crate::store::{ChunkFilter, Store};
 use crate::target::{self, Target};
 use crate::view;
 
-const USAGE: &str = "\
-dispatch: a traced Juju charm dispatch.
+/// One tool-mode command: how it is called, one line on what it does, and the details
+/// `dispatch <command> --help` adds.
+struct CommandHelp {
+    name: &'static str,
+    usage: &'static str,
+    summary: &'static str,
+    details: &'static str,
+}
 
-Run by Juju without arguments, it runs the charm's original dispatch and records an
-OpenTelemetry trace of the event. With arguments it is a tool:
+const COMMANDS: &[CommandHelp] = &[
+    CommandHelp {
+        name: "traces",
+        usage: "dispatch traces [--last N] [--event E] [--failed] [--format tree|json|otlp-json]",
+        summary: "show recorded dispatches, oldest first (default: --last 10, tree)",
+        details: "\
+  --last N        the newest N dispatches (0: all; default 10)
+  --event E       only this event: `install`, `hooks/install`, `backup` (an action), or a
+                  glob such as '*-relation-changed' or 'db-relation-*' (quote it)
+  --failed        only dispatches whose charm failed or that were interrupted
+  --format F      tree (default), json (one array, for tests and jq) or otlp-json (one OTLP/JSON
+                  ExportTraceServiceRequest per line, for collectors)
+Reads the store only: never creates, moves or repairs it.
+",
+    },
+    CommandHelp {
+        name: "status",
+        usage: "dispatch status",
+        summary: "where traces are kept, where they go, and what is waiting",
+        details: "\
+Shows whether tracing is on, the config file, the store (size, counts, damaged stores moved
+aside), the relations, the destination with its source and CA, the backoff and the last
+export. Exits 1 when something needs fixing (it says PROBLEM). Reads the store only.
+",
+    },
+    CommandHelp {
+        name: "set-destination",
+        usage: "dispatch set-destination URL [--ca-file F]",
+        summary: "ship traces to this OTLP/HTTP traces URL (persisted)",
+        details: "\
+  URL             the collector's OTLP/HTTP traces URL, e.g. http://tempo:4318/v1/traces
+  --ca-file F     a PEM bundle to verify an https URL with (default: the system trust store)
+The environment's OTEL_EXPORTER_OTLP_*ENDPOINT and `endpoint` in dispatch-trace.yaml take
+precedence over it; the tracing relation and Juju's trace config come after it.
+",
+    },
+    CommandHelp {
+        name: "clear-destination",
+        usage: "dispatch clear-destination",
+        summary: "forget the destination set with set-destination",
+        details: "The URL (and any credential in it) is erased from the store's files.\n",
+    },
+    CommandHelp {
+        name: "flush",
+        usage: "dispatch flush",
+        summary: "ship everything waiting now, ignoring any backoff",
+        details: "Exits 1, with the cause, if something could not be sent.\n",
+    },
+    CommandHelp {
+        name: "disable",
+        usage: "dispatch disable",
+        summary: "stop tracing (persisted; the charm runs exactly as without us)",
+        details: "Undo with `dispatch enable`.\n",
+    },
+    CommandHelp {
+        name: "enable",
+        usage: "dispatch enable",
+        summary: "trace again",
+        details: "Undoes `dispatch disable` (not `enabled: false` in dispatch-trace.yaml).\n",
+    },
+    CommandHelp {
+        name: "check-config",
+        usage: "dispatch check-config",
+        summary: "validate dispatch-trace.yaml and the charm layout (exit 1 if bad)",
+        details: "\
+Checks the config file, the charm's metadata, what a hook would run, the shim beside dispatch
+and the store path. Changes nothing. charmcraft-part.yaml runs it at pack time.
+",
+    },
+];
 
-  dispatch traces [--last N] [--event E] [--failed] [--format tree|json|otlp-json]
-                          show recorded dispatches, oldest first (default: --last 10, tree)
-  dispatch status         where traces are kept, where they go, and what is waiting
-  dispatch set-destination URL [--ca-file F]
-                          ship traces to this OTLP/HTTP traces URL (persisted)
-  dispatch clear-destination
-                          forget the destination set with set-destination
-  dispatch flush          ship everything waiting now, ignoring any backoff
-  dispatch disable        stop tracing (persisted; the charm runs exactly as without us)
-  dispatch enable         trace again
-  dispatch check-config   validate dispatch-trace.yaml and the charm layout (exit 1 if bad)
-  dispatch --help | --version
-";
+fn usage_text() -> String {
+    let mut text = String::from(
+        "dispatch: a traced Juju charm dispatch.\n\n\
+         Run by Juju without arguments, it runs the charm's original dispatch and records an\n\
+         OpenTelemetry trace of the event. With arguments it is a tool:\n\n",
+    );
+    for command in COMMANDS {
+        text.push_str(&format!("  {}\n", command.usage));
+        text.push_str(&format!("      {}\n", command.summary));
+    }
+    text.push_str("  dispatch --help | --version\n\n");
+    text.push_str("`dispatch <command> --help` tells more about one command.\n");
+    text
+}
+
+fn command_help(name: &str) -> Option<String> {
+    let command = COMMANDS.iter().find(|c| c.name == name)?;
+    Some(format!(
+        "usage: {}\n\n{}.\n\n{}",
+        command.usage,
+        capitalized(command.summary),
+        command.details
+    ))
+}
+
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
 
 /// Exit codes of tool mode.
 const EXIT_USAGE: i32 = 2;
@@ -82,16 +175,36 @@ pub fn run(args: Vec<OsString>) -> i32 {
 
 fn dispatch_command(args: &[String]) -> Result<i32> {
     let (command, rest) = args.split_first().ok_or_else(|| usage("no command"))?;
-    let charm_dir = charm_dir()?;
+    let asks_help = |arg: &String| matches!(arg.as_str(), "--help" | "-h");
     match command.as_str() {
-        "--help" | "-h" | "help" => {
-            print(USAGE)?;
-            Ok(0)
+        "--help" | "-h" => {
+            print(&usage_text())?;
+            return Ok(0);
+        }
+        "help" => {
+            let text = match rest.first() {
+                None => usage_text(),
+                Some(name) => {
+                    command_help(name).ok_or_else(|| usage(format!("unknown command {name:?}")))?
+                }
+            };
+            print(&text)?;
+            return Ok(0);
         }
         "--version" | "-V" => {
             print(&format!("dispatch {}\n", env!("CARGO_PKG_VERSION")))?;
-            Ok(0)
+            return Ok(0);
         }
+        name if rest.iter().any(asks_help) => {
+            if let Some(text) = command_help(name) {
+                print(&text)?;
+                return Ok(0);
+            }
+        }
+        _ => {}
+    }
+    let charm_dir = charm_dir()?;
+    match command.as_str() {
         "traces" => traces(&charm_dir, rest),
         "status" => {
             no_more(command, rest)?;
@@ -152,15 +265,56 @@ fn store_path(charm_dir: &Path) -> PathBuf {
     Config::load(charm_dir).config.store_file(charm_dir)
 }
 
-/// Opens the store for reading commands; `None` when no dispatch has created it yet.
-fn existing_store(charm_dir: &Path) -> Result<Option<Store>> {
-    let path = store_path(charm_dir);
-    if !path.exists() {
-        return Ok(None);
+/// The store for a command that only reads (`status`, `traces`): `None` when no hook has
+/// created it yet. Nothing is created, migrated, moved aside or repaired.
+fn store_to_read(path: &Path) -> Result<Option<Store>> {
+    Store::open_to_read(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The store for a command that exists to write: created if needed; a damaged one is moved
+/// aside and a new one started, which the person is told.
+fn store_to_write(path: &Path) -> Result<Store> {
+    let mut store = Store::open(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for note in store.notes.drain(..) {
+        eprintln!("dispatch: {note}");
     }
-    Store::open(&path)
-        .map(Some)
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    Ok(store)
+}
+
+/// The dispatch lock, so that a command that rewrites what a dispatch reads (or ships what it
+/// ships) never runs beside one.
+fn hold_dispatch_lock(path: &Path) -> Result<crate::inflight::Inflight> {
+    crate::inflight::Inflight::lock(path, std::time::Duration::from_secs(10), 0)
+        .ok()
+        .filter(crate::inflight::Inflight::holds_lock)
+        .ok_or_else(|| anyhow::anyhow!("a dispatch is running and holds the store; try again"))
+}
+
+/// Why no store could be created at `path`, if it could not.
+fn why_not_creatable(path: &Path) -> Option<String> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some(format!("its directory {} does not exist", dir.display()))
+        }
+        Err(e) => Some(format!("{}: {e}", dir.display())),
+        Ok(meta) if !meta.is_dir() => Some(format!("{} is not a directory", dir.display())),
+        Ok(_) => nix::unistd::access(
+            dir,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .err()
+        .map(|e| {
+            format!(
+                "{} is not writable by uid {} ({e})",
+                dir.display(),
+                crate::store_file::my_uid()
+            )
+        }),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -170,12 +324,26 @@ enum Format {
     OtlpJson,
 }
 
+/// `--event` as people write it: `install`, `hooks/install`, `actions/backup`, or a glob
+/// (`*-relation-changed`, `db-relation-*`), matched with SQLite's GLOB (case-sensitive, as
+/// event names are).
+fn event_glob(event: &str) -> String {
+    let event = event.trim();
+    event
+        .strip_prefix("hooks/")
+        .or_else(|| event.strip_prefix("actions/"))
+        .unwrap_or(event)
+        .to_string()
+}
+
 fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
     let mut filter = ChunkFilter {
         last: Some(10),
         ..ChunkFilter::default()
     };
     let mut format = Format::Tree;
+    // The filters as given, to say what matched nothing.
+    let mut asked = Vec::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -196,8 +364,18 @@ fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
                     .map_err(|_| usage(format!("--last takes a whole number, not {n:?}")))?;
                 filter.last = if n == 0 { None } else { Some(n) };
             }
-            "--event" => filter.event = Some(value("--event")?),
-            "--failed" if inline.is_none() => filter.failed_only = true,
+            "--event" => {
+                let event = value("--event")?;
+                if event_glob(&event).is_empty() {
+                    return Err(usage("--event needs an event name or a glob"));
+                }
+                filter.event = Some(event_glob(&event));
+                asked.push(format!("--event {event}"));
+            }
+            "--failed" if inline.is_none() => {
+                filter.failed_only = true;
+                asked.push("--failed".to_string());
+            }
             "--format" => {
                 format = match value("--format")?.as_str() {
                     "tree" => Format::Tree,
@@ -213,18 +391,43 @@ fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
             other => return Err(usage(format!("traces: unknown option {other:?}"))),
         }
     }
-    let chunks = match existing_store(charm_dir)? {
-        Some(store) => store.chunks(&filter).context("reading the trace store")?,
-        None => Vec::new(),
-    };
-    let text = match format {
-        Format::Tree if chunks.is_empty() => {
-            eprintln!(
-                "dispatch: no traces recorded (store: {})",
-                store_path(charm_dir).display()
-            );
-            String::new()
+    let path = store_path(charm_dir);
+    let (chunks, stored) = match store_to_read(&path)? {
+        Some(store) => {
+            let chunks = store.chunks(&filter).map_err(|e| store.read_error(e))?;
+            let stored = if chunks.is_empty() {
+                store.stats().map_err(|e| store.read_error(e))?.chunks
+            } else {
+                0
+            };
+            (chunks, stored)
         }
+        None => (Vec::new(), 0),
+    };
+    if chunks.is_empty() {
+        // Said on stderr, so that stdout stays what the format promises (`[]` for json).
+        let since = match crate::store_file::moved_aside(&path).first() {
+            Some(copy) => format!(
+                " since the damaged store was moved aside to {} ({})",
+                copy.path.display(),
+                human::utc_and_relative(copy.when, std::time::SystemTime::now())
+            ),
+            None => String::new(),
+        };
+        if stored == 0 {
+            eprintln!(
+                "dispatch: no traces recorded{since} (store: {})",
+                path.display()
+            );
+        } else {
+            eprintln!(
+                "dispatch: no trace matches {}; {stored} stored{since}",
+                asked.join(" ")
+            );
+        }
+    }
+    let text = match format {
+        Format::Tree if chunks.is_empty() => String::new(),
         Format::Tree => view::tree(&chunks)?,
         Format::Json => view::json(&chunks)?,
         Format::OtlpJson => view::otlp_json(&chunks)?,
@@ -233,11 +436,70 @@ fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
     Ok(0)
 }
 
+/// What `status` says of the store, and whether it is a problem.
+fn describe_store(path: &Path, cap: u64, out: &mut String) -> (Option<Store>, bool) {
+    let store = match Store::open_to_read(path) {
+        Ok(Some(store)) => store,
+        Ok(None) => {
+            return match why_not_creatable(path) {
+                None => {
+                    out.push_str(&format!(
+                        "store: {} (not created yet; the first hook creates it)\n",
+                        path.display()
+                    ));
+                    (None, false)
+                }
+                Some(why) => {
+                    out.push_str(&format!(
+                        "store: {}: PROBLEM: it cannot be created: {why}\n",
+                        path.display()
+                    ));
+                    (None, true)
+                }
+            };
+        }
+        Err(e) => {
+            out.push_str(&format!("store: {}: PROBLEM: {e}\n", path.display()));
+            return (None, true);
+        }
+    };
+    match store.stats() {
+        Ok(stats) => {
+            out.push_str(&format!(
+                "store: {} ({} on disk, {} in use, cap {})\n",
+                path.display(),
+                human::bytes(stats.file_bytes),
+                human::bytes(stats.used_bytes.max(0) as u64),
+                human::bytes(cap)
+            ));
+            out.push_str(&format!(
+                "dispatches: {} stored ({} of traces), {} waiting to be shipped, {} shipped, {} in \
+                 flight\n",
+                stats.chunks,
+                human::bytes(stats.trace_bytes.max(0) as u64),
+                stats.pending,
+                stats.shipped,
+                in_flight(path)
+            ));
+            (Some(store), false)
+        }
+        Err(e) => {
+            out.push_str(&format!(
+                "store: {}: PROBLEM: {}\n",
+                path.display(),
+                store.read_error(e)
+            ));
+            (None, true)
+        }
+    }
+}
+
 fn status(charm_dir: &Path) -> Result<i32> {
     let loaded = Config::load(charm_dir);
     let path = loaded.config.store_file(charm_dir);
+    let now = std::time::SystemTime::now();
     let mut out = String::new();
-    let store = existing_store(charm_dir)?;
+    let mut problems = 0;
     let disabled_in_store = crate::store::disabled_flag(&path).exists();
     let tracing = if !loaded.config.enabled {
         format!("disabled (enabled: false in {CONFIG_FILE})")
@@ -250,34 +512,27 @@ fn status(charm_dir: &Path) -> Result<i32> {
     out.push_str(&format!(
         "config: {}\n",
         match (&loaded.problem, loaded.present) {
-            (Some(problem), _) => format!("PROBLEM: {problem}"),
+            (Some(problem), _) => {
+                problems += 1;
+                format!("PROBLEM: {problem}")
+            }
             (None, true) => format!("{} (ok)", charm_dir.join(CONFIG_FILE).display()),
             (None, false) => "defaults (no dispatch-trace.yaml)".to_string(),
         }
     ));
-    match &store {
-        None => out.push_str(&format!("store: {} (not created yet)\n", path.display())),
-        Some(store) => {
-            let stats = store.stats()?;
-            out.push_str(&format!(
-                "store: {} ({} on disk; {} of traces, cap {})\n",
-                path.display(),
-                human_bytes(stats.file_bytes),
-                human_bytes(stats.used_bytes.max(0) as u64),
-                human_bytes(loaded.config.store_max_bytes)
-            ));
-            out.push_str(&format!(
-                "dispatches: {} stored, {} waiting to be shipped, {} shipped, {} in flight\n",
-                stats.chunks,
-                stats.pending,
-                stats.shipped,
-                in_flight(&path)
-            ));
-        }
+    let (store, store_problem) = describe_store(&path, loaded.config.store_max_bytes, &mut out);
+    problems += usize::from(store_problem);
+    for copy in crate::store_file::moved_aside(&path) {
+        out.push_str(&format!(
+            "moved aside: {} ({}, {}): a damaged store, kept for a look\n",
+            copy.path.display(),
+            human::bytes(copy.bytes),
+            human::utc_and_relative(copy.when, now)
+        ));
     }
     let env = crate::wrapper::export_environment();
     let stored = match &store {
-        Some(store) => stored_destination(store)?,
+        Some(store) => stored_destination(store).map_err(|e| store.read_error(e))?,
         None => None,
     };
     let relation = store.as_ref().and_then(cached_relation);
@@ -291,7 +546,7 @@ fn status(charm_dir: &Path) -> Result<i32> {
                     String::new()
                 },
                 match &answer.url {
-                    Some(url) => format!("provider publishes {url}"),
+                    Some(url) => format!("provider publishes {}", destination::redact_url(url)),
                     None => "no otlp_http receiver published yet".to_string(),
                 }
             )),
@@ -304,13 +559,20 @@ fn status(charm_dir: &Path) -> Result<i32> {
             ));
         }
     }
-    match destination::resolve(&env, &loaded.config, stored.as_ref(), relation.as_ref()) {
+    let resolved = destination::resolve(&env, &loaded.config, stored.as_ref(), relation.as_ref());
+    match resolved.map(destination::usable) {
         None if destination::waits_for_ca(relation.as_ref()) => out.push_str(
             "destination: waiting for the CA certificate from the certificate_transfer relation \
              (the tracing relation's URL is https; traces are kept in the local store)\n",
         ),
         None => out.push_str("destination: none (traces are kept in the local store only)\n"),
-        Some(destination) => {
+        Some(Err(why)) => {
+            problems += 1;
+            out.push_str(&format!(
+                "destination: PROBLEM: {why}; traces are kept in the local store\n"
+            ));
+        }
+        Some(Ok(destination)) => {
             out.push_str(&format!(
                 "destination: {} (from {}; CA: {})\n",
                 destination::redact_url(&destination.url),
@@ -324,18 +586,27 @@ fn status(charm_dir: &Path) -> Result<i32> {
             out.push_str(&format!("protocol: {protocol}\n"));
             if let Some(store) = &store {
                 if let Some((failures, until)) = export::backoff_state(store, &destination) {
+                    let until = human::from_unix_secs(until);
+                    let next = if until > now {
+                        format!("next try {}", human::utc_and_relative(until, now))
+                    } else {
+                        "the next hook tries again".to_string()
+                    };
                     out.push_str(&format!(
-                        "backoff: {failures} failed export(s); next try after unix time {until}\n"
+                        "backoff: {failures} failed export(s) in a row; {next}\n"
                     ));
                 }
             }
         }
     }
-    if let Some(last) = store.as_ref().and_then(export::last_result) {
-        out.push_str(&format!("last export: {last}\n"));
+    if let Some((last, when)) = store.as_ref().and_then(export::last_result) {
+        let when = when.map_or(String::new(), |when| {
+            format!(" ({})", human::utc_and_relative(when, now))
+        });
+        out.push_str(&format!("last export: {last}{when}\n"));
     }
     print(&out)?;
-    Ok(0)
+    Ok(if problems > 0 { 1 } else { 0 })
 }
 
 /// The relations' answer cached by the last dispatch that read them.
@@ -347,7 +618,7 @@ fn cached_relation(store: &Store) -> Option<crate::relation::Answer> {
         .and_then(|json| serde_json::from_str(&json).ok())
 }
 
-fn stored_destination(store: &Store) -> Result<Option<destination::Stored>> {
+fn stored_destination(store: &Store) -> rusqlite::Result<Option<destination::Stored>> {
     Ok(store
         .setting(destination::SETTING)?
         .map(|text| destination::Stored::decode(&text)))
@@ -370,11 +641,17 @@ fn set_destination(charm_dir: &Path, args: &[String]) -> Result<i32> {
                 return Err(usage(format!("set-destination: unknown option {flag:?}")))
             }
             value if url.is_none() => url = Some(value.to_string()),
-            extra => return Err(usage(format!("set-destination: unexpected {extra:?}"))),
+            extra => {
+                return Err(usage(format!(
+                    "set-destination: unexpected {:?}",
+                    destination::redact_url(extra)
+                )))
+            }
         }
     }
     let url = url.ok_or_else(|| usage("set-destination needs a URL"))?;
-    destination::validate_url(&url).map_err(usage)?;
+    let url =
+        destination::parse_url(&url).map_err(|why| usage(destination::bad_url(&url, &why)))?;
     let ca_file = match ca_file {
         Some(path) => {
             let path = std::fs::canonicalize(&path)
@@ -389,30 +666,55 @@ fn set_destination(charm_dir: &Path, args: &[String]) -> Result<i32> {
         None => None,
     };
     let wanted = destination::Stored { url, ca_file };
-    let store = Store::open(&store_path(charm_dir)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = store_path(charm_dir);
+    let _lock = hold_dispatch_lock(&path)?;
+    let store = store_to_write(&path)?;
     if stored_destination(&store)?.as_ref() == Some(&wanted) {
         print("destination unchanged\n")?;
-        return Ok(0);
+    } else {
+        // The old URL may hold a credential: no copy of it may stay behind.
+        store
+            .set_setting_erasing_old(destination::SETTING, Some(&wanted.encode()))
+            .context("storing the destination")?;
+        export::reset_backoff(&store);
+        print(&format!(
+            "destination set to {}\n",
+            destination::redact_url(&wanted.url)
+        ))?;
     }
-    store.set_setting(destination::SETTING, Some(&wanted.encode()))?;
-    export::reset_backoff(&store);
-    print(&format!(
-        "destination set to {}\n",
-        destination::redact_url(&wanted.url)
-    ))?;
+    // Say so when another source wins over what was just set.
+    let loaded = Config::load(charm_dir);
+    let env = crate::wrapper::export_environment();
+    if let Some(winner) = destination::resolve(&env, &loaded.config, Some(&wanted), None) {
+        if winner.source != destination::Source::SetDestination {
+            eprintln!(
+                "dispatch: note: {} takes precedence over set-destination: traces go to {} while \
+                 it is set",
+                winner.source.describe(),
+                destination::redact_url(&winner.url)
+            );
+        }
+    }
     Ok(0)
 }
 
 fn clear_destination(charm_dir: &Path) -> Result<i32> {
-    let Some(store) = existing_store(charm_dir)? else {
-        print("no destination was set\n")?;
-        return Ok(0);
+    let path = store_path(charm_dir);
+    let set = match store_to_read(&path)? {
+        Some(store) => stored_destination(&store)
+            .map_err(|e| store.read_error(e))?
+            .is_some(),
+        None => false,
     };
-    if stored_destination(&store)?.is_none() {
+    if !set {
         print("no destination was set\n")?;
         return Ok(0);
     }
-    store.set_setting(destination::SETTING, None)?;
+    let _lock = hold_dispatch_lock(&path)?;
+    let store = store_to_write(&path)?;
+    store
+        .set_setting_erasing_old(destination::SETTING, None)
+        .context("erasing the destination")?;
     export::reset_backoff(&store);
     print("destination cleared\n")?;
     Ok(0)
@@ -421,10 +723,15 @@ fn clear_destination(charm_dir: &Path) -> Result<i32> {
 /// Ships everything waiting, ignoring backoff; exit 1 if something could not be sent.
 fn flush(charm_dir: &Path) -> Result<i32> {
     let loaded = Config::load(charm_dir);
-    let Some(mut store) = existing_store(charm_dir)? else {
+    let path = loaded.config.store_file(charm_dir);
+    // Flush writes (what was shipped), but it never creates a store to ship nothing from.
+    if store_to_read(&path).is_ok_and(|store| store.is_none()) {
         print("nothing to ship: no traces recorded yet\n")?;
         return Ok(0);
-    };
+    }
+    // Not while a dispatch exports the same backlog (both would send it): wait for its lock.
+    let _lock = hold_dispatch_lock(&path)?;
+    let mut store = store_to_write(&path)?;
     let env = crate::wrapper::export_environment();
     let stored = stored_destination(&store)?;
     let relation = cached_relation(&store);
@@ -436,15 +743,7 @@ fn flush(charm_dir: &Path) -> Result<i32> {
         }
         bail!("no destination: set one with `dispatch set-destination URL` or relate the charm to a tracing provider");
     };
-    // Not while a dispatch exports the same backlog (both would send it): wait for its lock.
-    let _lock = crate::inflight::Inflight::lock(
-        &store_path(charm_dir),
-        std::time::Duration::from_secs(10),
-        0,
-    )
-    .ok()
-    .filter(crate::inflight::Inflight::holds_lock)
-    .ok_or_else(|| anyhow::anyhow!("a dispatch is running and holds the store; try again"))?;
+    let destination = destination::usable(destination).map_err(|why| anyhow::anyhow!(why))?;
     // A person asked: whatever backoff there was is over, sent or not.
     export::reset_backoff(&store);
     let http = crate::transport::Http::new(&destination, &env)
@@ -473,18 +772,6 @@ fn flush(charm_dir: &Path) -> Result<i32> {
         bail!("ran out of time; run `dispatch flush` again to send the rest");
     }
     Ok(0)
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const KIB: f64 = 1024.0;
-    let b = bytes as f64;
-    if b < KIB {
-        format!("{bytes} B")
-    } else if b < KIB * KIB {
-        format!("{:.1} KiB", b / KIB)
-    } else {
-        format!("{:.1} MiB", b / KIB / KIB)
-    }
 }
 
 /// Dispatches recorded as started and not finished: running now, or killed and waiting for
@@ -525,6 +812,41 @@ fn set_enabled(charm_dir: &Path, enabled: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// Whether hooks will be able to keep their traces at `store_path`: a store of ours, or a
+/// place one can be created. (An absolute path whose directory does not exist here may be
+/// charm storage that exists only on the unit: a note, not a problem.)
+fn check_store_path(
+    charm_dir: &Path,
+    config: &Config,
+    notes: &mut Vec<String>,
+    problems: &mut Vec<String>,
+) {
+    let path = config.store_file(charm_dir);
+    match Store::open_to_read(&path) {
+        Ok(Some(_)) => notes.push(format!("store: {} (a trace store)", path.display())),
+        Ok(None) => match why_not_creatable(&path) {
+            None => notes.push(format!(
+                "store: {} (the first hook creates it)",
+                path.display()
+            )),
+            Some(why)
+                if config.store_path.as_ref().is_some_and(|p| p.is_absolute())
+                    && path.parent().is_some_and(|dir| !dir.exists()) =>
+            {
+                notes.push(format!(
+                    "store: {} ({why} here; it must exist on the unit, e.g. as charm storage)",
+                    path.display()
+                ))
+            }
+            Some(why) => problems.push(format!(
+                "store_path {}: no store can be created there: {why}",
+                path.display()
+            )),
+        },
+        Err(e) => problems.push(e.to_string()),
+    }
+}
+
 fn check_config(charm_dir: &Path) -> Result<i32> {
     let loaded = Config::load(charm_dir);
     let mut problems: Vec<String> = loaded.problem.into_iter().collect();
@@ -547,6 +869,7 @@ fn check_config(charm_dir: &Path) -> Result<i32> {
             target::ORIGINAL_DISPATCH
         )),
     }
+    check_store_path(charm_dir, &loaded.config, &mut notes, &mut problems);
     if !charm_dir.join(crate::shims::SHIM_BINARY).exists() {
         problems.push(format!(
             "{} is missing beside dispatch: hook-tool calls would not be traced",

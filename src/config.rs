@@ -148,11 +148,9 @@ impl Config {
             return Err("store_max_bytes must be at least 65536".into());
         }
         if let Some(endpoint) = &self.endpoint {
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-                return Err(format!(
-                    "endpoint {endpoint:?} must be an http:// or https:// URL"
-                ));
-            }
+            crate::destination::parse_url(endpoint).map_err(|why| {
+                format!("endpoint: {}", crate::destination::bad_url(endpoint, &why))
+            })?;
         }
         Ok(())
     }

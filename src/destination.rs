@@ -105,31 +105,206 @@ impl Stored {
     }
 }
 
-/// The URL without any `user:password@` part, for anything shown or stored: credentials in a
-/// destination or proxy URL must not reach stderr, spans or `dispatch status`.
+/// A URL as it may be shown, logged, put on a span or persisted in a status setting: the
+/// user info (`user:password@`) and every query parameter's value (tokens travel there) and
+/// any fragment replaced by placeholders. The only function that makes a URL presentable:
+/// whatever shows a URL calls it, and what it gets need not even parse.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://<credentials>@{host}{tail}"),
-        None => url.to_string(),
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((rest, _)) => (rest, "#<redacted>"),
+        None => (rest, ""),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("<credentials>@{host}"),
+        None => authority.to_string(),
+    };
+    let query = match query {
+        None => String::new(),
+        Some(query) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) => format!("{key}=<redacted>"),
+                    None if param.is_empty() => String::new(),
+                    None => "<redacted>".to_string(),
+                })
+                .collect();
+            format!("?{}", params.join("&"))
+        }
+    };
+    format!("{scheme}://{authority}{path}{query}{fragment}")
+}
+
+/// `text` (an error message, say) with every secret part of `url` that appears in it
+/// replaced as `redact_url` would: for messages of libraries that quote the URL they failed on.
+pub fn redact_text(text: &str, url: &str) -> String {
+    let mut text = text.replace(url, &redact_url(url));
+    let Some((_, rest)) = url.split_once("://") else {
+        return text;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if let Some((user_info, _)) = authority.rsplit_once('@') {
+        if !user_info.is_empty() {
+            text = text.replace(&format!("{user_info}@"), "<credentials>@");
+        }
+    }
+    if let Some((_, query)) = rest.split('#').next().unwrap_or_default().split_once('?') {
+        if !query.is_empty() {
+            let redacted = redact_url(&format!("x://x?{query}"));
+            text = text.replace(query, redacted.trim_start_matches("x://x?"));
+        }
+    }
+    text
+}
+
+/// A destination URL we can send to: parsed with `http::Uri`, scheme `http` or `https` in any
+/// case, a host that is a DNS name or an IP address, a port from 1 to 65535 if one is given.
+/// Returns the URL to use (the scheme lower-cased, any fragment dropped: it is never sent), or
+/// why it cannot be used (`bad_url` words it with the URL).
+pub fn parse_url(url: &str) -> Result<String, String> {
+    let bad = |why: &str| why.to_string();
+    let trimmed = url.trim();
+    if trimmed.is_empty() {
+        return Err("the URL is empty".into());
+    }
+    // The scheme first: `http::Uri` also takes `host:port/path`, and says only "invalid format"
+    // of much else.
+    match trimmed.split_once("://") {
+        None => return Err(bad("it does not start with http:// or https://")),
+        Some((scheme, _))
+            if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") =>
+        {
+            return Err(bad(&format!("the scheme is {scheme:?}, not http or https")))
+        }
+        Some(_) => {}
+    }
+    let without_fragment = trimmed.split('#').next().unwrap_or_default();
+    let uri: http::Uri = without_fragment
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    let scheme = match uri.scheme_str() {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http") => "http",
+        Some(scheme) if scheme.eq_ignore_ascii_case("https") => "https",
+        Some(other) => return Err(bad(&format!("the scheme is {other:?}, not http or https"))),
+        None => return Err(bad("it does not start with http:// or https://")),
+    };
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    let host_and_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = if let Some(bracketed) = host_and_port.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| bad("an IPv6 address without its closing bracket"))?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad(&format!("[{host}] is not an IPv6 address")));
+        }
+        match after {
+            "" => None,
+            port => match port.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return Err(bad("junk after the IPv6 address")),
+            },
+        }
+    } else {
+        let (host, port) = match host_and_port.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_and_port, None),
+        };
+        check_host(host).map_err(|why| bad(&why))?;
+        port
+    };
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(1..) => {}
+            _ => {
+                return Err(bad(&format!(
+                    "the port {port:?} is not a number from 1 to 65535"
+                )))
+            }
+        }
+    }
+    let rest = &without_fragment[without_fragment.find("://").map_or(0, |i| i + 3)..];
+    Ok(format!("{scheme}://{rest}"))
+}
+
+/// A host name (DNS labels of letters, digits, `-` and `_`, not starting or ending with `-`) or
+/// an IPv4 address; bracketed IPv6 addresses are checked by the caller.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("it has no host".into());
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return host
+            .parse::<std::net::Ipv4Addr>()
+            .map(drop)
+            .map_err(|_| format!("{host} is not an IPv4 address"));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(format!("{host:?} is not a valid host name"));
+    }
+    Ok(())
+}
+
+/// Whether `destination` can be sent to; with the URL to use when it can. The reason when it
+/// cannot names where the URL came from, for the operator's one line and `dispatch status`.
+pub fn usable(destination: Destination) -> Result<Destination, String> {
+    match parse_url(&destination.url) {
+        Ok(url) => Ok(Destination { url, ..destination }),
+        Err(why) => Err(format!(
+            "the destination from {} is not a usable URL: {} ({why})",
+            destination.source.describe(),
+            redact_url(&destination.url)
+        )),
     }
 }
 
-/// Checks a URL is one we can send to.
-pub fn validate_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if host.is_empty() {
-        return Err(format!("{url:?} has no host"));
+/// `<url, redacted> is not a usable URL: <why>`.
+pub fn bad_url(url: &str, why: &str) -> String {
+    format!("{} is not a usable URL: {why}", redact_url(url))
+}
+
+/// What identifies a destination in the store's settings (its backoff, what it refused): a
+/// digest of the URL and its CA, so that a change of either (a new password, a new
+/// certificate) counts as a new destination, and no credential is written down a second time.
+/// SHA-256 (ring, already linked for TLS) is stable across builds and versions, which a
+/// persisted key must be.
+pub fn key(destination: &Destination) -> String {
+    let mut input = destination.url.as_bytes().to_vec();
+    input.push(0);
+    match &destination.ca {
+        Ca::System => input.extend_from_slice(b"system"),
+        Ca::File(path) => {
+            input.extend_from_slice(b"file:");
+            input.extend_from_slice(path.as_os_str().as_encoded_bytes());
+        }
+        Ca::Pem { pem, .. } => {
+            input.extend_from_slice(b"pem:");
+            input.extend_from_slice(pem.as_bytes());
+        }
     }
-    Ok(())
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn non_empty<'a>(env: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
@@ -422,7 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn credentials_are_taken_out_of_urls_before_they_are_shown() {
+    fn credentials_and_query_values_are_taken_out_of_urls_before_they_are_shown() {
         assert_eq!(
             redact_url("https://user:s3cret@tempo:4318/v1/traces"),
             "https://<credentials>@tempo:4318/v1/traces"
@@ -432,15 +607,102 @@ mod tests {
             "http://tempo:4318/v1/traces"
         );
         assert_eq!(redact_url("http://a/b@c"), "http://a/b@c");
+        assert_eq!(
+            redact_url("http://u:p@h:1/v1/traces?token=abc&x=1&bare#frag"),
+            "http://<credentials>@h:1/v1/traces?token=<redacted>&x=<redacted>&<redacted>#<redacted>"
+        );
+        assert_eq!(redact_url("http://h/?"), "http://h/?");
+        assert_eq!(redact_url("not a url"), "not a url");
     }
 
     #[test]
-    fn urls_are_validated() {
-        assert!(validate_url("http://tempo:4318/v1/traces").is_ok());
-        assert!(validate_url("https://10.0.0.1/v1/traces").is_ok());
-        assert!(validate_url("tempo:4318").is_err());
-        assert!(validate_url("ftp://x/").is_err());
-        assert!(validate_url("http:///v1/traces").is_err());
+    fn secrets_of_a_url_are_taken_out_of_any_text_that_quotes_it() {
+        let url = "http://us3r:p4ss@h:1/v1/traces?token=t0ken";
+        for text in [
+            format!("failed: {url}"),
+            "auth us3r:p4ss@h:1 refused".to_string(),
+            "query token=t0ken refused".to_string(),
+        ] {
+            let clean = redact_text(&text, url);
+            for secret in ["us3r", "p4ss", "t0ken"] {
+                assert!(!clean.contains(secret), "{secret} in {clean}");
+            }
+        }
+    }
+
+    #[test]
+    fn urls_are_parsed_with_scheme_host_and_port_checked() {
+        assert_eq!(
+            parse_url("http://tempo:4318/v1/traces").unwrap(),
+            "http://tempo:4318/v1/traces"
+        );
+        assert_eq!(
+            parse_url("HTTP://Tempo:4318/v1/traces").unwrap(),
+            "http://Tempo:4318/v1/traces"
+        );
+        assert_eq!(
+            parse_url("https://10.0.0.1/v1/traces#x").unwrap(),
+            "https://10.0.0.1/v1/traces"
+        );
+        assert!(parse_url("http://[fd00::1]:4318/v1/traces").is_ok());
+        assert!(parse_url("http://u:p@tempo.cos.svc.cluster.local./v1/traces").is_ok());
+        for (bad, why) in [
+            ("http://[::1", "invalid authority"),
+            ("http://127.0.0.1:99999/v1/traces", "port \"99999\""),
+            ("http://exa mple.com/v1/traces", "invalid uri character"),
+            ("tempo:4318", "http:// or https://"),
+            ("ftp://x/", "\"ftp\""),
+            ("http:///v1/traces", ""),
+            ("http://tempo:/x", "port \"\""),
+            ("http://tempo:0/x", "port \"0\""),
+            ("http://999.1.1.1/x", "not an IPv4 address"),
+            ("http://-tempo/x", "not a valid host name"),
+            ("http://[fd00::zz]/x", "not an IPv6 address"),
+            ("", "empty"),
+        ] {
+            let error = parse_url(bad).expect_err(bad);
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        let url = "http://user:s3cret@:99/x?token=t0k";
+        let error = bad_url(url, &parse_url(url).unwrap_err());
+        assert!(
+            !error.contains("s3cret") && !error.contains("t0k"),
+            "{error}"
+        );
+        let error = usable(Destination {
+            url: url.into(),
+            ca: Ca::System,
+            source: Source::Relation,
+        })
+        .unwrap_err();
+        assert!(error.contains("tracing relation"), "{error}");
+        assert!(
+            !error.contains("s3cret") && !error.contains("t0k"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_destination_key_is_stable_and_holds_no_credential() {
+        let d = Destination {
+            url: "http://user:s3cret@tempo:4318/v1/traces".into(),
+            ca: Ca::System,
+            source: Source::SetDestination,
+        };
+        let k = key(&d);
+        assert_eq!(k.len(), 32);
+        assert!(!k.contains("s3cret") && !k.contains("tempo"));
+        assert_eq!(k, key(&d.clone()));
+        let other_password = Destination {
+            url: "http://user:other@tempo:4318/v1/traces".into(),
+            ..d.clone()
+        };
+        assert_ne!(key(&other_password), k);
+        let other_ca = Destination {
+            ca: Ca::File("/ca.pem".into()),
+            ..d
+        };
+        assert_ne!(key(&other_ca), k);
     }
 
     #[test]

@@ -166,18 +166,30 @@ pub fn reset_backoff(store: &Store) {
     let _ = store.set_setting(KEY_BACKOFF, None);
 }
 
-/// The last export's outcome, for `dispatch status`.
-pub fn last_result(store: &Store) -> Option<String> {
-    store.setting(KEY_LAST).ok().flatten()
+/// The last export's outcome, for `dispatch status`: what happened (URLs redacted) and when.
+pub fn last_result(store: &Store) -> Option<(String, Option<SystemTime>)> {
+    let text = store.setting(KEY_LAST).ok().flatten()?;
+    // `<unix secs>\t<summary>`; earlier versions wrote `<summary> at <unix secs>`.
+    if let Some((secs, summary)) = text.split_once('\t') {
+        if let Ok(secs) = secs.parse::<u64>() {
+            return Some((
+                summary.to_string(),
+                Some(crate::human::from_unix_secs(secs)),
+            ));
+        }
+    }
+    match text.rsplit_once(" at ") {
+        Some((summary, secs)) if secs.bytes().all(|b| b.is_ascii_digit()) && !secs.is_empty() => {
+            let when = secs.parse().ok().map(crate::human::from_unix_secs);
+            Some((crate::destination::redact_url(summary), when))
+        }
+        _ => Some((text, None)),
+    }
 }
 
-/// What identifies a destination for its backoff: the URL and its CA, so that fixing either
-/// (a new certificate from the relation, another `--ca-file`) counts as a new destination.
+/// What identifies a destination for its backoff and what it refused (`destination::key`).
 pub fn backoff_key(destination: &Destination) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    destination.ca.hash(&mut hasher);
-    format!("{}#{:016x}", destination.url, hasher.finish())
+    crate::destination::key(destination)
 }
 
 /// Whether the destination is backing off now (no request should be made).
@@ -416,14 +428,15 @@ fn record(store: &Store, destination: &Destination, report: &Report, backoff: Op
         None if report.requests == 0 => return,
         None => format!(
             "ok: {} dispatches sent to {}",
-            report.chunks_sent, destination.url
+            report.chunks_sent,
+            crate::destination::redact_url(&destination.url)
         ),
         Some(failure) => format!(
             "failed after sending {} dispatches: {}",
             report.chunks_sent, failure.cause
         ),
     };
-    let _ = store.set_setting(KEY_LAST, Some(&format!("{} at {}", summary, now_secs())));
+    let _ = store.set_setting(KEY_LAST, Some(&format!("{}\t{summary}", now_secs())));
     // A destination that took some chunks and refused others for their content is working:
     // no backoff for it. One that refuses everything may well be misconfigured: back off.
     let working = !report.stopped_by_failure && report.chunks_sent > 0;

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod destination;
 pub mod export;
+pub mod human;
 pub mod inflight;
 pub mod juju;
 pub mod loopback;
@@ -23,6 +24,7 @@ pub mod shims;
 pub mod spans;
 pub mod state_dir;
 pub mod store;
+pub mod store_file;
 pub mod supervise;
 pub mod target;
 #[cfg(test)]

@@ -19,8 +19,9 @@
 //!   what the file needs, so the file stops growing at the cap. Over it, eviction removes
 //!   shipped rows first (oldest first), then pending rows by lowest priority, oldest first;
 //!   the chunk being added is never evicted by its own insertion.
-//! - The file is created 0600 and never followed through a symlink; one another user owns is
-//!   refused, and ours is made 0600 again (with its -wal/-shm) if it was opened up.
+//! - The file is created 0600, marked ours (`PRAGMA application_id`, and the birth record in
+//!   `<db>.lock`), and never followed through a symlink; one another user owns is refused, and
+//!   ours is made 0600 again (with its -wal/-shm) if it was opened up.
 //!
 //! # Performance
 //! WAL with `synchronous=NORMAL` (no fsync per commit), no checkpoint on close, and a small
@@ -34,20 +35,26 @@
 //! transaction after it.
 //!
 //! # Failure handling
-//! A file SQLite reports as corrupt or not a database, on open or on a write, is moved aside
-//! (to `<db>.corrupt`, with its -wal/-shm; one copy kept) and recreated. A schema newer than
-//! this binary (a downgrade) is left alone: the caller goes on without a store. Lock waits are
-//! short and bounded. Migration: `MIGRATIONS` upgrades older versions in place inside one
-//! transaction and bumps `user_version` (1 -> 2 adds `chunk_by_start`).
+//! Whose file is at the path is decided first (`store_file`: our application id in the
+//! header, or our birth record beside it); a file that is not ours is never touched. A store
+//! of ours that SQLite reports as corrupt or not a database, on open or on a write, is moved
+//! aside by an open to write (`<db>.corrupt-<UTC time>`, with its -wal/-shm; the newest two
+//! kept) and recreated; an open to read (`dispatch status`, `traces`) reports it and leaves it.
+//! A schema newer than this binary (a downgrade) is left alone: the caller goes on without a
+//! store. Lock waits are short and bounded. Migration: `MIGRATIONS` upgrades older versions in
+//! place inside one transaction and bumps `user_version` (1 -> 2 adds `chunk_by_start`); a
+//! store from before application ids gets ours then.
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+
+use crate::store_file::{self, Found};
+pub use crate::store_file::{create_private_file, with_suffix};
 
 pub const SCHEMA_VERSION: i32 = 2;
 
@@ -89,21 +96,51 @@ pub enum Priority {
     Failed = 2,
 }
 
-/// Why the store cannot be used for this dispatch.
+/// Why the store cannot be used.
 #[derive(Debug)]
 pub enum OpenError {
     /// Written by a newer version of dispatch; left untouched.
-    NewerSchema(i32),
+    NewerSchema {
+        path: PathBuf,
+        version: i32,
+    },
+    /// The path names a file that is not a store of ours; left untouched.
+    Foreign {
+        path: PathBuf,
+        what: String,
+    },
+    /// A store of ours that no longer reads (only a reading open reports this: an open to
+    /// write moves it aside instead).
+    Damaged {
+        path: PathBuf,
+        cause: String,
+    },
     Unusable(anyhow::Error),
 }
+
+impl std::error::Error for OpenError {}
 
 impl std::fmt::Display for OpenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            OpenError::NewerSchema(v) => write!(
+            OpenError::NewerSchema { path, version } => write!(
                 f,
-                "the trace store has schema version {v}, newer than this dispatch understands \
-                 ({SCHEMA_VERSION}); it is left as is and this dispatch is not stored"
+                "the trace store {} has schema version {version}, newer than this dispatch \
+                 understands ({SCHEMA_VERSION}); it is left as is and this dispatch is not stored",
+                path.display()
+            ),
+            OpenError::Foreign { path, what } => write!(
+                f,
+                "store_path {} names a file that is not a trace store ({what}); it is left \
+                 untouched: point store_path in {} elsewhere",
+                path.display(),
+                crate::config::CONFIG_FILE
+            ),
+            OpenError::Damaged { path, cause } => write!(
+                f,
+                "the trace store {} is damaged ({cause}); the next hook moves it aside and \
+                 starts a new one",
+                path.display()
             ),
             OpenError::Unusable(e) => write!(f, "the trace store cannot be used: {e:#}"),
         }
@@ -153,6 +190,8 @@ pub struct Stats {
     pub chunks: i64,
     pub pending: i64,
     pub shipped: i64,
+    /// Bytes of the stored traces themselves.
+    pub trace_bytes: i64,
     /// Bytes of pages in use: what the size cap limits.
     pub used_bytes: i64,
     pub file_bytes: u64,
@@ -168,75 +207,196 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store.
+    /// Opens the store to write, creating it if needed (hooks and the tool-mode commands that
+    /// write). A damaged store of ours is moved aside and a new one started (a note says so);
+    /// a file that is not ours is refused, untouched.
     pub fn open(path: &Path) -> Result<Store, OpenError> {
-        let mut notes = Vec::new();
-        match Store::open_once(path) {
+        match Store::open_to_write(path) {
             Ok(store) => Ok(store),
-            Err(OpenFailure::Corrupt(e)) => {
-                quarantine(path).map_err(|q| OpenError::Unusable(q.context(format!("{e:#}"))))?;
-                notes.push(format!(
-                    "the trace store {} was unreadable ({e:#}); moved it aside to {} and started \
-                     a new one",
-                    path.display(),
-                    corrupt_copy(path, "").display()
-                ));
-                let mut store = Store::open_once(path).map_err(OpenFailure::into_error)?;
-                store.notes = notes;
-                Ok(store)
-            }
-            Err(other) => Err(other.into_error()),
+            Err(OpenFailure::Damaged(cause)) => Store::replace_damaged(path, &cause),
+            Err(other) => Err(other.into_error(path)),
         }
     }
 
-    fn open_once(path: &Path) -> Result<Store, OpenFailure> {
-        let (file, was_open) = open_private(path).map_err(|e| {
-            let context = if e.raw_os_error() == Some(libc::ELOOP) {
-                format!("{} is a symlink; refusing to follow it", path.display())
-            } else {
-                format!("opening {}", path.display())
-            };
-            OpenFailure::Other(anyhow::Error::new(e).context(context))
+    /// Moves the damaged store at `path` aside and starts a new one.
+    fn replace_damaged(path: &Path, cause: &str) -> Result<Store, OpenError> {
+        let aside = store_file::move_aside(path).map_err(|e| {
+            OpenError::Unusable(anyhow::Error::new(e).context(format!(
+                "the trace store {} is damaged ({cause})",
+                path.display()
+            )))
         })?;
-        let file = file.metadata().map_err(|e| OpenFailure::Other(e.into()))?;
-        if was_open {
-            // SQLite gives a new -wal/-shm the store's mode, so existing ones were as open.
-            for suffix in ["-wal", "-shm"] {
-                if let Ok(side) = std::fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(with_suffix(path, suffix))
-                {
+        let mut store = Store::open_to_write(path).map_err(|e| e.into_error(path))?;
+        store.notes.push(format!(
+            "the trace store {} was damaged ({cause}); moved it aside to {} and started a new one",
+            path.display(),
+            aside.display()
+        ));
+        Ok(store)
+    }
+
+    fn open_to_write(path: &Path) -> Result<Store, OpenFailure> {
+        let other = |e: io::Error| {
+            OpenFailure::Other(anyhow::anyhow!(
+                "{}",
+                if e.to_string().contains(&*path.to_string_lossy()) {
+                    e.to_string()
+                } else {
+                    format!("{}: {e}", path.display())
+                }
+            ))
+        };
+        let file = store_file::open_or_create(path).map_err(other)?;
+        let meta = file.metadata().map_err(other)?;
+        store_file::check_owner(&meta, path).map_err(other)?;
+        let found = store_file::judge(&file, &meta, path);
+        if let Found::Foreign(what) = &found {
+            return Err(OpenFailure::Foreign(what.clone()));
+        }
+        let conn = match &found {
+            Found::Unmarked => {
+                let conn = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(OpenFailure::classify)?;
+                if !ours_to_use(&conn) {
+                    return Err(OpenFailure::Foreign(
+                        "an SQLite database without trace tables".into(),
+                    ));
+                }
+                Some(conn)
+            }
+            _ => None,
+        };
+        // Ours from here on: private again if someone opened it up (a restore from a backup,
+        // a careless chmod), damaged or not. SQLite gives a new -wal/-shm the store's mode,
+        // so existing ones were as open.
+        if meta.mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(other)?;
+            for suffix in store_file::SIDE_FILES {
+                if let Ok(side) = store_file::open_to_read(&with_suffix(path, suffix)) {
                     let _ = side.set_permissions(std::fs::Permissions::from_mode(0o600));
                 }
             }
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(OpenFailure::classify)?;
+        if let Found::Damaged(cause) = &found {
+            return Err(OpenFailure::Damaged(cause.clone()));
+        }
+        let conn = match conn {
+            Some(conn) => conn,
+            None => Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(OpenFailure::classify)?,
+        };
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(OpenFailure::classify)?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(OpenFailure::classify)?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;")
-            .map_err(OpenFailure::classify)?;
+        // secure_delete=FAST: bytes freed inside a page are zeroed (no extra I/O), so a value
+        // that was replaced leaves no copy in the page it lived in.
+        conn.execute_batch(
+            "PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=0; PRAGMA secure_delete=FAST;",
+        )
+        .map_err(OpenFailure::classify)?;
         let version: i32 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(OpenFailure::classify)?;
         if version > SCHEMA_VERSION {
             return Err(OpenFailure::Newer(version));
         }
-        if version < SCHEMA_VERSION {
+        if version < SCHEMA_VERSION || found != Found::Ours {
             initialize(&conn).map_err(OpenFailure::classify)?;
+            // The header with our id goes into the main file now (where `store_file::judge`
+            // reads it), not at some later checkpoint; and the birth record vouches for the
+            // file should its header ever be lost.
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(OpenFailure::classify)?;
+            // Best effort: with the id in the header the store is ours without it, and a lock
+            // file we cannot write is already the dispatch lock's problem to report.
+            let _ = store_file::record_birth(path, &meta);
         }
         Ok(Store {
             conn,
             path: path.to_path_buf(),
-            file: Some((file.dev(), file.ino())),
+            file: Some((meta.dev(), meta.ino())),
             notes: Vec::new(),
         })
+    }
+
+    /// Opens an existing store to read only (`dispatch status`, `traces`, and a peek before
+    /// the child): nothing is created, migrated, moved or repaired. `Ok(None)`: there is no
+    /// store yet. A damaged store is reported (`OpenError::Damaged`), left where it is.
+    pub fn open_to_read(path: &Path) -> Result<Option<Store>, OpenError> {
+        let other = |e: io::Error| OpenError::Unusable(anyhow::anyhow!("{}: {e}", path.display()));
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(other(e)),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(OpenError::Unusable(anyhow::anyhow!(
+                "{} is a symlink; refusing to follow it",
+                path.display()
+            )));
+        }
+        if meta.is_dir() {
+            return Err(OpenError::Foreign {
+                path: path.to_path_buf(),
+                what: "a directory".into(),
+            });
+        }
+        let file = store_file::open_to_read(path).map_err(other)?;
+        let meta = file.metadata().map_err(other)?;
+        store_file::check_owner(&meta, path).map_err(|e| OpenError::Unusable(e.into()))?;
+        let found = store_file::judge(&file, &meta, path);
+        match found {
+            Found::Empty => return Ok(None),
+            Found::Foreign(what) => {
+                return Err(OpenError::Foreign {
+                    path: path.to_path_buf(),
+                    what,
+                })
+            }
+            Found::Damaged(cause) => {
+                return Err(OpenError::Damaged {
+                    path: path.to_path_buf(),
+                    cause,
+                })
+            }
+            Found::Ours | Found::Unmarked => {}
+        }
+        let failed = |e: rusqlite::Error| OpenFailure::classify(e).into_error(path);
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(failed)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(failed)?;
+        if found == Found::Unmarked && !ours_to_use(&conn) {
+            return Err(OpenError::Foreign {
+                path: path.to_path_buf(),
+                what: "an SQLite database without trace tables".into(),
+            });
+        }
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(failed)?;
+        if version > SCHEMA_VERSION {
+            return Err(OpenError::NewerSchema {
+                path: path.to_path_buf(),
+                version,
+            });
+        }
+        Ok(Some(Store {
+            conn,
+            path: path.to_path_buf(),
+            file: Some((meta.dev(), meta.ino())),
+            notes: Vec::new(),
+        }))
     }
 
     /// Whether the path no longer names the file this store has open: deleted or replaced
@@ -250,39 +410,28 @@ impl Store {
         }
     }
 
-    /// Opens an existing store for reading only: no creation, no schema change, no moving a
-    /// damaged file aside (for a peek that must not race the dispatch's own open).
-    pub fn open_read_only(path: &Path) -> Option<Store> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .ok()?;
-        conn.busy_timeout(BUSY_TIMEOUT).ok()?;
-        let version: i32 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .ok()?;
-        (version == SCHEMA_VERSION).then(|| Store {
-            conn,
-            path: path.to_path_buf(),
-            file: None,
-            notes: Vec::new(),
-        })
-    }
-
     /// For corruption SQLite only notices past the header (a write fails "malformed"): closes
-    /// this store, moves the file aside and opens a fresh one.
+    /// this store, moves the file aside and opens a fresh one. (The header vouched for it.)
     pub fn quarantine_and_reopen(self, cause: &rusqlite::Error) -> Result<Store, OpenError> {
         let path = self.path.clone();
         drop(self);
-        quarantine(&path).map_err(OpenError::Unusable)?;
-        let mut store = Store::open(&path)?;
-        store.notes.push(format!(
-            "the trace store {} was damaged ({cause}); moved it aside to {} and started a new one",
-            path.display(),
-            corrupt_copy(&path, "").display()
-        ));
-        Ok(store)
+        Store::replace_damaged(&path, &cause.to_string())
+    }
+
+    /// What a failed query means for a person reading the store: a damaged store is said to
+    /// be so (and what happens next), anything else as it is.
+    pub fn read_error(&self, error: rusqlite::Error) -> OpenError {
+        if is_corruption(&error) {
+            OpenError::Damaged {
+                path: self.path.clone(),
+                cause: error.to_string(),
+            }
+        } else {
+            OpenError::Unusable(
+                anyhow::Error::new(error)
+                    .context(format!("reading the trace store {}", self.path.display())),
+            )
+        }
     }
 
     /// Keeps the WAL short (see the module docs): checkpoints and truncates it when it holds
@@ -395,6 +544,28 @@ impl Store {
             .optional()
     }
 
+    /// Sets (or removes) a setting so that no copy of its old value stays in any file of the
+    /// store: SQLite keeps deleted bytes in free space and old pages in the WAL unless told
+    /// otherwise. For the destination, whose URL may carry a credential (README, *Shipping*).
+    /// Needs the dispatch lock (no reader may hold the WAL), and fails if it cannot truncate.
+    pub fn set_setting_erasing_old(&self, key: &str, value: Option<&str>) -> rusqlite::Result<()> {
+        self.conn.execute_batch("PRAGMA secure_delete = ON")?;
+        let set = self.set_setting(key, value);
+        let _ = self.conn.execute_batch("PRAGMA secure_delete = FAST");
+        set?;
+        // The new page goes into the file and the WAL, old frames and all, is emptied.
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some("the store is in use; the old value may remain until the next try".into()),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn set_setting(&self, key: &str, value: Option<&str>) -> rusqlite::Result<()> {
         match value {
             Some(value) => self.conn.execute(
@@ -478,7 +649,7 @@ impl Store {
         );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(event) = &filter.event {
-            sql.push_str(" AND event = ?");
+            sql.push_str(" AND event GLOB ?");
             args.push(event.clone().into());
         }
         if filter.failed_only {
@@ -497,13 +668,16 @@ impl Store {
 
     pub fn stats(&self) -> rusqlite::Result<Stats> {
         let mut stats = self.conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(state = 1), 0), COALESCE(SUM(state = 2), 0) FROM chunk",
+            "SELECT COUNT(*), COALESCE(SUM(state = 1), 0), COALESCE(SUM(state = 2), 0),
+                    COALESCE(SUM(size), 0)
+             FROM chunk",
             [],
             |r| {
                 Ok(Stats {
                     chunks: r.get(0)?,
                     pending: r.get(1)?,
                     shipped: r.get(2)?,
+                    trace_bytes: r.get(3)?,
                     used_bytes: 0,
                     file_bytes: 0,
                 })
@@ -520,7 +694,8 @@ impl Store {
 }
 
 enum OpenFailure {
-    Corrupt(anyhow::Error),
+    Damaged(String),
+    Foreign(String),
     Newer(i32),
     Other(anyhow::Error),
 }
@@ -528,17 +703,40 @@ enum OpenFailure {
 impl OpenFailure {
     fn classify(error: rusqlite::Error) -> OpenFailure {
         if is_corruption(&error) {
-            OpenFailure::Corrupt(error.into())
+            OpenFailure::Damaged(error.to_string())
         } else {
             OpenFailure::Other(error.into())
         }
     }
 
-    fn into_error(self) -> OpenError {
+    fn into_error(self, path: &Path) -> OpenError {
+        let path = path.to_path_buf();
         match self {
-            OpenFailure::Newer(v) => OpenError::NewerSchema(v),
-            OpenFailure::Corrupt(e) | OpenFailure::Other(e) => OpenError::Unusable(e),
+            OpenFailure::Newer(version) => OpenError::NewerSchema { path, version },
+            OpenFailure::Foreign(what) => OpenError::Foreign { path, what },
+            OpenFailure::Damaged(cause) => OpenError::Damaged { path, cause },
+            OpenFailure::Other(e) => OpenError::Unusable(e),
         }
+    }
+}
+
+/// Whether an SQLite file without our application id may be used as our store: it holds our
+/// tables (a store from before ids), or no table at all (a creation of ours cut short before
+/// its schema was written, or an empty database: nothing in it to lose).
+fn ours_to_use(conn: &Connection) -> bool {
+    let tables: rusqlite::Result<Vec<String>> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut statement| {
+            statement
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect()
+        });
+    match tables {
+        Ok(tables) => {
+            tables.is_empty()
+                || (tables.iter().any(|t| t == "chunk") && tables.iter().any(|t| t == "setting"))
+        }
+        Err(_) => false,
     }
 }
 
@@ -567,7 +765,10 @@ fn initialize(conn: &Connection) -> rusqlite::Result<()> {
             return Err(e);
         }
     }
-    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+    conn.execute_batch(&format!(
+        "PRAGMA user_version = {SCHEMA_VERSION}; PRAGMA application_id = {};",
+        store_file::APPLICATION_ID
+    ))?;
     conn.execute_batch("COMMIT")
 }
 
@@ -619,75 +820,10 @@ fn evict(conn: &Connection, max_bytes: u64, keep: Option<i64>) -> rusqlite::Resu
     Ok(evicted)
 }
 
-/// Opens (creating if needed, mode 0600) a file of ours; never through a symlink, never
-/// inherited by the child.
-pub fn create_private_file(path: &Path) -> io::Result<std::fs::File> {
-    open_private(path).map(|(file, _)| file)
-}
-
-/// `create_private_file`, and whether the file had been open to others. One another user owns
-/// is refused: where our files are in a directory others can write (a store path set so), it
-/// was put there for us to fill or to read from. Ours is made 0600 again if someone opened it
-/// up (a restore from a backup, a careless chmod).
-fn open_private(path: &Path) -> io::Result<(std::fs::File, bool)> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    let meta = file.metadata()?;
-    // SAFETY: geteuid has no failure modes.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        return Err(io::Error::other(format!(
-            "owned by uid {}, not by us (uid {me})",
-            meta.uid()
-        )));
-    }
-    let open = meta.mode() & 0o077 != 0;
-    if open {
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok((file, open))
-}
-
 /// `dispatch disable` leaves this file beside the store: checking it costs one `stat`, so a
 /// disabled dispatch never opens the store at all.
 pub fn disabled_flag(path: &Path) -> PathBuf {
     with_suffix(path, ".disabled")
-}
-
-/// `path` with `suffix` appended to its file name (`x.db` -> `x.db-wal`).
-pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-fn corrupt_copy(path: &Path, suffix: &str) -> PathBuf {
-    with_suffix(path, &format!(".corrupt{suffix}"))
-}
-
-/// Moves an unreadable store aside (one copy kept) so a new one can be created.
-fn quarantine(path: &Path) -> Result<()> {
-    for suffix in ["", "-wal", "-shm"] {
-        let from = with_suffix(path, suffix);
-        let to = corrupt_copy(path, suffix);
-        let _ = std::fs::remove_file(&to);
-        match std::fs::rename(&from, &to) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(
-                    anyhow::Error::new(e).context(format!("moving {} aside", from.display()))
-                )
-            }
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -853,6 +989,11 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, 2);
+        let id: i32 = store
+            .conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(id, store_file::APPLICATION_ID, "adopted as ours");
         let index: i64 = store
             .conn
             .query_row(
@@ -865,13 +1006,80 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_store_is_moved_aside_and_recreated() {
+    fn a_damaged_store_of_ours_is_reported_to_readers_and_moved_aside_by_writers() {
         let scratch = Scratch::new("corrupt");
-        std::fs::write(scratch.path("t.db"), vec![0x42u8; 8192]).unwrap();
-        let store = Store::open(&scratch.path("t.db")).unwrap();
+        let path = scratch.path("t.db");
+        drop(Store::open(&path).unwrap());
+        // Overwritten in place (same inode): the birth record still vouches for it.
+        std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+        match Store::open_to_read(&path) {
+            Err(OpenError::Damaged { .. }) => {}
+            other => panic!("expected Damaged, got {:?}", other.map(|s| s.is_some())),
+        }
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            vec![0x42u8; 8192],
+            "left as it was"
+        );
+        assert!(store_file::moved_aside(&path).is_empty());
+
+        let store = Store::open(&path).unwrap();
         assert_eq!(store.notes.len(), 1, "{:?}", store.notes);
-        assert!(corrupt_copy(&scratch.path("t.db"), "").exists());
+        let aside = store_file::moved_aside(&path);
+        assert_eq!(aside.len(), 1);
+        assert!(store.notes[0].contains(&*aside[0].path.to_string_lossy()));
+        assert_eq!(std::fs::read(&aside[0].path).unwrap(), vec![0x42u8; 8192]);
         assert_eq!(store.stats().unwrap().chunks, 0);
+    }
+
+    #[test]
+    fn a_file_that_is_not_ours_is_refused_and_left_exactly_as_it_was() {
+        let scratch = Scratch::new("foreign");
+        let path = scratch.path("precious.txt");
+        std::fs::write(&path, b"years of notes\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let before = std::fs::metadata(&path).unwrap();
+        for opened in [Store::open(&path).err(), Store::open_to_read(&path).err()] {
+            match opened {
+                Some(OpenError::Foreign { what, .. }) => {
+                    assert_eq!(what, "not an SQLite database")
+                }
+                other => panic!("expected Foreign, got {other:?}"),
+            }
+        }
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"years of notes\n");
+        assert_eq!(after.mode(), before.mode(), "mode unchanged");
+        assert_eq!(after.ino(), before.ino());
+        assert!(store_file::moved_aside(&path).is_empty());
+        assert!(!with_suffix(&path, "-wal").exists());
+        // A directory is not a store either.
+        assert!(matches!(
+            Store::open_to_read(&scratch.0),
+            Err(OpenError::Foreign { .. })
+        ));
+    }
+
+    #[test]
+    fn reading_never_creates_or_migrates_a_store() {
+        let scratch = Scratch::new("read");
+        let path = scratch.path("t.db");
+        assert!(Store::open_to_read(&path).unwrap().is_none());
+        assert!(!path.exists());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA user_version = 1")
+                .unwrap();
+        }
+        let read = Store::open_to_read(&path).unwrap().unwrap();
+        assert_eq!(read.stats().unwrap().chunks, 0);
+        drop(read);
+        let version: i32 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1, "not migrated by a reader");
     }
 
     #[test]
@@ -885,7 +1093,7 @@ mod tests {
                 .unwrap();
         }
         match Store::open(&scratch.path("t.db")) {
-            Err(OpenError::NewerSchema(99)) => {}
+            Err(OpenError::NewerSchema { version: 99, .. }) => {}
             other => panic!("expected NewerSchema, got {:?}", other.err()),
         }
     }

@@ -500,7 +500,7 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
             return OpenedStore {
                 store: None,
                 problems,
-                newer_schema: matches!(e, store::OpenError::NewerSchema(_)),
+                newer_schema: matches!(e, store::OpenError::NewerSchema { .. }),
                 stored_destination: None,
                 relation: None,
             };
@@ -617,8 +617,8 @@ fn ships_to_juju_collector(prepared: &Prepared) -> bool {
     if prepared.env.get("JUJU_CHARM_TRACE_CONFIG_HTTP").is_none() {
         return false;
     }
-    let (stored, relation) = match Store::open_read_only(&prepared.store_path) {
-        Some(store) => (
+    let (stored, relation) = match Store::open_to_read(&prepared.store_path) {
+        Ok(Some(store)) => (
             store
                 .setting(destination::SETTING)
                 .ok()
@@ -630,7 +630,7 @@ fn ships_to_juju_collector(prepared: &Prepared) -> bool {
                 .flatten()
                 .and_then(|json| serde_json::from_str::<relation::Answer>(&json).ok()),
         ),
-        None => (None, None),
+        _ => (None, None),
     };
     destination::resolve(
         &export_environment(),
@@ -1082,6 +1082,19 @@ fn ship(
     let Some(destination) = destination::resolve(&env, config, stored.as_ref(), relation) else {
         return;
     };
+    let destination = match destination::usable(destination) {
+        Ok(destination) => destination,
+        Err(why) => {
+            // Nothing can be sent until it is fixed: the traces wait in the store.
+            let failure = export::Failure {
+                cause: why,
+                actionable: true,
+                retry_after: None,
+            };
+            note_export_failure(store, current, root_span, &failure, problems);
+            return;
+        }
+    };
     // Backing off costs nothing, not even building the client.
     if export::backing_off(store, &destination) {
         return;
@@ -1105,11 +1118,21 @@ fn ship(
             Some(failure)
         }
     };
-    let Some(failure) = failure else {
-        return;
-    };
-    // The cause goes on this dispatch's root span too, where whoever reads the trace later
-    // (after a successful flush, say) will find it.
+    if let Some(failure) = failure {
+        note_export_failure(store, current, root_span, &failure, problems);
+    }
+}
+
+/// Tells of a failed export: on this dispatch's root span (`dispatch.export.error`), where
+/// whoever reads the trace later (after a successful flush, say) will find it, and in the
+/// operator's line when it is something they can fix.
+fn note_export_failure(
+    store: &mut Store,
+    current: Option<i64>,
+    root_span: Option<opentelemetry::trace::SpanId>,
+    failure: &export::Failure,
+    problems: &mut Vec<String>,
+) {
     if let (Some(id), Some(root)) = (current, root_span) {
         if let Some(chunk) = store.chunk(id).ok().flatten() {
             if let Some(payload) = spans::annotate_span(

@@ -367,8 +367,9 @@ fn assert_wrapped(project: &Project, original: &[u8]) {
 fn check_config_ok(project: &Project) -> String {
     let charm_dir = std::fs::canonicalize(project.prime("")).unwrap();
     format!(
-        "ok: target: {}\nconfig ok\n",
-        charm_dir.join("dispatch.orig").display()
+        "ok: target: {}\nok: store: {} (the first hook creates it)\nconfig ok\n",
+        charm_dir.join("dispatch.orig").display(),
+        charm_dir.join(".dispatch-trace.db").display()
     )
 }
 

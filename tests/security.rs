@@ -384,7 +384,9 @@ is-leader > /dev/null
     dispatch("hooks/start");
     let after = ours(&charm);
     assert!(
-        after.contains(&charm.path(".dispatch-trace.db.corrupt")),
+        after
+            .iter()
+            .any(|p| p.to_string_lossy().contains(".dispatch-trace.db.corrupt-")),
         "{after:#?}"
     );
     assert_private(&after, hook_uid, "after a damaged store was moved aside");
@@ -1177,6 +1179,130 @@ fn no_secret_reaches_the_wire_status_flush_or_any_file_of_ours_in_any_encoding()
                 );
             }
         }
+    }
+}
+
+/// Every file of ours in the charm dir, with its bytes.
+fn files_of_ours(charm: &Charm) -> Vec<(String, Vec<u8>)> {
+    ours(charm)
+        .into_iter()
+        .filter(|p| p.is_file() && !p.is_symlink())
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+/// Where a canary was found, in any encoding, among `places`.
+fn found_in(places: &[(String, Vec<u8>)], canary: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for form in encodings(canary) {
+        for (place, bytes) in places {
+            if contains(bytes, &form) {
+                found.push(format!("{place} ({form})"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_credential_in_the_destination_is_never_shown_and_no_copy_outlives_its_use() {
+    const USER: &str = "us3r-CANARY-8c1f";
+    const PASSWORD: &str = "p4ss-CANARY-31d7";
+    const TOKEN: &str = "t0ken-CANARY-a9e2";
+    let charm = Charm::new("shell");
+    // It takes one trace, then refuses with 401 (a credential gone stale).
+    let receiver = Receiver::start(vec![
+        Answer::ok(),
+        Answer::Status(401, vec![], b"no".to_vec()),
+    ]);
+    let url = format!(
+        "http://{USER}:{PASSWORD}@127.0.0.1:{}/v1/traces?token={TOKEN}&tenant=a",
+        receiver.port
+    );
+    let mut places: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut keep = |what: &str, out: &Output| {
+        places.push((format!("{what} stdout"), out.stdout.clone()));
+        places.push((format!("{what} stderr"), out.stderr.clone()));
+    };
+    let set = charm.tool(&["set-destination", &url]);
+    assert_eq!(code(&set), 0, "{}", text(&set.stderr));
+    assert_eq!(
+        text(&set.stdout),
+        format!(
+            "destination set to http://<credentials>@127.0.0.1:{}/v1/traces?token=<redacted>&tenant=<redacted>\n",
+            receiver.port
+        )
+    );
+    keep("set-destination", &set);
+    let shipped = charm.dispatch("hooks/install", &[]);
+    assert_eq!(code(&shipped), 0, "{}", text(&shipped.stderr));
+    keep("the hook that shipped", &shipped);
+    let refused = charm.dispatch("hooks/config-changed", &[]);
+    assert_eq!(code(&refused), 0);
+    assert_eq!(our_lines(&refused.stderr).len(), 1, "the 401 is said once");
+    keep("the hook that was refused", &refused);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(
+        requests[0].path.contains(TOKEN),
+        "the token is what is sent"
+    );
+    for args in [
+        &["status"][..],
+        &["flush"],
+        &["traces", "--last", "0"],
+        &["traces", "--last", "0", "--format", "json"],
+        &["traces", "--last", "0", "--format", "otlp-json"],
+        &["check-config"],
+    ] {
+        keep(&format!("dispatch {}", args.join(" ")), &charm.tool(args));
+    }
+    let status = text(&charm.tool(&["status"]).stdout);
+    assert!(status.contains("<credentials>@127.0.0.1"), "{status}");
+    assert!(
+        status.contains("rejected the traces with HTTP 401"),
+        "{status}"
+    );
+    for canary in [USER, PASSWORD, TOKEN] {
+        assert_eq!(
+            found_in(&places, canary),
+            Vec::<String>::new(),
+            "{canary} was shown"
+        );
+    }
+    // While in use, the credential is kept where it is needed to send, and nowhere else: in
+    // the store (the destination setting), which only the hook's user can read.
+    let stored: Vec<String> = found_in(&files_of_ours(&charm), PASSWORD)
+        .into_iter()
+        .filter(|place| !place.contains(".dispatch-trace.db"))
+        .collect();
+    assert_eq!(stored, Vec::<String>::new());
+
+    // Replaced: no file of ours holds the old one any more, the WAL included.
+    let other = format!("http://127.0.0.1:{}/v1/traces", receiver.port);
+    assert_eq!(code(&charm.tool(&["set-destination", &other])), 0);
+    for canary in [USER, PASSWORD, TOKEN] {
+        assert_eq!(
+            found_in(&files_of_ours(&charm), canary),
+            Vec::<String>::new(),
+            "{canary} outlived set-destination"
+        );
+    }
+    // Set again, used by a hook, then cleared: gone again.
+    assert_eq!(code(&charm.tool(&["set-destination", &url])), 0);
+    assert_eq!(code(&charm.dispatch("hooks/update-status", &[])), 0);
+    assert!(
+        !found_in(&files_of_ours(&charm), PASSWORD).is_empty(),
+        "in use"
+    );
+    let cleared = charm.tool(&["clear-destination"]);
+    assert_eq!(code(&cleared), 0, "{}", text(&cleared.stderr));
+    for canary in [USER, PASSWORD, TOKEN] {
+        assert_eq!(
+            found_in(&files_of_ours(&charm), canary),
+            Vec::<String>::new(),
+            "{canary} outlived clear-destination"
+        );
     }
 }
 

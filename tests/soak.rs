@@ -306,7 +306,7 @@ fn a_thousand_dispatches_through_an_outage_a_flaky_backend_and_recovery_lose_onl
             assert_eq!(said, cap as f64);
             assert!(
                 bytes <= said,
-                "dispatch {i}: {bytes} bytes of traces over the {cap}-byte cap"
+                "dispatch {i}: {bytes} bytes in use over the {cap}-byte cap"
             );
             max_trace_bytes = max_trace_bytes.max(bytes);
             let file = std::fs::metadata(charm.store_file()).unwrap().len();

@@ -238,31 +238,174 @@ fn a_wrapper_killed_with_sigkill_takes_its_charm_along_and_leaves_an_interrupted
         .is_none());
 }
 
+/// The damaged stores moved aside beside the store, oldest first (names only).
+fn moved_aside(charm: &Charm) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(&charm.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.starts_with(".dispatch-trace.db.corrupt")
+                && !name.ends_with("-wal")
+                && !name.ends_with("-shm")
+        })
+        .collect();
+    names.sort_by_key(|name| {
+        let counter = name.rsplit_once('Z').map_or(0, |(_, n)| {
+            n.trim_start_matches('-').parse::<u32>().unwrap_or(1)
+        });
+        (
+            name.split('Z').next().unwrap_or_default().to_string(),
+            counter,
+        )
+    });
+    names
+}
+
 #[test]
-fn a_store_full_of_garbage_is_moved_aside_once_and_the_hook_ends_as_without_us() {
+fn a_file_at_the_store_path_that_is_not_ours_is_left_untouched_and_the_trace_waits_beside_it() {
     let charm = Charm::new("shell");
-    let garbage: Vec<u8> = (0..16384u32).map(|i| (i * 7 + 13) as u8).collect();
-    std::fs::write(charm.store_file(), &garbage).unwrap();
+    let precious: Vec<u8> = (0..16384u32).map(|i| (i * 7 + 13) as u8).collect();
+    std::fs::write(charm.store_file(), &precious).unwrap();
+    charm.chmod(".dispatch-trace.db", 0o644);
+    let before = std::fs::metadata(charm.store_file()).unwrap();
 
     let traced = charm.dispatch("hooks/config-changed", NOISY);
     let bare = charm.bare("hooks/config-changed", NOISY);
     assert_same_outcome(&traced, &bare);
-
     let ours = our_lines(&traced.stderr);
     assert_eq!(ours.len(), 1, "stderr: {}", text(&traced.stderr));
-    assert!(ours[0].contains("moved it aside"), "{}", ours[0]);
-    let aside = with_suffix(&charm.store_file(), ".corrupt");
-    assert!(ours[0].contains(aside.to_str().unwrap()), "{}", ours[0]);
-    assert_eq!(
-        std::fs::read(&aside).unwrap(),
-        garbage,
-        "the unreadable store is kept as it was, for a look"
+    assert!(
+        ours[0].contains("names a file that is not a trace store (not an SQLite database)")
+            && ours[0].contains("left untouched")
+            && ours[0].contains(charm.store_file().to_str().unwrap()),
+        "{}",
+        ours[0]
     );
+    let after = std::fs::metadata(charm.store_file()).unwrap();
+    assert_eq!(std::fs::read(charm.store_file()).unwrap(), precious);
+    assert_eq!(
+        (after.ino(), after.mode(), after.mtime(), after.mtime_nsec()),
+        (
+            before.ino(),
+            before.mode(),
+            before.mtime(),
+            before.mtime_nsec()
+        ),
+        "the file was touched"
+    );
+    assert!(moved_aside(&charm).is_empty());
+    for suffix in ["-wal", "-shm"] {
+        assert!(!with_suffix(&charm.store_file(), suffix).exists());
+    }
 
+    // Reading commands say what is wrong, exit 1, and touch nothing either.
+    for args in [&["traces"][..], &["status"]] {
+        let out = charm.tool(args);
+        assert_eq!(code(&out), 1, "{args:?}: {}", text(&out.stderr));
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(said.contains("not a trace store"), "{args:?}: {said}");
+    }
+    assert_eq!(std::fs::read(charm.store_file()).unwrap(), precious);
+
+    // Same cause, next hook: not said again, and that trace waits too.
+    let again = charm.dispatch("hooks/update-status", &[]);
+    assert_eq!(code(&again), 0);
+    assert_eq!(our_lines(&again.stderr), Vec::<String>::new());
+
+    // The operator moves the file away: the traces that waited are stored.
+    std::fs::rename(charm.store_file(), charm.scratch.path("precious")).unwrap();
+    assert_eq!(code(&charm.dispatch("hooks/start", &[])), 0);
+    assert_eq!(
+        events_and_priorities(&charm)
+            .into_iter()
+            .map(|(event, _)| event)
+            .collect::<Vec<_>>(),
+        ["config-changed", "update-status", "start"]
+    );
+    assert_eq!(
+        std::fs::read(charm.scratch.path("precious")).unwrap(),
+        precious
+    );
+}
+
+#[test]
+fn a_damaged_store_is_moved_aside_by_the_next_hook_with_one_line_and_two_copies_at_most() {
+    let charm = Charm::new("shell");
+    assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
+    let garbage = |seed: u32| -> Vec<u8> { (0..16384u32).map(|i| (i * 7 + seed) as u8).collect() };
+    // Overwritten in place, its -wal/-shm gone (a store copied back without them).
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(with_suffix(&charm.store_file(), suffix));
+    }
+    std::fs::write(charm.store_file(), garbage(13)).unwrap();
+
+    // Reading commands report it and leave it where it is.
+    let status = charm.tool(&["status"]);
+    assert_eq!(code(&status), 1, "{}", text(&status.stderr));
+    let store_line = text(&status.stdout)
+        .lines()
+        .find(|l| l.starts_with("store:"))
+        .unwrap()
+        .to_string();
+    assert!(
+        store_line.contains("is damaged")
+            && store_line.contains("the next hook moves it aside and starts a new one"),
+        "{store_line}"
+    );
+    let traces = charm.tool(&["traces"]);
+    assert_eq!(code(&traces), 1);
+    assert!(
+        text(&traces.stderr).contains("the next hook moves it aside"),
+        "{}",
+        text(&traces.stderr)
+    );
+    assert!(!text(&traces.stderr).contains("no traces recorded"));
+    assert_eq!(std::fs::read(charm.store_file()).unwrap(), garbage(13));
+    assert!(moved_aside(&charm).is_empty());
+
+    // The next hook moves it aside and says so, in its one line and on the trace.
+    let traced = charm.dispatch("hooks/config-changed", NOISY);
+    let bare = charm.bare("hooks/config-changed", NOISY);
+    assert_same_outcome(&traced, &bare);
+    let ours = our_lines(&traced.stderr);
+    assert_eq!(ours.len(), 1, "stderr: {}", text(&traced.stderr));
+    let aside = moved_aside(&charm);
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(
+        ours[0].contains("moved it aside") && ours[0].contains(&aside[0]),
+        "{}",
+        ours[0]
+    );
+    assert_eq!(
+        std::fs::read(charm.path(&aside[0])).unwrap(),
+        garbage(13),
+        "kept as it was"
+    );
     let traces = charm.traces();
     assert_eq!(traces.len(), 1, "{traces:#?}");
     assert_eq!(traces[0]["event"], "config-changed");
     assert_eq!(traces[0]["priority"], "failed");
+    let problems = root(&traces[0])["attributes"]["dispatch.problems"].to_string();
+    assert!(problems.contains("moved it aside"), "{problems}");
+
+    // `status` shows the copy (path, size, when); `traces` with nothing to show says the store
+    // was replaced rather than that nothing was ever recorded.
+    let status = text(&charm.tool(&["status"]).stdout);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("moved aside:"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        line.contains(&aside[0]) && line.contains("16.0 KiB") && line.contains("Z, "),
+        "{line}"
+    );
+    let none = charm.tool(&["traces", "--event", "install"]);
+    assert_eq!(code(&none), 0);
+    assert!(
+        text(&none.stderr).contains("since the damaged store was moved aside to"),
+        "{}",
+        text(&none.stderr)
+    );
 
     // The cause is gone: the next dispatch is stored and says nothing.
     let again = charm.dispatch("hooks/update-status", &[]);
@@ -270,29 +413,19 @@ fn a_store_full_of_garbage_is_moved_aside_once_and_the_hook_ends_as_without_us()
     assert_eq!(our_lines(&again.stderr), Vec::<String>::new());
     assert_eq!(charm.traces().len(), 2);
 
-    // Garbage again (a store copied without its -wal/-shm): one copy is kept, the newest.
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(with_suffix(&charm.store_file(), suffix));
+    // Damaged again and again: the newest two copies are kept, no more.
+    for seed in [17, 19, 23] {
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(with_suffix(&charm.store_file(), suffix));
+        }
+        std::fs::write(charm.store_file(), garbage(seed)).unwrap();
+        let traced = charm.dispatch("hooks/config-changed", NOISY);
+        assert_same_outcome(&traced, &bare);
     }
-    let garbage2 = vec![0x42u8; 8192];
-    std::fs::write(charm.store_file(), &garbage2).unwrap();
-    let traced = charm.dispatch("hooks/config-changed", NOISY);
-    assert_same_outcome(&traced, &bare);
-    assert_eq!(our_lines(&traced.stderr).len(), 1);
-    assert_eq!(std::fs::read(&aside).unwrap(), garbage2);
-    let copies: std::collections::BTreeSet<String> = std::fs::read_dir(&charm.dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.contains("corrupt"))
-        .collect();
-    let allowed: std::collections::BTreeSet<String> = ["", "-wal", "-shm"]
-        .iter()
-        .map(|suffix| format!(".dispatch-trace.db.corrupt{suffix}"))
-        .collect();
-    assert!(
-        copies.is_subset(&allowed),
-        "one copy (with its -wal/-shm) is kept: {copies:?}"
-    );
+    let aside = moved_aside(&charm);
+    assert_eq!(aside.len(), 2, "{aside:?}");
+    assert_eq!(std::fs::read(charm.path(&aside[0])).unwrap(), garbage(19));
+    assert_eq!(std::fs::read(charm.path(&aside[1])).unwrap(), garbage(23));
     assert_eq!(events_and_priorities(&charm).len(), 1);
 }
 
@@ -320,9 +453,10 @@ fn a_store_with_garbage_pages_behind_a_valid_header_is_moved_aside_and_the_dispa
     let ours = our_lines(&traced.stderr);
     assert_eq!(ours.len(), 1, "stderr: {}", text(&traced.stderr));
     assert!(ours[0].contains("aside"), "{}", ours[0]);
-    let aside = with_suffix(&charm.store_file(), ".corrupt");
+    let aside = moved_aside(&charm);
+    assert_eq!(aside.len(), 1, "{aside:?}");
     assert_eq!(
-        std::fs::read(&aside).unwrap(),
+        std::fs::read(charm.path(&aside[0])).unwrap(),
         bytes,
         "the damaged store is kept"
     );
@@ -405,7 +539,7 @@ fn a_store_from_a_newer_dispatch_is_left_untouched_and_the_charm_runs_as_usual()
         (secs_before, mtime_before),
         "store was written to"
     );
-    assert!(!with_suffix(&store, ".corrupt").exists(), "not corrupt");
+    assert!(moved_aside(&charm).is_empty(), "not corrupt");
     assert_eq!(sql(&store, "PRAGMA user_version"), "99");
     assert_eq!(
         sql(&store, "SELECT count(*) FROM chunk"),

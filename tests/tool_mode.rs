@@ -6,6 +6,7 @@
 mod util;
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -704,4 +705,370 @@ fn status_names_the_store_counts_the_stored_dispatches_and_says_there_is_no_dest
             .any(|l| l.starts_with("dispatches: 3 stored")),
         "{status}"
     );
+}
+
+/// (mode, bytes, inode, mtime) of a file, to see that nothing touched it.
+fn fingerprint(path: &Path) -> (u32, Vec<u8>, u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    (
+        meta.mode(),
+        std::fs::read(path).unwrap(),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
+}
+
+#[test]
+fn a_store_path_naming_someone_elses_file_is_refused_everywhere_and_the_file_is_never_touched() {
+    let charm = Charm::new("shell");
+    let precious = charm.scratch.path("precious.txt");
+    std::fs::write(&precious, "years of notes\n").unwrap();
+    std::fs::set_permissions(&precious, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let before = fingerprint(&precious);
+    charm.write("dispatch-trace.yaml", "store_path: ../precious.txt\n");
+
+    let (status, said) = check_config(&charm);
+    assert_eq!(status, 1, "{said}");
+    assert!(
+        said.contains("PROBLEM: store_path")
+            && said.contains("precious.txt names a file that is not a trace store"),
+        "{said}"
+    );
+    for args in [
+        &["status"][..],
+        &["traces"],
+        &["traces", "--format", "json"],
+    ] {
+        let out = charm.tool(args);
+        assert_eq!(code(&out), 1, "{args:?}: {}", text(&out.stderr));
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(said.contains("not a trace store"), "{args:?}: {said}");
+    }
+    for args in [
+        &["flush"][..],
+        &["set-destination", "http://127.0.0.1:9/v1/traces"],
+    ] {
+        let out = charm.tool(args);
+        assert_eq!(code(&out), 1, "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("not a trace store"), "{args:?}");
+    }
+    let hook = charm.dispatch("hooks/install", NOISY);
+    assert_same_outcome(&hook, &charm.bare("hooks/install", NOISY));
+    assert_eq!(our_lines(&hook.stderr).len(), 1, "{}", text(&hook.stderr));
+    assert_eq!(fingerprint(&precious), before, "the file was touched");
+    let beside: Vec<String> = std::fs::read_dir(charm.scratch.path(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("precious.txt") && n.contains("corrupt"))
+        .collect();
+    assert_eq!(beside, Vec::<String>::new());
+
+    // Another program's database, and a system file, are not ours either.
+    let theirs = charm.scratch.path("theirs.db");
+    let made = Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table t(x)'); c.execute('pragma application_id=7'); c.commit()",
+        ])
+        .arg(&theirs)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let theirs_before = fingerprint(&theirs);
+    for (store_path, why) in [
+        (
+            theirs.to_str().unwrap(),
+            "another program (application id 0x7)",
+        ),
+        ("/etc/passwd", "/etc/passwd"),
+    ] {
+        charm.write("dispatch-trace.yaml", format!("store_path: {store_path}\n"));
+        let (status, said) = check_config(&charm);
+        assert_eq!(status, 1, "{store_path}: {said}");
+        assert!(said.contains(why), "{store_path}: {said}");
+        assert_eq!(code(&charm.tool(&["status"])), 1);
+    }
+    assert_eq!(fingerprint(&theirs), theirs_before);
+}
+
+#[test]
+fn check_config_fails_on_a_store_path_where_no_store_can_be() {
+    let charm = Charm::new("shell");
+    std::fs::create_dir(charm.path("a-dir")).unwrap();
+    for (config, reason) in [
+        ("store_path: a-dir\n", "a directory"),
+        ("store_path: missing/traces.db\n", "does not exist"),
+    ] {
+        charm.write("dispatch-trace.yaml", config);
+        let (status, said) = check_config(&charm);
+        assert_eq!(status, 1, "{config}: {said}");
+        assert!(said.contains(reason), "{config}: {said}");
+        let status = charm.tool(&["status"]);
+        assert_eq!(code(&status), 1, "{config}");
+        assert!(
+            text(&status.stdout).contains(reason),
+            "{}",
+            text(&status.stdout)
+        );
+    }
+    // An absolute path on storage that only exists on the unit is allowed (a note).
+    charm.write(
+        "dispatch-trace.yaml",
+        "store_path: /var/lib/juju/storage/traces-0/traces.db\n",
+    );
+    let (status, said) = check_config(&charm);
+    assert_eq!(status, 0, "{said}");
+    assert!(said.contains("it must exist on the unit"), "{said}");
+    // A good relative path: where the first hook will create it.
+    charm.write("dispatch-trace.yaml", "store_path: a-dir/traces.db\n");
+    let (status, said) = check_config(&charm);
+    assert_eq!(status, 0, "{said}");
+    assert!(said.contains("the first hook creates it"), "{said}");
+    assert!(!charm.path("a-dir/traces.db").exists());
+}
+
+#[test]
+fn set_destination_refuses_bad_urls_with_the_reason_and_takes_any_case_of_scheme() {
+    let charm = Charm::new("shell");
+    for (url, reason) in [
+        ("http://[::1", "invalid authority"),
+        ("http://127.0.0.1:99999/v1/traces", "99999"),
+        ("http://exa mple.com/v1/traces", "invalid uri character"),
+        ("tempo:4318/v1/traces", "http:// or https://"),
+        ("ftp://tempo/v1/traces", "ftp"),
+    ] {
+        let out = charm.tool(&["set-destination", url]);
+        assert_eq!(code(&out), 2, "{url}: {}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with("dispatch: ")
+                && stderr.contains("not a usable URL")
+                && stderr.contains(reason),
+            "{url}: {stderr}"
+        );
+        assert_eq!(text(&out.stdout), "");
+    }
+    assert!(
+        !charm.store_file().exists(),
+        "a refused URL created the store"
+    );
+    let out = charm.tool(&["set-destination", "HTTP://Tempo:4318/v1/traces"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "destination set to http://Tempo:4318/v1/traces\n"
+    );
+    let status = ok_stdout(&charm.tool(&["status"]));
+    assert!(
+        status.contains("destination: http://Tempo:4318/v1/traces (from dispatch set-destination"),
+        "{status}"
+    );
+
+    // In the config file: check-config says why.
+    charm.write(
+        "dispatch-trace.yaml",
+        "endpoint: http://127.0.0.1:99999/v1/traces\n",
+    );
+    let (status, said) = check_config(&charm);
+    assert_eq!(status, 1, "{said}");
+    assert!(said.contains("99999"), "{said}");
+}
+
+#[test]
+fn a_bad_url_from_the_environment_or_a_relation_is_one_line_naming_its_source_and_shown_by_status()
+{
+    let charm = Charm::new("shell");
+    let env = [(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "http://127.0.0.1:99999/v1/traces",
+    )];
+    let out = charm.dispatch("hooks/install", &env);
+    assert_eq!(code(&out), 0);
+    let ours = our_lines(&out.stderr);
+    assert_eq!(ours.len(), 1, "{}", text(&out.stderr));
+    assert!(
+        ours[0].contains("OTEL_EXPORTER_OTLP_*ENDPOINT") && ours[0].contains("99999"),
+        "{}",
+        ours[0]
+    );
+    let trace = charm.last_trace();
+    let error = root(&trace)["attributes"]["dispatch.export.error"].to_string();
+    assert!(error.contains("not a usable URL"), "{error}");
+    // Same cause next hook: not said again.
+    assert_eq!(
+        our_lines(&charm.dispatch("hooks/start", &env).stderr),
+        Vec::<String>::new()
+    );
+
+    // The relation's receiver URL.
+    charm.write(
+        "metadata.yaml",
+        "name: shell-charm\nrequires:\n  charm-tracing:\n    interface: tracing\n",
+    );
+    let receivers = serde_json::json!([{"protocol": {"name": "otlp_http", "type": "http"}, "url": "http://tempo:70000"}]);
+    let state = serde_json::json!({"unit": util::UNIT, "leader": true, "relations": {"charm-tracing": {"charm-tracing:3": {
+        "app": "tempo", "units": ["tempo/0"],
+        "data": {"tempo": {"receivers": receivers.to_string()}, "tempo/0": {}, "myapp": {}, "myapp/0": {}}
+    }}}});
+    std::fs::write(charm.state.join("state.json"), state.to_string()).unwrap();
+    let out = charm.dispatch("hooks/upgrade-charm", &[]);
+    assert_eq!(code(&out), 0);
+    let ours = our_lines(&out.stderr);
+    assert_eq!(ours.len(), 1, "{}", text(&out.stderr));
+    assert!(
+        ours[0].contains("the tracing relation") && ours[0].contains("70000"),
+        "{}",
+        ours[0]
+    );
+    let status = charm.tool(&["status"]);
+    assert_eq!(code(&status), 1);
+    let destination = text(&status.stdout)
+        .lines()
+        .find(|l| l.starts_with("destination:"))
+        .unwrap()
+        .to_string();
+    assert!(
+        destination.contains("PROBLEM")
+            && destination.contains("the tracing relation")
+            && destination.contains("70000"),
+        "{destination}"
+    );
+}
+
+#[test]
+fn every_command_has_its_own_help() {
+    let charm = Charm::new("shell");
+    for command in [
+        "traces",
+        "status",
+        "set-destination",
+        "clear-destination",
+        "flush",
+        "disable",
+        "enable",
+        "check-config",
+    ] {
+        for flag in ["--help", "-h"] {
+            let out = charm.tool(&[command, flag]);
+            let help = ok_stdout(&out);
+            assert!(
+                help.starts_with(&format!("usage: dispatch {command}")),
+                "{command} {flag}: {help}"
+            );
+            assert_eq!(text(&out.stderr), "");
+        }
+        let out = charm.tool(&["help", command]);
+        assert!(ok_stdout(&out).starts_with(&format!("usage: dispatch {command}")));
+    }
+    assert!(ok_stdout(&charm.tool(&["traces", "--help"])).contains("--event"));
+    assert!(!charm.store_file().exists(), "help created the store");
+    assert!(!charm.path("dispatch-trace.yaml.disabled").exists());
+    assert!(
+        !charm.path(".dispatch-trace.db.disabled").exists(),
+        "disable --help disabled"
+    );
+}
+
+#[test]
+fn event_filters_take_names_as_people_write_them_and_say_when_nothing_matches() {
+    let charm = Charm::new("shell");
+    for path in [
+        "hooks/install",
+        "hooks/db-relation-changed",
+        "hooks/db-relation-joined",
+        "hooks/cache-relation-changed",
+        "actions/backup",
+    ] {
+        assert_eq!(code(&charm.dispatch(path, &[])), 0);
+    }
+    for (event, expected) in [
+        ("install", &["install"][..]),
+        ("hooks/install", &["install"]),
+        ("actions/backup", &["backup"]),
+        (
+            "*-relation-changed",
+            &["db-relation-changed", "cache-relation-changed"],
+        ),
+        (
+            "db-relation-*",
+            &["db-relation-changed", "db-relation-joined"],
+        ),
+    ] {
+        assert_eq!(
+            events(&traces_json(&charm, &["--event", event])),
+            expected,
+            "--event {event}"
+        );
+    }
+    let none = charm.tool(&["traces", "--event", "relation-changed"]);
+    assert_eq!(code(&none), 0);
+    assert_eq!(text(&none.stdout), "");
+    assert_eq!(
+        text(&none.stderr),
+        "dispatch: no trace matches --event relation-changed; 5 stored\n"
+    );
+    let none = charm.tool(&["traces", "--failed", "--format", "json"]);
+    assert_eq!(text(&none.stdout).trim(), "[]");
+    assert_eq!(
+        text(&none.stderr),
+        "dispatch: no trace matches --failed; 5 stored\n"
+    );
+}
+
+#[test]
+fn status_speaks_utc_and_its_counts_and_sizes_agree() {
+    let charm = Charm::new("shell");
+    let empty = ok_stdout(&charm.tool(&["status"]));
+    assert!(
+        empty.contains("(not created yet; the first hook creates it)"),
+        "{empty}"
+    );
+    // A destination that refuses the connection: a backoff to show.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/v1/traces");
+    assert_eq!(code(&charm.tool(&["set-destination", &url])), 0);
+    assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
+    let status = ok_stdout(&charm.tool(&["status"]));
+    let line = |prefix: &str| -> String {
+        status
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {status}"))
+            .to_string()
+    };
+    let backoff = line("backoff:");
+    assert!(
+        backoff.contains("next try 20") && backoff.contains("Z, in "),
+        "{backoff}"
+    );
+    let last = line("last export:");
+    assert!(
+        last.contains("refused the connection") && last.contains("Z, ") && last.ends_with(" ago)")
+            || last.ends_with(", now)"),
+        "{last}"
+    );
+    assert!(!status.contains("unix time"), "{status}");
+    let dispatches = line("dispatches:");
+    assert!(
+        dispatches.starts_with("dispatches: 1 stored ("),
+        "{dispatches}"
+    );
+    assert!(!dispatches.contains("(0 B of traces)"), "{dispatches}");
+
+    // Nothing stored: no size of traces either.
+    let fresh = Charm::new("shell");
+    fresh.write("dispatch-trace.yaml", "store_max_bytes: 65536\n");
+    for _ in 0..30 {
+        assert_eq!(
+            code(&fresh.dispatch("hooks/update-status", &[("CHARM_TOOL_CALLS", "5")])),
+            0
+        );
+    }
+    let status = ok_stdout(&fresh.tool(&["status"]));
+    assert!(status.contains(" of traces)"), "{status}");
 }

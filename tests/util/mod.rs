@@ -367,7 +367,8 @@ pub const NOISY: &[(&str, &str)] = &[
     ("CHARM_EXIT", "3"),
 ];
 
-/// (trace bytes, cap) from `dispatch status`'s store line.
+/// (bytes in use, cap) from `dispatch status`'s store line: the pages in use are what the cap
+/// limits.
 pub fn status_sizes(charm: &Charm) -> (f64, f64) {
     let out = charm.tool(&["status"]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
@@ -386,10 +387,10 @@ pub fn status_sizes(charm: &Charm) -> (f64, f64) {
             .position(|w| *w == word)
             .unwrap_or_else(|| panic!("no {word:?} in {line}"))
     };
-    let traces = at("traces") - 3; // "<n> <unit> of traces"
+    let in_use = at("use") - 3; // "<n> <unit> in use"
     let cap = at("cap") + 1;
     (
-        parse_size(words[traces], words[traces + 1]),
+        parse_size(words[in_use], words[in_use + 1]),
         parse_size(words[cap], words[cap + 1]),
     )
 }
