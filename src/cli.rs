@@ -864,6 +864,10 @@ fn check_config(charm_dir: &Path) -> Result<i32> {
                 notes.push(format!("target: {}", program.display()));
             }
         }
+        Target::Itself(itself) => problems.push(itself.reason()),
+        Target::Nothing if target::runs_nothing_at_all(charm_dir, &exe) => {
+            problems.push(target::nothing_at_all_reason())
+        }
         Target::Nothing => notes.push(format!(
             "target: none ({} missing; only hooks/<event> scripts will run)",
             target::ORIGINAL_DISPATCH

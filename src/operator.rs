@@ -31,6 +31,16 @@ impl Operator {
     /// Tells the operator about `problems` (joined into one line), or forgets the last
     /// warning when there are none.
     pub fn report(&self, problems: &[String]) {
+        self.say(problems, true);
+    }
+
+    /// Like `report`, for problems that fail the hook: said even when the last line was the
+    /// same, since every failed hook must explain itself in the log.
+    pub fn report_failure(&self, problems: &[String]) {
+        self.say(problems, false);
+    }
+
+    fn say(&self, problems: &[String], suppress_repeat: bool) {
         if problems.is_empty() {
             if let Some(memory) = &self.memory {
                 let _ = std::fs::remove_file(memory);
@@ -43,7 +53,7 @@ impl Operator {
         }
         let line = format!("dispatch: {}\n", problems.join("; ").replace('\n', " "));
         if let Some(memory) = &self.memory {
-            if std::fs::read(memory).is_ok_and(|last| last == line.as_bytes()) {
+            if suppress_repeat && std::fs::read(memory).is_ok_and(|last| last == line.as_bytes()) {
                 return;
             }
             // Beside the store when there is no state dir, maybe in a directory others can

@@ -163,8 +163,8 @@ pub fn incoming_context(env: &HookEnv) -> Option<IncomingContext> {
 pub struct RootFacts {
     pub start: Option<SystemTime>,
     pub target: Option<String>,
-    /// No target: nothing ran, like a missing hook in Juju.
-    pub skipped: bool,
+    /// No target: nothing ran, like a missing hook in Juju. Why (`no target for <event>`).
+    pub skipped: Option<String>,
     /// Problems on our side the operator should know about (config, store, shims...).
     pub problems: Vec<String>,
     pub records_dropped: u64,
@@ -297,9 +297,11 @@ impl TraceBuilder {
             span.attributes
                 .push(KeyValue::new("dispatch.target", target.clone()));
         }
-        if facts.skipped {
+        if let Some(reason) = &facts.skipped {
             span.attributes
                 .push(KeyValue::new("dispatch.skipped", true));
+            span.attributes
+                .push(KeyValue::new("dispatch.skip_reason", reason.clone()));
         }
         if !facts.problems.is_empty() {
             span.attributes.push(KeyValue::new(

@@ -150,6 +150,9 @@ fn span_line(span: &Span) -> String {
     if let Some(code) = attribute(&span.attributes, "process.exit.code") {
         let _ = write!(line, "  exit {}", value_text(code));
     }
+    if let Some(reason) = attribute(&span.attributes, "dispatch.skip_reason") {
+        let _ = write!(line, "  skipped: {}", value_text(reason));
+    }
     if is_error(span) {
         let message = span
             .status

@@ -3,7 +3,9 @@
 //! Order of work, and why:
 //! 1. Decide whether to trace at all (`OPERATOR_DISPATCH`, a nested dispatch,
 //!    `OTEL_SDK_DISABLED`, `enabled: false`, `dispatch disable`): if not, exec the target so
-//!    nothing of ours stays in the process tree.
+//!    nothing of ours stays in the process tree. Whatever the mode, never run a target that is
+//!    this program, nor anything once dispatches nest `MAX_EXEC_DEPTH` deep (README "What
+//!    runs"): either would spin forever.
 //! 2. Before the spawn, only what must precede the child: the dispatch lock and the started
 //!    record (`inflight`), the hook-tool shims, the record channel and the custom-span
 //!    listener (`loopback`; bound on the reader's thread while this one goes on, since the
@@ -41,7 +43,7 @@ use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
 use crate::state_dir;
 use crate::store::{self, NewChunk, Priority, Store};
 use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
-use crate::target::{self, Target};
+use crate::target::{self, Target, ENV_EXEC_DEPTH, MAX_EXEC_DEPTH, REFUSED_EXIT};
 use crate::transport::Http;
 
 /// How long a dispatch waits for the dispatch lock (held by a concurrent `flush`).
@@ -63,13 +65,33 @@ pub fn run(argv0: OsString, inherited: InheritedSignals) -> i32 {
         Err(_) => return fallback_exec(&argv0, &inherited),
     };
     match plan {
-        Plan::Passthrough { target, env } => passthrough(&target, &argv0, &env, &inherited),
+        Plan::Refuse { reason, env } => refuse(&reason, &env),
+        Plan::Passthrough {
+            target,
+            env,
+            nothing_at_all,
+        } => {
+            if let Some(charm_dir) = nothing_at_all {
+                warn_nothing_at_all(&charm_dir, &env);
+            }
+            passthrough(&target, &argv0, &env, &inherited)
+        }
         Plan::Trace(prepared) => traced(*prepared, &argv0, &inherited),
     }
 }
 
 enum Plan {
-    Passthrough { target: Target, env: HookEnv },
+    /// Run nothing, exit `REFUSED_EXIT` with this reason: dispatches nested too deep.
+    Refuse {
+        reason: String,
+        env: HookEnv,
+    },
+    Passthrough {
+        target: Target,
+        env: HookEnv,
+        /// The charm dir, when the charm has nothing to run for any event.
+        nothing_at_all: Option<PathBuf>,
+    },
     Trace(Box<Prepared>),
 }
 
@@ -108,18 +130,43 @@ fn locate_charm_dir(argv0: &OsString) -> (PathBuf, PathBuf) {
 }
 
 fn plan(argv0: &OsString, start: SystemTime) -> Plan {
-    let (exe, charm_dir) = locate_charm_dir(argv0);
     let env = HookEnv::from_vars(std::env::vars_os(), argv0);
+    let depth = exec_depth();
+    if depth >= MAX_EXEC_DEPTH {
+        return Plan::Refuse {
+            reason: format!(
+                "the charm's own entrypoint is missing: what dispatch runs starts dispatch \
+                 again ({ENV_EXEC_DEPTH}={depth} nested dispatches), so nothing was run; put \
+                 the charm's original dispatch back as {}",
+                target::ORIGINAL_DISPATCH
+            ),
+            env,
+        };
+    }
+    let (exe, charm_dir) = locate_charm_dir(argv0);
     let loaded = Config::load(&charm_dir);
     let mut problems: Vec<String> = loaded.problem.into_iter().collect();
     let target = target::resolve(&charm_dir, &loaded.config, &env, &exe, &mut problems);
+    // Only a charm with no target for this event pays for looking at the others.
+    let nothing_at_all = target == Target::Nothing && target::runs_nothing_at_all(&charm_dir, &exe);
+    match &target {
+        // First in the line: it is why the hook fails.
+        Target::Itself(itself) => problems.insert(0, itself.reason()),
+        Target::Nothing if nothing_at_all => problems.push(target::nothing_at_all_reason()),
+        _ => {}
+    }
 
     let sdk_disabled =
         std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"));
     let nested =
         std::env::var_os("OPERATOR_DISPATCH").is_some() || std::env::var_os(ENV_NONCE).is_some();
+    let untraced = |target, env| Plan::Passthrough {
+        target,
+        env,
+        nothing_at_all: nothing_at_all.then(|| charm_dir.clone()),
+    };
     if nested || sdk_disabled || !loaded.config.enabled {
-        return Plan::Passthrough { target, env };
+        return untraced(target, env);
     }
 
     let state_dir = state_dir::path(&charm_dir);
@@ -135,7 +182,7 @@ fn plan(argv0: &OsString, start: SystemTime) -> Plan {
     };
     let store_path = loaded.config.store_file(&charm_dir);
     if store::disabled_flag(&store_path).exists() {
-        return Plan::Passthrough { target, env };
+        return untraced(target, env);
     }
     Plan::Trace(Box::new(Prepared {
         charm_dir,
@@ -167,10 +214,12 @@ fn passthrough(
 ) -> i32 {
     match target {
         Target::Nothing => 0,
+        Target::Itself(itself) => refuse(&itself.reason(), env),
         Target::Program(program) => {
             if env.dispatch_path_derived {
                 std::env::set_var("JUJU_DISPATCH_PATH", &env.dispatch_path);
             }
+            std::env::set_var(ENV_EXEC_DEPTH, child_exec_depth());
             let error = supervise::exec(program, argv0, inherited);
             if env.event_kind() != EventKind::Action {
                 eprintln!("dispatch: cannot run {}: {error}", program.display());
@@ -178,6 +227,39 @@ fn passthrough(
             exec_failure_code(&error)
         }
     }
+}
+
+/// Runs nothing and fails the hook, saying why (every time: each failed hook must explain
+/// itself in the log), except during actions (DESIGN §2).
+fn refuse(reason: &str, env: &HookEnv) -> i32 {
+    if env.event_kind() != EventKind::Action {
+        eprintln!("dispatch: {reason}");
+    }
+    REFUSED_EXIT
+}
+
+/// An untraced charm with nothing to run for any event still earns its one line (repeats
+/// suppressed like any other), so a broken install shows even with tracing off.
+fn warn_nothing_at_all(charm_dir: &Path, env: &HookEnv) {
+    let state_dir = state_dir::path(charm_dir);
+    let memory = state_dir::ensure_private_dir(&state_dir)
+        .ok()
+        .map(|()| state_dir.join(operator::LAST_WARNING));
+    let silent = env.event_kind() == EventKind::Action;
+    Operator::new(memory.as_deref(), silent).report(&[target::nothing_at_all_reason()]);
+}
+
+/// How many dispatches run this one, one inside the other (`ENV_EXEC_DEPTH`).
+fn exec_depth() -> u32 {
+    std::env::var(ENV_EXEC_DEPTH)
+        .ok()
+        .and_then(|depth| depth.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The depth the child of this dispatch gets.
+fn child_exec_depth() -> String {
+    exec_depth().saturating_add(1).to_string()
 }
 
 fn exec_failure_code(error: &std::io::Error) -> i32 {
@@ -195,6 +277,7 @@ fn fallback_exec(argv0: &OsString, inherited: &InheritedSignals) -> i32 {
     if !in_action {
         eprintln!("dispatch: internal error while preparing the trace; running the charm untraced");
     }
+    std::env::set_var(ENV_EXEC_DEPTH, child_exec_depth());
     let error = supervise::exec(&original, argv0, inherited);
     if !in_action {
         eprintln!("dispatch: cannot run {}: {error}", original.display());
@@ -216,16 +299,17 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
     // Signals are blocked before any thread exists, so only our sigwait sees them.
     supervise::block_signals();
     let setup = catch_unwind(AssertUnwindSafe(|| set_up(&mut prepared)));
-    let (mut tracing, env_changes) = match setup {
+    let (mut tracing, mut env_changes) = match setup {
         Ok(ready) => ready,
         Err(_) => {
             prepared.problems.push(panic_problem("preparing the trace"));
             (None, Vec::new())
         }
     };
+    env_changes.push((ENV_EXEC_DEPTH.into(), child_exec_depth().into()));
 
     let run = match prepared.target.clone() {
-        Target::Nothing => None,
+        Target::Nothing | Target::Itself(_) => None,
         Target::Program(program) => {
             let launch = Launch {
                 program: &program,
@@ -263,9 +347,10 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
         prepared.problems.push(panic_problem("recording the trace"));
         let _ = catch_unwind(AssertUnwindSafe(|| report(&prepared)));
     }
-    match run {
-        Some(run) => supervise::mirror(run.end),
-        None => 0,
+    match (run, &prepared.target) {
+        (Some(run), _) => supervise::mirror(run.end),
+        (None, Target::Itself(_)) => REFUSED_EXIT,
+        (None, _) => 0,
     }
 }
 
@@ -366,9 +451,11 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         start: Some(prepared.start),
         target: match &prepared.target {
             Target::Program(p) => Some(p.display().to_string()),
+            Target::Itself(itself) => Some(itself.path.display().to_string()),
             Target::Nothing => None,
         },
-        skipped: prepared.target == Target::Nothing,
+        skipped: (prepared.target == Target::Nothing)
+            .then(|| format!("no target for {}", env.event_name())),
         incoming,
         continued,
         ..RootFacts::default()
@@ -980,7 +1067,13 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
                 )),
             }
         }
-        None => None,
+        None => match &prepared.target {
+            Target::Itself(itself) => {
+                extra.push(KeyValue::new("dispatch.exit_code", REFUSED_EXIT as i64));
+                Some(itself.reason())
+            }
+            _ => None,
+        },
     };
     if let Some(run) = run {
         if let ChildEnd::Exited(code) = run.end {
@@ -1179,5 +1272,10 @@ fn report(prepared: &Prepared) {
         Some(dir) => dir.join(operator::LAST_WARNING),
         None => store::with_suffix(&prepared.store_path, ".last-warning"),
     };
-    Operator::new(Some(&memory), silent).report(&prepared.problems);
+    let operator = Operator::new(Some(&memory), silent);
+    if matches!(prepared.target, Target::Itself(_)) {
+        operator.report_failure(&prepared.problems);
+    } else {
+        operator.report(&prepared.problems);
+    }
 }

@@ -52,7 +52,7 @@ use prost::Message;
 use serde_json::Value;
 use util::receiver::{Answer, Receiver};
 use util::{
-    charm_stderr, code, give_to_nobody, our_lines, root, span, spans_named, text,
+    charm_stderr, code, give_to_nobody, is_dead, our_lines, root, span, spans_named, text,
     traces_unprivileged, unprivileged, Charm, NOISY,
 };
 
@@ -233,16 +233,6 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Dead, or a zombie nobody reaped yet.
-fn is_dead(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-    }
-}
-
 fn read_pid(path: &Path) -> i32 {
     std::fs::read_to_string(path)
         .unwrap()
@@ -251,40 +241,11 @@ fn read_pid(path: &Path) -> i32 {
         .unwrap()
 }
 
-/// Live processes started for this charm: everything that carries its fake-tool state
-/// directory in its environment (wrapper, charm, tools, daemons), but the test itself.
-fn processes_of(charm: &Charm) -> Vec<i32> {
-    let needle = format!("FAKE_JUJU_STATE={}", charm.state.display()).into_bytes();
-    let me = std::process::id() as i32;
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me || is_dead(pid) {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if environ
-            .split(|&b| b == 0)
-            .any(|var| var == needle.as_slice())
-        {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 /// Live processes running the fake hook tools for this charm.
 fn tool_processes(charm: &Charm) -> Vec<i32> {
     let fake = std::fs::canonicalize(util::bin_dir().join("fake-jujuc")).unwrap();
-    processes_of(charm)
+    charm
+        .processes()
         .into_iter()
         .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == fake))
         .collect()
@@ -295,7 +256,7 @@ struct Reaper<'a>(&'a Charm);
 
 impl Drop for Reaper<'_> {
     fn drop(&mut self) {
-        for pid in processes_of(self.0) {
+        for pid in self.0.processes() {
             // SAFETY: signalling a process this test started (it carries our state dir).
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
@@ -1398,7 +1359,7 @@ fn sigkill_before_the_charm_starts_leaves_one_interrupted_trace_for_the_next_dis
     signal(&wrapper, libc::SIGKILL);
     assert_eq!(wrapper.wait().unwrap().signal(), Some(libc::SIGKILL));
     assert!(!out.join("ran").exists(), "the charm ran");
-    for pid in processes_of(&charm) {
+    for pid in charm.processes() {
         // SAFETY: our hanging relation-ids call, orphaned by the kill.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }

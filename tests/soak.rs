@@ -165,22 +165,6 @@ fn listing(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Processes still carrying this charm's fake-tool state in their environment.
-fn processes_of(charm: &Charm) -> Vec<i32> {
-    let needle = format!("FAKE_JUJU_STATE={}", charm.state.display()).into_bytes();
-    let me = std::process::id() as i32;
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_slice()))
-        })
-        .collect()
-}
-
 #[test]
 fn a_thousand_dispatches_through_an_outage_a_flaky_backend_and_recovery_lose_only_evictions() {
     let n = dispatches();
@@ -426,7 +410,7 @@ fn a_thousand_dispatches_through_an_outage_a_flaky_backend_and_recovery_lose_onl
         .map(String::from),
     );
     let after = listing(&charm.dir);
-    let left_over = processes_of(&charm);
+    let left_over = charm.processes();
     let parent: Vec<usize> = std::fs::read_to_string(&parent_fds)
         .unwrap()
         .lines()

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{assert_same_outcome, code, our_lines, root, text, Charm, NOISY};
+use util::{assert_same_outcome, code, is_dead, our_lines, root, text, Charm, NOISY};
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -135,17 +135,6 @@ fn the_store_is_a_private_wal_file_in_the_charm_dir_with_one_chunk_per_dispatch_
         .map(|t| t["trace_id"].as_str().unwrap())
         .collect();
     assert_eq!(trace_ids.len(), 3, "each dispatch is its own trace");
-}
-
-/// Whether a process is gone (or a zombie nobody reaped yet: dead all the same).
-fn is_dead(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
-            .unwrap_or(false),
-    }
 }
 
 struct KillOnDrop(Option<i32>);

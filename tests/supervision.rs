@@ -348,6 +348,161 @@ fn a_target_that_is_not_executable_exits_126_with_one_line_and_a_trace() {
     );
 }
 
+/// Long enough for a debug build on a loaded machine; a dispatch that spins fails the test
+/// after this instead of hanging the suite.
+const LOOP_GUARD: Duration = Duration::from_secs(30);
+
+/// The exact line of a dispatch whose target is this dispatch.
+fn itself_line(shown: &str, how: &str) -> String {
+    let fix = if shown == "dispatch" {
+        "set `target` in dispatch-trace.yaml to the charm's own entrypoint".to_string()
+    } else {
+        "put the charm's original dispatch back as dispatch.orig (the packed charm has it)"
+            .to_string()
+    };
+    format!(
+        "dispatch: the charm's own entrypoint is missing: {shown} is this dispatch ({how}), not \
+         the charm's dispatch; {fix}\n"
+    )
+}
+
+#[test]
+fn a_target_that_is_this_dispatch_fails_the_hook_at_once_with_one_line_and_an_error_trace() {
+    for how in util::SELF_TARGETS {
+        let charm = Charm::new("shell");
+        let shown = charm.target_this_dispatch(how);
+        let line = itself_line(shown, how);
+
+        // NOISY: the charm would print and exit 3, had it run.
+        let out = charm.dispatch_within("hooks/install", util::NOISY, LOOP_GUARD);
+        assert_eq!(code(&out), 126, "{how}: {}", text(&out.stderr));
+        assert!(out.stdout.is_empty(), "{how}: {}", text(&out.stdout));
+        assert_eq!(text(&out.stderr), line, "{how}");
+        let trace = charm.last_trace();
+        assert_eq!(root(&trace)["status"], "ERROR", "{how}");
+        assert_eq!(
+            root(&trace)["status_message"],
+            line.trim_end().strip_prefix("dispatch: ").unwrap(),
+            "{how}"
+        );
+        assert!(util::spans_named(&trace, "charm").is_empty(), "{how}");
+        let failed = charm.tool(&["traces", "--failed", "--format", "json"]);
+        let failed: Value = serde_json::from_slice(&failed.stdout).unwrap();
+        assert_eq!(failed.as_array().unwrap().len(), 1, "{how}: {failed:#}");
+
+        // A failing hook says why every time, not only the first.
+        let again = charm.dispatch_within("hooks/install", util::NOISY, LOOP_GUARD);
+        assert_eq!((code(&again), text(&again.stderr)), (126, line.clone()));
+
+        // Untraced, the same.
+        let untraced = charm.dispatch_within(
+            "hooks/install",
+            &[("OTEL_SDK_DISABLED", "true")],
+            LOOP_GUARD,
+        );
+        assert_eq!(
+            (code(&untraced), text(&untraced.stderr)),
+            (126, line.clone())
+        );
+        assert!(untraced.stdout.is_empty());
+
+        // During an action: failed, and nothing on stderr (it would land in the results).
+        for extra in [&[][..], &[("OTEL_SDK_DISABLED", "true")][..]] {
+            let action = charm.dispatch_within("actions/backup", extra, LOOP_GUARD);
+            assert_eq!(code(&action), 126, "{how}");
+            assert!(action.stderr.is_empty(), "{how}: {}", text(&action.stderr));
+        }
+        assert!(charm.processes().is_empty(), "{how}: processes left");
+    }
+}
+
+#[test]
+fn a_dispatch_orig_that_runs_dispatch_again_is_stopped_after_a_few_rounds() {
+    let line = "dispatch: the charm's own entrypoint is missing: what dispatch runs starts \
+                dispatch again (DISPATCH_TRACE_EXEC_DEPTH=8 nested dispatches), so nothing was \
+                run; put the charm's original dispatch back as dispatch.orig\n";
+    // With exec every round replaces the last; without, each waits for the next.
+    for again in ["exec ./dispatch", "./dispatch"] {
+        for extra in [&[][..], &[("OTEL_SDK_DISABLED", "true")][..]] {
+            let charm = Charm::new("shell");
+            let rounds = charm.scratch.path("rounds");
+            charm.write(
+                "dispatch.orig",
+                format!("#!/bin/sh\necho round >> {}\n{again}\n", rounds.display()),
+            );
+            charm.chmod("dispatch.orig", 0o755);
+            let what = format!("{again:?} {extra:?}");
+
+            let out = charm.dispatch_within("hooks/install", extra, LOOP_GUARD);
+            assert_eq!(code(&out), 126, "{what}: {}", text(&out.stderr));
+            assert_eq!(text(&out.stderr), line, "{what}");
+            assert!(out.stdout.is_empty(), "{what}");
+            let rounds_run = std::fs::read_to_string(&rounds).unwrap().lines().count();
+            assert_eq!(rounds_run, 8, "{what}");
+            assert!(charm.processes().is_empty(), "{what}: processes left");
+
+            let action = charm.dispatch_within("actions/backup", extra, LOOP_GUARD);
+            assert_eq!(code(&action), 126, "{what}");
+            assert!(action.stderr.is_empty(), "{what}: {}", text(&action.stderr));
+            assert!(charm.processes().is_empty(), "{what}: processes left");
+        }
+    }
+}
+
+#[test]
+fn a_charm_with_nothing_to_run_for_any_event_says_so_once_and_skips_every_event() {
+    let line = "dispatch: the charm's own entrypoint is missing: there is no dispatch.orig and no \
+                hooks/ or actions/ script, so no event runs anything (the charm has stopped); \
+                put the charm's original dispatch back as dispatch.orig\n";
+    for extra in [&[][..], &[("OTEL_SDK_DISABLED", "true")][..]] {
+        let charm = Charm::new("shell");
+        std::fs::remove_file(charm.path("dispatch.orig")).unwrap();
+        // charmcraft's links back to dispatch are how Juju reaches us, not the charm's hooks.
+        std::fs::create_dir_all(charm.path("hooks")).unwrap();
+        for hook in ["install", "start", "upgrade-charm"] {
+            std::os::unix::fs::symlink("../dispatch", charm.path(&format!("hooks/{hook}")))
+                .unwrap();
+        }
+        let first = charm.dispatch("hooks/install", extra);
+        assert_eq!(code(&first), 0, "{extra:?}");
+        assert!(first.stdout.is_empty(), "{extra:?}");
+        assert_eq!(text(&first.stderr), line, "{extra:?}");
+        // Not again while the cause is unchanged, whatever the event.
+        for event in ["hooks/install", "hooks/config-changed"] {
+            let next = charm.dispatch(event, extra);
+            assert_eq!(code(&next), 0, "{extra:?} {event}");
+            assert!(
+                next.stderr.is_empty(),
+                "{extra:?} {event}: {}",
+                text(&next.stderr)
+            );
+        }
+        let action = charm.dispatch("actions/backup", extra);
+        assert_eq!(code(&action), 0);
+        assert!(action.stderr.is_empty(), "{}", text(&action.stderr));
+    }
+
+    let charm = Charm::new("shell");
+    std::fs::remove_file(charm.path("dispatch.orig")).unwrap();
+    assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
+    let trace = charm.last_trace();
+    assert_eq!(root(&trace)["attributes"]["dispatch.skipped"], true);
+    assert_eq!(
+        root(&trace)["attributes"]["dispatch.skip_reason"],
+        "no target for install"
+    );
+    let tree = charm.tool(&["traces"]);
+    let tree = text(&tree.stdout);
+    let root_line = tree
+        .lines()
+        .find(|l| l.starts_with("  install "))
+        .unwrap_or_else(|| panic!("no root line in {tree}"));
+    assert!(
+        root_line.ends_with("skipped: no target for install"),
+        "{tree}"
+    );
+}
+
 #[test]
 fn a_legacy_hook_symlink_run_exports_the_derived_dispatch_path() {
     let charm = Charm::new("shell");

@@ -453,15 +453,22 @@ fn has_tracing_vars(env: &[String]) -> bool {
 
 /// A pass-through dispatch: the charm runs as if we were not there, and nothing is stored.
 fn assert_passes_through(charm: &Charm, extra: &[(&str, &str)], stored: usize) {
-    let (traced, traced_env) = dispatch_dumping_env(charm, "dispatch", extra);
+    let (traced, mut traced_env) = dispatch_dumping_env(charm, "dispatch", extra);
     let (bare, bare_env) = dispatch_dumping_env(charm, "dispatch.orig", extra);
     assert_same_outcome(&traced, &bare);
     assert_eq!(code(&traced), 4);
     assert_eq!(our_lines(&traced.stderr), Vec::<String>::new());
+    // The one thing of ours, what bounds a target that runs dispatch again (README "What
+    // runs"): this dispatch was the first.
+    let depth = traced_env
+        .iter()
+        .position(|l| l == "DISPATCH_TRACE_EXEC_DEPTH=1")
+        .unwrap_or_else(|| panic!("no exec depth in {traced_env:#?}"));
+    traced_env.remove(depth);
     assert!(!has_tracing_vars(&traced_env), "{traced_env:#?}");
     assert_eq!(
         traced_env, bare_env,
-        "the charm's environment is exactly the bare one"
+        "the charm's environment is exactly the bare one, but for the exec depth"
     );
     assert_eq!(
         charm.traces().len(),
@@ -577,6 +584,49 @@ fn check_config_passes_a_good_charm_and_fails_with_the_reason_for_each_problem()
     // Checking never runs the charm or creates the store.
     assert!(not_executable.tool_calls().is_empty());
     assert!(!good.store_file().exists());
+}
+
+#[test]
+fn check_config_fails_on_a_target_that_is_this_dispatch_and_on_a_charm_with_nothing_to_run() {
+    for how in util::SELF_TARGETS {
+        let charm = Charm::new("shell");
+        let shown = charm.target_this_dispatch(how);
+        let (status, said) = check_config(&charm);
+        assert_eq!(status, 1, "{how}: {said}");
+        let expected = format!(
+            "PROBLEM: the charm's own entrypoint is missing: {shown} is this dispatch ({how}), \
+             not the charm's dispatch; "
+        );
+        assert!(said.contains(&expected), "{how}: {said}");
+    }
+
+    // No dispatch.orig and no hooks of its own (charmcraft's links back to dispatch do not
+    // count): nothing would ever run.
+    let nothing = Charm::new("shell");
+    std::fs::remove_file(nothing.path("dispatch.orig")).unwrap();
+    std::fs::create_dir_all(nothing.path("hooks")).unwrap();
+    std::os::unix::fs::symlink("../dispatch", nothing.path("hooks/install")).unwrap();
+    let (status, said) = check_config(&nothing);
+    assert_eq!(status, 1, "{said}");
+    assert!(
+        said.contains(
+            "PROBLEM: the charm's own entrypoint is missing: there is no dispatch.orig and no \
+             hooks/ or actions/ script"
+        ),
+        "{said}"
+    );
+
+    // A hooks-only charm is fine: its hooks run.
+    nothing.write("hooks/config-changed", "#!/bin/sh\n");
+    nothing.chmod("hooks/config-changed", 0o755);
+    let (status, said) = check_config(&nothing);
+    assert_eq!(status, 0, "{said}");
+    assert!(
+        said.contains(
+            "ok: target: none (dispatch.orig missing; only hooks/<event> scripts will run)"
+        ),
+        "{said}"
+    );
 }
 
 #[test]

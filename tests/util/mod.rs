@@ -13,6 +13,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 pub mod receiver;
 pub mod rotel;
@@ -209,6 +210,68 @@ impl Charm {
             .unwrap()
     }
 
+    /// Runs our dispatch like `dispatch`, but a run still going after `timeout` (a loop) is
+    /// killed with everything it started, and fails the test instead of hanging the suite.
+    pub fn dispatch_within(
+        &self,
+        dispatch_path: &str,
+        extra: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Output {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let stdout_path = self.scratch.path(&format!("within-{n}.stdout"));
+        let stderr_path = self.scratch.path(&format!("within-{n}.stderr"));
+        let mut command = self.command("dispatch", dispatch_path, extra);
+        command
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            // Its own group, so that the test can kill all of it (never done by dispatch).
+            .process_group(0);
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                // SAFETY: killing the process group this test just started.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+                for pid in self.processes() {
+                    // SAFETY: a process this test started (it carries the charm's state dir).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                panic!(
+                    "dispatch still running after {timeout:?} (a loop?); stderr so far: {}",
+                    text(&std::fs::read(&stderr_path).unwrap_or_default())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Output {
+            status,
+            stdout: std::fs::read(&stdout_path).unwrap(),
+            stderr: std::fs::read(&stderr_path).unwrap(),
+        }
+    }
+
+    /// Live processes started for this charm: everything that carries its fake-tool state
+    /// directory in its environment (wrapper, charm, tools, daemons), but the test itself.
+    pub fn processes(&self) -> Vec<i32> {
+        let needle = format!("FAKE_JUJU_STATE={}", self.state.display()).into_bytes();
+        let me = std::process::id() as i32;
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| pid != me && !is_dead(pid))
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == needle.as_slice()))
+            })
+            .collect()
+    }
+
     /// Runs the charm's own entrypoint with the same environment, without us.
     pub fn bare(&self, dispatch_path: &str, extra: &[(&str, &str)]) -> Output {
         self.command("dispatch.orig", dispatch_path, extra)
@@ -269,10 +332,59 @@ impl Charm {
             .unwrap();
     }
 
+    /// Makes the charm's target this very dispatch, in one of the ways of `SELF_TARGETS`.
+    /// Returns the target's name as our stderr line shows it.
+    pub fn target_this_dispatch(&self, how: &str) -> &'static str {
+        let original = self.path("dispatch.orig");
+        match how {
+            "a copy of it" => {
+                // `cp dispatch dispatch.orig`: other bytes on disk, not a link (the charm's
+                // `dispatch` itself is hard-linked from target/).
+                let bytes = std::fs::read(self.path("dispatch")).unwrap();
+                std::fs::remove_file(&original).unwrap();
+                std::fs::write(&original, bytes).unwrap();
+                self.chmod("dispatch.orig", 0o755);
+            }
+            "a hard link to it" => {
+                std::fs::remove_file(&original).unwrap();
+                std::fs::hard_link(self.path("dispatch"), &original).unwrap();
+            }
+            "a symbolic link to it" => {
+                std::fs::remove_file(&original).unwrap();
+                std::os::unix::fs::symlink("dispatch", &original).unwrap();
+            }
+            "the same file" => {
+                self.write("dispatch-trace.yaml", "target: dispatch\n");
+                return "dispatch";
+            }
+            other => panic!("unknown way {other:?}"),
+        }
+        "dispatch.orig"
+    }
+
     pub fn store_file(&self) -> PathBuf {
         self.dir.join(".dispatch-trace.db")
     }
 }
+
+/// Dead, or a zombie nobody reaped yet.
+pub fn is_dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// The ways a charm's target can be our own binary (`Charm::target_this_dispatch`), as our
+/// stderr line words them.
+pub const SELF_TARGETS: &[&str] = &[
+    "a copy of it",
+    "a hard link to it",
+    "a symbolic link to it",
+    "the same file",
+];
 
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
