@@ -46,6 +46,8 @@ pub struct Failure {
 pub struct Answer {
     pub status: u16,
     pub retry_after: Option<Duration>,
+    /// The proxy the request went through (its URL, credentials redacted), if any.
+    pub proxy: Option<String>,
 }
 
 /// Sends one request; `timeout` is the time left in the budget.
@@ -396,12 +398,30 @@ fn save_refused(store: &Store, key: &str, refused: &[i64]) {
 }
 
 /// Turns a status into success or a failure with its cause.
+///
+/// Through a proxy, only a 407 is surely the proxy's own answer; any other status may be the
+/// backend's, relayed, or the proxy's (squid's 403 for a destination it does not allow, its
+/// 502-504 when it cannot reach the backend), so it is classified as the backend's and the
+/// cause names the proxy too: a 4xx from either is the operator's to fix, a 5xx from either
+/// an outage.
 fn classify(answer: Answer, url: &str) -> Result<(), Failure> {
     let url = &crate::destination::redact_url(url);
+    let through = answer
+        .proxy
+        .as_ref()
+        .map_or(String::new(), |proxy| format!(" (through proxy {proxy})"));
     match answer.status {
         200..=299 => Ok(()),
+        407 if answer.proxy.is_some() => Err(Failure {
+            cause: proxy_wants_credentials(answer.proxy.as_deref().unwrap_or_default(), url),
+            actionable: true,
+            retry_after: None,
+        }),
         429 | 502..=504 => Err(Failure {
-            cause: format!("{url} answered {} (busy or unavailable)", answer.status),
+            cause: format!(
+                "{url} answered {} (busy or unavailable){through}",
+                answer.status
+            ),
             actionable: false,
             // Retry-After only counts on 429 and 503 (DESIGN §5).
             retry_after: answer
@@ -409,17 +429,25 @@ fn classify(answer: Answer, url: &str) -> Result<(), Failure> {
                 .filter(|_| matches!(answer.status, 429 | 503)),
         }),
         400..=499 => Err(Failure {
-            cause: format!("{url} rejected the traces with HTTP {}", answer.status),
+            cause: format!(
+                "{url} rejected the traces with HTTP {}{through}",
+                answer.status
+            ),
             actionable: true,
             retry_after: None,
         }),
         status => Err(Failure {
-            cause: format!("{url} answered HTTP {status}"),
+            cause: format!("{url} answered HTTP {status}{through}"),
             actionable: false,
             // Retry-After only counts on 429 and 503 (DESIGN §5); other errors back off.
             retry_after: None,
         }),
     }
+}
+
+/// The cause for a proxy's 407, to a tunnel or to an absolute-form request alike.
+pub fn proxy_wants_credentials(proxy: &str, url: &str) -> String {
+    format!("proxy {proxy} requires authentication (HTTP 407; sending to {url})")
 }
 
 /// Saves the outcome and the destination's backoff.
@@ -586,6 +614,7 @@ mod tests {
                 return Ok(Answer {
                     status: 200,
                     retry_after: None,
+                    proxy: None,
                 });
             }
             answers.remove(0)
@@ -596,6 +625,7 @@ mod tests {
         Ok(Answer {
             status: 200,
             retry_after: None,
+            proxy: None,
         })
     }
 
@@ -603,6 +633,7 @@ mod tests {
         Ok(Answer {
             status: code,
             retry_after: retry_after.map(Duration::from_secs),
+            proxy: None,
         })
     }
 
@@ -971,6 +1002,7 @@ mod tests {
                 Answer {
                     status,
                     retry_after: None,
+                    proxy: None,
                 },
                 url,
             )
@@ -981,5 +1013,38 @@ mod tests {
         assert!(!a(429).unwrap_err().actionable);
         assert!(!a(500).unwrap_err().actionable);
         assert!(!a(503).unwrap_err().actionable);
+    }
+
+    #[test]
+    fn through_a_proxy_a_407_is_the_proxys_and_other_answers_name_it_too() {
+        let url = "http://x/v1/traces";
+        let a = |status| {
+            classify(
+                Answer {
+                    status,
+                    retry_after: None,
+                    proxy: Some("http://squid:3128".into()),
+                },
+                url,
+            )
+        };
+        assert!(a(200).is_ok());
+        let auth = a(407).unwrap_err();
+        assert!(auth.actionable);
+        assert_eq!(
+            auth.cause,
+            "proxy http://squid:3128 requires authentication (HTTP 407; sending to http://x/v1/traces)"
+        );
+        let forbidden = a(403).unwrap_err();
+        assert!(forbidden.actionable);
+        assert_eq!(
+            forbidden.cause,
+            "http://x/v1/traces rejected the traces with HTTP 403 (through proxy http://squid:3128)"
+        );
+        let unavailable = a(503).unwrap_err();
+        assert!(!unavailable.actionable);
+        assert!(unavailable
+            .cause
+            .ends_with("(through proxy http://squid:3128)"));
     }
 }

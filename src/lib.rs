@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod destination;
 pub mod export;
+pub mod forward_proxy;
 pub mod human;
 pub mod inflight;
 pub mod juju;

@@ -8,6 +8,12 @@
 //!   `JUJU_CHARM_HTTP_PROXY`/`JUJU_CHARM_HTTPS_PROXY`/`JUJU_CHARM_NO_PROXY` (the standard
 //!   `http_proxy`/`https_proxy`/`no_proxy` are the fallback). NO_PROXY entries match a host
 //!   exactly, as a domain suffix, or as a CIDR; loopback is always direct.
+//! - Proxies get what proxies expect: an http destination is sent to the proxy in absolute
+//!   form (`forward_proxy`, since ureq would tunnel it), an https one through a `CONNECT`
+//!   tunnel (ureq's). Every request says `User-Agent: dispatch/<version>`, `CONNECT` included.
+//! - A failure on the way names the proxy (credentials redacted) when it is the proxy's: a
+//!   proxy that refuses the connection, cannot be found, or refuses the tunnel. Which answers
+//!   are the proxy's own is in `export::classify`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,7 +27,19 @@ use crate::export::{Answer, Failure, Transport};
 
 pub struct Http {
     agent: ureq::Agent,
+    /// The proxy requests go through, if any.
+    proxy: Option<Via>,
 }
+
+struct Via {
+    /// Its URL with any credentials redacted: what causes show.
+    shown: String,
+    /// `Proxy-Authorization` for absolute-form requests (ureq sends it on `CONNECT` itself).
+    authorization: Option<String>,
+}
+
+/// What every request says it is (README "Shipping").
+const USER_AGENT: &str = concat!("dispatch/", env!("CARGO_PKG_VERSION"));
 
 impl Http {
     /// A client for `destination` with proxies from `env`. Fails (with a cause the operator
@@ -29,17 +47,22 @@ impl Http {
     pub fn new(destination: &Destination, env: &BTreeMap<String, String>) -> Result<Http, Failure> {
         // Roots cost milliseconds to load (the system store holds ~150 certificates): only
         // for https.
-        let roots = if destination.url.starts_with("https://") {
+        let https = destination.url.starts_with("https://");
+        let roots = if https {
             load_roots(&destination.ca)?
         } else {
             Vec::new()
         };
         let proxy = match choose_proxy(&destination.url, env) {
-            Some(url) => Some(ureq::Proxy::new(&url).map_err(|e| Failure {
-                cause: format!("bad proxy {}: {e}", crate::destination::redact_url(&url)),
-                actionable: true,
-                retry_after: None,
-            })?),
+            Some(url) => {
+                let shown = crate::destination::redact_url(&url);
+                let proxy = ureq::Proxy::new(&url).map_err(|e| Failure {
+                    cause: format!("bad proxy {shown}: {e}"),
+                    actionable: true,
+                    retry_after: None,
+                })?;
+                Some((proxy, shown))
+            }
             None => None,
         };
         let tls = TlsConfig::builder()
@@ -47,15 +70,45 @@ impl Http {
             .root_certs(RootCerts::Specific(Arc::new(roots)))
             .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .build();
-        let agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .proxy(proxy)
             .max_redirects(0)
-            .tls_config(tls)
-            .build()
-            .new_agent();
-        Ok(Http { agent })
+            .user_agent(USER_AGENT)
+            .tls_config(tls);
+        let Some((proxy, shown)) = proxy else {
+            let agent = config.proxy(None).build().new_agent();
+            return Ok(Http { agent, proxy: None });
+        };
+        // https goes through ureq's CONNECT tunnel, which carries the credentials itself; so
+        // does anything through a proxy reached over TLS (`forward_proxy` speaks plain TCP).
+        let tunnel = https || proxy.protocol() != ureq::ProxyProtocol::Http;
+        let (agent, authorization) = if tunnel {
+            (config.proxy(Some(proxy)).build().new_agent(), None)
+        } else {
+            let authorization = proxy_authorization(&proxy);
+            (crate::forward_proxy::agent(config, &proxy), authorization)
+        };
+        let proxy = Some(Via {
+            shown,
+            authorization,
+        });
+        Ok(Http { agent, proxy })
     }
+}
+
+/// `Basic` credentials from the proxy URL (percent-decoded by ureq, as for its `CONNECT`).
+fn proxy_authorization(proxy: &ureq::Proxy) -> Option<String> {
+    use base64::Engine;
+    if proxy.username().is_none() && proxy.password().is_none() {
+        return None;
+    }
+    let credentials = format!(
+        "{}:{}",
+        proxy.username().unwrap_or_default(),
+        proxy.password().unwrap_or_default()
+    );
+    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+    Some(format!("Basic {encoded}"))
 }
 
 fn tls_failure(cause: String) -> Failure {
@@ -111,15 +164,20 @@ impl Transport for Http {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Answer, Failure> {
-        let response = self
+        let mut request = self
             .agent
             .post(url)
             .config()
             .timeout_global(Some(timeout))
             .build()
-            .header("Content-Type", content_type)
+            .header("Content-Type", content_type);
+        let proxy = self.proxy.as_ref();
+        if let Some(authorization) = proxy.and_then(|p| p.authorization.as_deref()) {
+            request = request.header("Proxy-Authorization", authorization);
+        }
+        let response = request
             .send(body)
-            .map_err(|e| describe(url, e))?;
+            .map_err(|e| describe(url, e, proxy.map(|p| p.shown.as_str())))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -129,6 +187,7 @@ impl Transport for Http {
         Ok(Answer {
             status,
             retry_after,
+            proxy: proxy.map(|p| p.shown.clone()),
         })
     }
 }
@@ -144,10 +203,46 @@ fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration
     Some(when.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// A failure's cause in words an operator can act on, and whether they can.
-fn describe(url: &str, error: ureq::Error) -> Failure {
+/// A failure's cause in words an operator can act on, and whether they can. With a proxy, a
+/// failure to reach it or a tunnel it refuses is the proxy's and says so; anything else names
+/// the proxy the request went through.
+fn describe(url: &str, error: ureq::Error, proxy: Option<&str>) -> Failure {
+    let raw = url;
     let url = &crate::destination::redact_url(url);
-    let (cause, actionable) = match &error {
+    let (cause, actionable) = match proxy {
+        Some(proxy) => proxys_own(proxy, url, &error).unwrap_or_else(|| {
+            let (cause, actionable) = destinations(url, &error);
+            (format!("{cause} (through proxy {proxy})"), actionable)
+        }),
+        None => destinations(url, &error),
+    };
+    Failure {
+        // ureq's and rustls' own words may quote the URL they failed on.
+        cause: crate::destination::redact_text(&cause, raw),
+        actionable,
+        retry_after: None,
+    }
+}
+
+/// A failure that can only be the proxy's, in words that name it.
+fn proxys_own(proxy: &str, url: &str, error: &ureq::Error) -> Option<(String, bool)> {
+    match error {
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => Some((
+            format!("proxy {proxy} refused the connection (sending to {url})"),
+            false,
+        )),
+        // The proxy's own name: the destination's is only ever resolved by the proxy.
+        ureq::Error::HostNotFound => Some((
+            format!("proxy {proxy}: host not found (sending to {url})"),
+            true,
+        )),
+        ureq::Error::ConnectProxyFailed(reason) => Some(tunnel_refused(proxy, url, reason)),
+        _ => None,
+    }
+}
+
+fn destinations(url: &str, error: &ureq::Error) -> (String, bool) {
+    match error {
         ureq::Error::Timeout(_) => (format!("{url} did not answer in time"), false),
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             (format!("{url} refused the connection"), false)
@@ -162,11 +257,36 @@ fn describe(url: &str, error: ureq::Error) -> Failure {
         ureq::Error::Rustls(e) => (format!("TLS with {url} failed: {e}"), true),
         ureq::Error::Pem(e) => (format!("bad CA bundle for {url}: {e}"), true),
         other => (format!("sending to {url} failed: {other}"), false),
-    };
-    Failure {
-        cause,
-        actionable,
-        retry_after: None,
+    }
+}
+
+/// A `CONNECT` the proxy did not grant. ureq gives its answer only as words
+/// (`proxy server responded 403/Forbidden`); the status is read from them. 502-504 mean the
+/// proxy could not reach the destination (an outage); 407 and any other refusal (squid's 403
+/// for a port it does not tunnel to) are the operator's to fix.
+fn tunnel_refused(proxy: &str, url: &str, reason: &str) -> (String, bool) {
+    let status = reason
+        .split_once("responded ")
+        .and_then(|(_, rest)| rest.split(['/', ' ']).next())
+        .and_then(|code| code.parse::<u16>().ok());
+    match status {
+        Some(407) => (crate::export::proxy_wants_credentials(proxy, url), true),
+        Some(status @ 502..=504) => (
+            format!("proxy {proxy} could not reach {url} (HTTP {status} to CONNECT)"),
+            false,
+        ),
+        Some(status) => (
+            format!("proxy {proxy} refused to tunnel to {url} (HTTP {status} to CONNECT)"),
+            true,
+        ),
+        None if reason.contains("did not respond") => (
+            format!("proxy {proxy} did not answer the CONNECT (sending to {url})"),
+            false,
+        ),
+        None => (
+            format!("proxy {proxy} refused to tunnel to {url}: {reason}"),
+            true,
+        ),
     }
 }
 
@@ -349,6 +469,51 @@ mod tests {
             Some("fd00::1")
         );
         assert_eq!(host_of("nonsense"), None);
+    }
+
+    #[test]
+    fn failures_reaching_the_proxy_or_refused_by_it_name_the_proxy() {
+        let url = "http://user:pw@tempo.invalid:4318/v1/traces";
+        let proxy = Some("http://<credentials>@squid:3128");
+        let refused = || ureq::Error::Io(std::io::ErrorKind::ConnectionRefused.into());
+        let connect = |reason: &str| ureq::Error::ConnectProxyFailed(reason.into());
+        let failure = describe(url, refused(), proxy);
+        assert_eq!(
+            failure.cause,
+            "proxy http://<credentials>@squid:3128 refused the connection \
+             (sending to http://<credentials>@tempo.invalid:4318/v1/traces)"
+        );
+        assert!(!failure.actionable);
+        assert!(describe(url, ureq::Error::HostNotFound, proxy)
+            .cause
+            .starts_with("proxy http://<credentials>@squid:3128: host not found"));
+        let forbidden = describe(url, connect("proxy server responded 403/Forbidden"), proxy);
+        assert!(forbidden.actionable);
+        assert!(
+            forbidden.cause.contains("refused to tunnel") && forbidden.cause.contains("403"),
+            "{}",
+            forbidden.cause
+        );
+        let auth = describe(url, connect("proxy server responded 407/Proxy Auth"), proxy);
+        assert!(
+            auth.actionable && auth.cause.contains("HTTP 407"),
+            "{}",
+            auth.cause
+        );
+        for outage in [
+            connect("proxy server responded 503/Service Unavailable"),
+            connect("proxy server did not respond"),
+            ureq::Error::Timeout(ureq::Timeout::Global),
+        ] {
+            let failure = describe(url, outage, proxy);
+            assert!(!failure.actionable, "{}", failure.cause);
+            assert!(failure.cause.contains("squid:3128"), "{}", failure.cause);
+        }
+        // Without a proxy, nothing changes.
+        assert_eq!(
+            describe(url, refused(), None).cause,
+            "http://<credentials>@tempo.invalid:4318/v1/traces refused the connection"
+        );
     }
 
     #[test]

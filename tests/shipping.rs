@@ -56,6 +56,20 @@ fn a_dispatch_ships_its_trace_as_otlp_protobuf_to_the_destination() {
 }
 
 #[test]
+fn requests_name_dispatch_and_its_version_as_their_user_agent() {
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start(vec![Answer::ok()]);
+    set_destination(&charm, &receiver.url());
+    assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].header("user-agent"),
+        Some(concat!("dispatch/", env!("CARGO_PKG_VERSION")))
+    );
+}
+
+#[test]
 fn json_is_sent_when_the_config_or_the_environment_asks_for_it() {
     let charm = Charm::new("shell");
     charm.write("dispatch-trace.yaml", "protocol: http/json\n");

@@ -15,6 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod proxy;
 pub mod receiver;
 pub mod rotel;
 

@@ -68,7 +68,8 @@ impl Request {
     }
 }
 
-/// A certificate authority and a server certificate it signed for 127.0.0.1 and localhost.
+/// A certificate authority and a server certificate it signed (for 127.0.0.1 and localhost
+/// unless told otherwise).
 pub struct TestPki {
     pub ca_pem: String,
     pub server_cert_pem: String,
@@ -77,6 +78,10 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn new() -> TestPki {
+        TestPki::for_names(&["127.0.0.1", "localhost"])
+    }
+
+    pub fn for_names(names: &[&str]) -> TestPki {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -84,8 +89,8 @@ impl TestPki {
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::from_params(&ca_params, &ca_key);
         let server_key = KeyPair::generate().unwrap();
-        let server_params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let server_params = CertificateParams::new(names).unwrap();
         let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
         TestPki {
             ca_pem: ca_cert.pem(),
@@ -357,7 +362,7 @@ fn content_length(request: &Request) -> usize {
         .unwrap_or(0)
 }
 
-fn read_request<S: Read>(reader: &mut BufReader<S>) -> Option<Request> {
+pub fn read_request<S: Read>(reader: &mut BufReader<S>) -> Option<Request> {
     let mut request = read_head(reader)?;
     let chunked = request
         .header("transfer-encoding")
