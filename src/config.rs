@@ -4,9 +4,27 @@
 //! store, never in environment variables. A bad file must never break a hook: it yields the
 //! defaults plus a problem description that goes to stderr once and onto the root span, and
 //! `dispatch check-config` turns the same problem into a non-zero exit at build time.
+//!
+//! Each mistake a person can type makes one line that says where and what (README,
+//! "Configuration"), e.g. `dispatch-trace.yaml line 3 column 10: enabled must be true or
+//! false, not "yes please"`. That is why the file is read by the visitors below rather than
+//! `derive(Deserialize)`: serde_yaml gives an error raised while a value is read the line and
+//! column of that value, and the visitors word it for a person (the derive says
+//! `invalid type: string "lots", expected u64`, and nothing about a key's neighbours). The
+//! file is first read once with `IgnoredAny`, so a YAML syntax error is what is reported even
+//! when a bad key comes before it.
+//!
+//! Limits: at most `MAX_FILE_BYTES` of the file are read (a config is a few hundred bytes, and
+//! a hook must not pay for a large file put there by mistake), and a string value holds at
+//! most `MAX_VALUE_BYTES` (`service_name` is copied into every trace; paths and URLs need a
+//! few KiB at most).
 
+use std::fmt::Write as _;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 pub const CONFIG_FILE: &str = "dispatch-trace.yaml";
@@ -14,9 +32,14 @@ pub const DEFAULT_STORE_FILE: &str = ".dispatch-trace.db";
 /// ops[tracing] keeps 40 MiB of buffered traces; so do we by default.
 pub const DEFAULT_STORE_MAX_BYTES: u64 = 40 * 1024 * 1024;
 pub const DEFAULT_EXPORT_BUDGET_MS: u64 = 1000;
+/// The most of the file that is read.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// The longest string value.
+pub const MAX_VALUE_BYTES: usize = 4096;
+const MIN_STORE_MAX_BYTES: u64 = 64 * 1024;
+const MAX_EXPORT_BUDGET_MS: u64 = 60_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TraceContextMode {
     /// New trace per dispatch with a span link to Juju's context (default).
     #[default]
@@ -25,18 +48,18 @@ pub enum TraceContextMode {
     Continue,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
+    /// `http/protobuf`
     #[default]
-    #[serde(rename = "http/protobuf")]
     HttpProtobuf,
-    #[serde(rename = "http/json")]
+    /// `http/json`
     HttpJson,
 }
 
-/// Every key of the config file; see the README for what each does.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Every key of the config file; see the README for what each does, and `KEYS` for how each
+/// is read.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// `false` turns tracing off: the target is exec'd directly.
     pub enabled: bool,
@@ -101,58 +124,48 @@ pub struct Loaded {
 
 impl Config {
     pub fn load(charm_dir: &Path) -> Loaded {
-        let path = charm_dir.join(CONFIG_FILE);
-        match std::fs::read(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Loaded {
-                config: Config::default(),
-                problem: None,
-                present: false,
+        let (config, problem, present) = match read_file(&charm_dir.join(CONFIG_FILE)) {
+            Ok(None) => (Config::default(), None, false),
+            Ok(Some(bytes)) => match Config::parse(&bytes) {
+                Ok(config) => (config, None, true),
+                Err(problem) => (Config::default(), Some(problem), true),
             },
-            Err(e) => Loaded {
-                config: Config::default(),
-                problem: Some(format!(
-                    "cannot read {}: {e}; using defaults",
-                    path.display()
-                )),
-                present: true,
-            },
-            Ok(bytes) => match Config::parse(&bytes) {
-                Ok(config) => Loaded {
-                    config,
-                    problem: None,
-                    present: true,
-                },
-                Err(e) => Loaded {
-                    config: Config::default(),
-                    problem: Some(format!("{}: {e}; using defaults", path.display())),
-                    present: true,
-                },
-            },
+            Err(problem) => (Config::default(), Some(problem), true),
+        };
+        Loaded {
+            config,
+            problem: problem.map(|problem| format!("{problem}; using defaults")),
+            present,
         }
     }
 
+    /// The config in `bytes`, or the one line that says what is wrong with it and where.
     pub fn parse(bytes: &[u8]) -> Result<Config, String> {
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Config::default());
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(too_large(bytes.len() as u64));
         }
-        let config: Config = serde_yaml::from_slice(bytes).map_err(|e| e.to_string())?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    fn validate(&self) -> Result<(), String> {
-        if self.export_budget_ms > 60_000 {
-            return Err("export_budget_ms must be at most 60000".into());
+        let text = std::str::from_utf8(bytes).map_err(|e| not_utf8(bytes, e))?;
+        // Syntax first, over every document.
+        let mut documents = serde_yaml::Deserializer::from_str(text);
+        if let Some(first) = documents.next() {
+            IgnoredAny::deserialize(first).map_err(|e| yaml_problem(text, &e))?;
         }
-        if self.store_max_bytes < 64 * 1024 {
-            return Err("store_max_bytes must be at least 65536".into());
+        if documents.next().is_some() {
+            return Err(match second_document(text) {
+                Some(place) => located(
+                    Some(place),
+                    "a second YAML document starts here; the file must hold one",
+                ),
+                None => located(None, "holds more than one YAML document; it must hold one"),
+            });
         }
-        if let Some(endpoint) = &self.endpoint {
-            crate::destination::parse_url(endpoint).map_err(|why| {
-                format!("endpoint: {}", crate::destination::bad_url(endpoint, &why))
-            })?;
-        }
-        Ok(())
+        let mut said = None;
+        let read =
+            DocumentSeed { said: &mut said }.deserialize(serde_yaml::Deserializer::from_str(text));
+        read.map_err(|e| match said {
+            Some(said) => said.with_place(text, &e),
+            None => yaml_problem(text, &e),
+        })
     }
 
     /// The store file, resolved against the charm dir.
@@ -161,6 +174,644 @@ impl Config {
             Some(path) => charm_dir.join(path),
             None => charm_dir.join(DEFAULT_STORE_FILE),
         }
+    }
+}
+
+/// The file's bytes, `None` when there is none. Never more than `MAX_FILE_BYTES + 1` are read,
+/// and a FIFO put in its place cannot block the hook (`O_NONBLOCK`; only regular files are read).
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let cannot = |e: std::io::Error| format!("cannot read {CONFIG_FILE}: {e}");
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cannot(e)),
+        Ok(file) => file,
+    };
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!("{CONFIG_FILE} is not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        // It grew after we looked.
+        return Err(format!(
+            "{CONFIG_FILE} is more than {MAX_FILE_BYTES} bytes; at most {MAX_FILE_BYTES} are read"
+        ));
+    }
+    Ok(Some(bytes))
+}
+
+fn too_large(size: u64) -> String {
+    format!("{CONFIG_FILE} is {size} bytes; at most {MAX_FILE_BYTES} are read")
+}
+
+/// `dispatch-trace.yaml line L column C: <what is there>`, or about the whole file,
+/// `dispatch-trace.yaml <what it is>`.
+fn located(place: Option<(usize, usize)>, message: &str) -> String {
+    match place {
+        Some((line, column)) => format!("{CONFIG_FILE} line {line} column {column}: {message}"),
+        None => format!("{CONFIG_FILE} {message}"),
+    }
+}
+
+/// Line and column (from 1, in characters, as libyaml counts them) of byte `index`.
+fn place_of(text: &str, index: usize) -> (usize, usize) {
+    let before = text.get(..index).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// Line `number` (from 1) of `text`.
+fn line_of(text: &str, number: usize) -> Option<&str> {
+    text.lines().nth(number.checked_sub(1)?)
+}
+
+fn not_utf8(bytes: &[u8], e: std::str::Utf8Error) -> String {
+    let valid = e.valid_up_to();
+    // The valid prefix is text, so lines and columns can be counted in it.
+    let prefix = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+    let mut message = match bytes.get(valid) {
+        Some(byte) => format!("byte 0x{byte:02x} is not UTF-8"),
+        None => "the file ends in the middle of a UTF-8 character".to_string(),
+    };
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        message.push_str(" (the file looks like UTF-16)");
+    }
+    message.push_str("; save the file as UTF-8 text");
+    located(Some(place_of(prefix, valid)), &message)
+}
+
+/// A YAML syntax error (or one serde_yaml found itself), in our words where we have some.
+fn yaml_problem(text: &str, e: &serde_yaml::Error) -> String {
+    let mut message = e.to_string();
+    let Some(location) = e.location() else {
+        return located(None, &format!("is not valid YAML: {message}"));
+    };
+    let mut place = (location.line(), location.column());
+    // serde_yaml says where at the end; we say it at the start.
+    let suffix = format!(" at line {} column {}", place.0, place.1);
+    if let Some(at) = message.find(&suffix) {
+        message.replace_range(at..at + suffix.len(), "");
+    }
+    // A character libyaml's reader refuses (a control character) has only a byte offset.
+    const AT_OFFSET: &str = " at position ";
+    if let Some(at) = message.find(AT_OFFSET) {
+        let digits = &message[at + AT_OFFSET.len()..];
+        let end = digits
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(digits.len());
+        if let Ok(index) = digits[..end].parse::<usize>() {
+            place = place_of(text, index);
+            if let Some(c) = text.get(index..).and_then(|rest| rest.chars().next()) {
+                return located(
+                    Some(place),
+                    &format!(
+                        "control character U+{:04X} is not allowed in YAML",
+                        c as u32
+                    ),
+                );
+            }
+        }
+        message.truncate(at);
+    }
+    // YAML indents with spaces only; libyaml's words for a tab do not say so.
+    let indent = |line: &str| {
+        line.chars()
+            .take_while(|c| c.is_whitespace())
+            .any(|c| c == '\t')
+    };
+    if line_of(text, place.0).is_some_and(indent) {
+        return located(
+            Some(place),
+            "a tab indents this line; YAML indents with spaces only",
+        );
+    }
+    if line_of(text, place.0).is_some_and(|line| line.starts_with(' ')) {
+        let _ = write!(message, " (is line {} indented by mistake?)", place.0);
+    }
+    located(Some(place), &format!("not valid YAML: {message}"))
+}
+
+/// Where the second document starts: the first `---` line after some content.
+fn second_document(text: &str) -> Option<(usize, usize)> {
+    let mut content = false;
+    for (number, line) in text.lines().enumerate() {
+        let marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if marker && content {
+            return Some((number + 1, 1));
+        }
+        let trimmed = line.trim();
+        content |= !marker && !trimmed.is_empty() && !trimmed.starts_with('#');
+    }
+    None
+}
+
+/// What a problem found by the visitors is about: where serde_yaml's location points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The whole file (its location is the start of the document: not worth saying).
+    File,
+    Key,
+    Value,
+}
+
+/// A problem found by the visitors, in our words (serde_yaml adds the place to the error).
+struct Said {
+    scope: Scope,
+    message: String,
+}
+
+impl Said {
+    fn with_place(self, text: &str, e: &serde_yaml::Error) -> String {
+        let place = match self.scope {
+            Scope::File => None,
+            Scope::Key | Scope::Value => e.location().map(|l| (l.line(), l.column())),
+        };
+        let mut message = self.message;
+        // `enabled: true` followed by a line indented by mistake reads as one plain value,
+        // `true bad indent`: say why.
+        if let (Scope::Value, Some((line, _))) = (self.scope, place) {
+            let next = line_of(text, line + 1).unwrap_or_default();
+            let trimmed = next.trim_start();
+            if next.len() > trimmed.len() && !trimmed.is_empty() && !trimmed.starts_with('#') {
+                let _ = write!(
+                    message,
+                    " (line {} is indented, so YAML reads it as part of this value)",
+                    line + 1
+                );
+            }
+        }
+        located(place, &message)
+    }
+}
+
+fn fail<E: de::Error>(said: &mut Option<Said>, scope: Scope, message: String) -> E {
+    let error = E::custom(&message);
+    *said = Some(Said { scope, message });
+    error
+}
+
+/// A value as written, as far as a key cares.
+enum Seen {
+    /// `key:` with nothing after it, or `~`/`null`.
+    Empty,
+    Bool(bool),
+    /// A number: as written (floats as Rust prints them), and as a `u64` when it is one.
+    Number(String, Option<u64>),
+    Text(String),
+    List,
+    Mapping,
+    /// `!something value`
+    Tagged,
+}
+
+impl Seen {
+    /// The value in a message.
+    fn shown(&self) -> String {
+        match self {
+            Seen::Empty => "empty".into(),
+            Seen::Bool(b) => b.to_string(),
+            Seen::Number(text, _) => text.clone(),
+            Seen::Text(text) => quoted(text),
+            Seen::List => "a list".into(),
+            Seen::Mapping => "a mapping (`key: value` lines)".into(),
+            Seen::Tagged => "a value with a YAML tag (`!...`)".into(),
+        }
+    }
+}
+
+/// A string for a message: quoted, escaped onto one line, and cut short when long.
+fn quoted(text: &str) -> String {
+    const SHOWN: usize = 60;
+    match text.char_indices().nth(SHOWN) {
+        None => format!("{text:?}"),
+        Some((end, _)) => format!("{:?}... ({} bytes)", &text[..end], text.len()),
+    }
+}
+
+fn wrong(key: &str, expected: &str, seen: &Seen) -> String {
+    match seen {
+        Seen::Empty => format!("{key} is empty; it must be {expected}"),
+        other => format!("{key} must be {expected}, not {}", other.shown()),
+    }
+}
+
+fn flag(key: &str, seen: Seen) -> Result<bool, String> {
+    match seen {
+        Seen::Bool(b) => Ok(b),
+        other => Err(wrong(key, "true or false", &other)),
+    }
+}
+
+/// A whole number of `unit` within `range`.
+fn whole(
+    key: &str,
+    seen: Seen,
+    unit: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, String> {
+    let (least, most) = (*range.start(), *range.end());
+    match seen {
+        Seen::Number(_, Some(n)) if n < least => {
+            Err(format!("{key} must be at least {least}, not {n}"))
+        }
+        Seen::Number(_, Some(n)) if n > most => {
+            Err(format!("{key} must be at most {most}, not {n}"))
+        }
+        Seen::Number(_, Some(n)) => Ok(n),
+        other => {
+            let mut expected = format!("a whole number of {unit}");
+            if least > 0 {
+                let _ = write!(expected, ", at least {least}");
+            }
+            if most < u64::MAX {
+                let _ = write!(expected, ", at most {most}");
+            }
+            Err(wrong(key, &expected, &other))
+        }
+    }
+}
+
+/// Text, or `None` for an empty value (the default). A number is taken as written.
+fn text(key: &str, seen: Seen) -> Result<Option<String>, String> {
+    let text = match seen {
+        Seen::Empty => return Ok(None),
+        Seen::Text(text) | Seen::Number(text, _) => text,
+        other => return Err(wrong(key, "text", &other)),
+    };
+    if text.len() > MAX_VALUE_BYTES {
+        return Err(format!(
+            "{key} is {} bytes long; at most {MAX_VALUE_BYTES}",
+            text.len()
+        ));
+    }
+    Ok(Some(text))
+}
+
+fn path(key: &str, seen: Seen) -> Result<Option<PathBuf>, String> {
+    Ok(text(key, seen)?.map(PathBuf::from))
+}
+
+fn url(key: &str, seen: Seen) -> Result<Option<String>, String> {
+    let url = text(key, seen)?;
+    if let Some(url) = &url {
+        crate::destination::parse_url(url)
+            .map_err(|why| format!("{key} {}", crate::destination::bad_url(url, &why)))?;
+    }
+    Ok(url)
+}
+
+/// One of `choices` (name, value), by name.
+fn choice<T: Copy>(key: &str, seen: Seen, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Seen::Text(text) = &seen {
+        if let Some((_, value)) = choices.iter().find(|(name, _)| name == text) {
+            return Ok(*value);
+        }
+    }
+    let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+    Err(wrong(key, &names.join(" or "), &seen))
+}
+
+type Setter = fn(&mut Config, &'static str, Seen) -> Result<(), String>;
+
+/// Every key, and how its value is read and checked.
+const KEYS: &[(&str, Setter)] = &[
+    ("enabled", |c, k, v| flag(k, v).map(|x| c.enabled = x)),
+    ("target", |c, k, v| path(k, v).map(|x| c.target = x)),
+    ("service_name", |c, k, v| {
+        text(k, v).map(|x| c.service_name = x)
+    }),
+    ("tracing_endpoint", |c, k, v| {
+        text(k, v).map(|x| c.tracing_endpoint = x)
+    }),
+    ("ca_endpoint", |c, k, v| {
+        text(k, v).map(|x| c.ca_endpoint = x)
+    }),
+    ("endpoint", |c, k, v| url(k, v).map(|x| c.endpoint = x)),
+    ("ca_file", |c, k, v| path(k, v).map(|x| c.ca_file = x)),
+    ("protocol", |c, k, v| {
+        choice(k, v, PROTOCOLS).map(|x| c.protocol = x)
+    }),
+    ("store_path", |c, k, v| path(k, v).map(|x| c.store_path = x)),
+    ("store_max_bytes", |c, k, v| {
+        whole(k, v, "bytes", MIN_STORE_MAX_BYTES..=u64::MAX).map(|x| c.store_max_bytes = x)
+    }),
+    ("export_budget_ms", |c, k, v| {
+        whole(k, v, "milliseconds", 0..=MAX_EXPORT_BUDGET_MS).map(|x| c.export_budget_ms = x)
+    }),
+    ("publish_requirer_data", |c, k, v| {
+        flag(k, v).map(|x| c.publish_requirer_data = x)
+    }),
+    ("juju_trace_context", |c, k, v| {
+        choice(k, v, CONTEXT_MODES).map(|x| c.juju_trace_context = x)
+    }),
+    ("record_log_messages", |c, k, v| {
+        flag(k, v).map(|x| c.record_log_messages = x)
+    }),
+    ("custom_spans", |c, k, v| {
+        flag(k, v).map(|x| c.custom_spans = x)
+    }),
+];
+
+const PROTOCOLS: &[(&str, Protocol)] = &[
+    ("http/protobuf", Protocol::HttpProtobuf),
+    ("http/json", Protocol::HttpJson),
+];
+
+const CONTEXT_MODES: &[(&str, TraceContextMode)] = &[
+    ("link", TraceContextMode::Link),
+    ("continue", TraceContextMode::Continue),
+];
+
+/// `unknown key "enabeld" (did you mean "enabled"?)`, or the list of keys when none is close.
+fn unknown_key(key: &str) -> String {
+    match closest_key(key) {
+        Some(known) => format!("unknown key {} (did you mean {known:?}?)", quoted(key)),
+        None => {
+            let names: Vec<&str> = KEYS.iter().map(|(name, _)| *name).collect();
+            format!(
+                "unknown key {}; the keys are {}",
+                quoted(key),
+                names.join(", ")
+            )
+        }
+    }
+}
+
+/// The known key a mistyped one was most likely meant to be: the fewest edits away (a swap of
+/// two neighbours counting as one, case and `-` for `_` as none), if that is few for its length.
+fn closest_key(key: &str) -> Option<&'static str> {
+    // No key is this long: not a typo of one (and the distance costs length squared).
+    if key.len() > 64 {
+        return None;
+    }
+    let typed: Vec<char> = key
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            '-' | ' ' | '.' => '_',
+            c => c,
+        })
+        .collect();
+    KEYS.iter()
+        .map(|(name, _)| {
+            (
+                edit_distance(&typed, &name.chars().collect::<Vec<_>>()),
+                *name,
+            )
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .filter(|(distance, name)| *distance <= (name.len() / 3).max(2))
+        .map(|(_, name)| name)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// neighbouring characters.
+fn edit_distance(a: &[char], b: &[char]) -> usize {
+    // Rows i-2, i-1 and i of the usual table.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        current[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (previous[j] + 1)
+                .min(current[j - 1] + 1)
+                .min(previous[j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(before[j - 2] + 1);
+            }
+            current[j] = best;
+        }
+        std::mem::swap(&mut before, &mut previous);
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+/// The whole file: a mapping of keys, or nothing at all (all defaults).
+struct DocumentSeed<'a> {
+    said: &'a mut Option<Said>,
+}
+
+impl DocumentSeed<'_> {
+    fn not_a_mapping<E: de::Error>(self, seen: &Seen) -> E {
+        let mut message = format!(
+            "must hold `key: value` lines, not {}",
+            match seen {
+                Seen::List | Seen::Tagged => seen.shown(),
+                other => format!("the single value {}", other.shown()),
+            }
+        );
+        if matches!(seen, Seen::Text(text) if text.contains(':')) {
+            message.push_str(" (a space must follow the colon)");
+        }
+        fail(self.said, Scope::File, message)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for DocumentSeed<'_> {
+    type Value = Config;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Config, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DocumentSeed<'_> {
+    type Value = Config;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("`key: value` lines")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Config, A::Error> {
+        let mut config = Config::default();
+        let mut seen = Vec::new();
+        while let Some((name, set)) = map.next_key_seed(KeySeed {
+            seen: &mut seen,
+            said: &mut *self.said,
+        })? {
+            map.next_value_seed(ValueSeed {
+                name,
+                set,
+                config: &mut config,
+                said: &mut *self.said,
+            })?;
+        }
+        Ok(config)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Config, E> {
+        Ok(Config::default())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Config, E> {
+        Ok(Config::default())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<Config, A::Error> {
+        Err(self.not_a_mapping(&Seen::List))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Config, E> {
+        Err(self.not_a_mapping(&Seen::Bool(v)))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Config, E> {
+        Err(self.not_a_mapping(&number(v)))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Config, E> {
+        Err(self.not_a_mapping(&number(v)))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Config, E> {
+        Err(self.not_a_mapping(&float(v)))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Config, E> {
+        Err(self.not_a_mapping(&Seen::Text(v.to_string())))
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<Config, A::Error> {
+        Err(self.not_a_mapping(&Seen::Tagged))
+    }
+}
+
+fn number<N: ToString + TryInto<u64>>(n: N) -> Seen {
+    Seen::Number(n.to_string(), n.try_into().ok())
+}
+
+fn float(v: f64) -> Seen {
+    Seen::Number(format!("{v:?}"), None)
+}
+
+/// A key: one of `KEYS`, and not seen before in the file. (Read as text: a key written as
+/// a number or `true` is just an unknown key.)
+struct KeySeed<'a> {
+    seen: &'a mut Vec<&'static str>,
+    said: &'a mut Option<Said>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = (&'static str, Setter);
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = (&'static str, Setter);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        let Some(&(name, set)) = KEYS.iter().find(|(name, _)| *name == v) else {
+            return Err(fail(self.said, Scope::Key, unknown_key(v)));
+        };
+        if self.seen.contains(&name) {
+            let message = format!("{name} is set a second time");
+            return Err(fail(self.said, Scope::Key, message));
+        }
+        self.seen.push(name);
+        Ok((name, set))
+    }
+}
+
+/// The value of key `name`, read and checked by `set` straight into the config.
+struct ValueSeed<'a> {
+    name: &'static str,
+    set: Setter,
+    config: &'a mut Config,
+    said: &'a mut Option<Said>,
+}
+
+impl ValueSeed<'_> {
+    fn take<E: de::Error>(self, seen: Seen) -> Result<(), E> {
+        (self.set)(self.config, self.name, seen).map_err(|m| fail(self.said, Scope::Value, m))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "a value for {}", self.name)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.take(Seen::Empty)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.take(Seen::Empty)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.take(Seen::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.take(number(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.take(number(v))
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<(), E> {
+        self.take(number(v))
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<(), E> {
+        self.take(number(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.take(float(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.take(Seen::Text(v.to_string()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.take(Seen::List)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.take(Seen::Mapping)
+    }
+
+    fn visit_enum<A: de::EnumAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.take(Seen::Tagged)
     }
 }
 
@@ -225,5 +876,335 @@ custom_spans: false
         assert_eq!(loaded.config, Config::default());
         assert!(loaded.problem.unwrap().contains(CONFIG_FILE));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn problem(yaml: &[u8]) -> String {
+        Config::parse(yaml).unwrap_err()
+    }
+
+    const ALL_KEYS: &str = "enabled, target, service_name, tracing_endpoint, ca_endpoint, \
+        endpoint, ca_file, protocol, store_path, store_max_bytes, export_budget_ms, \
+        publish_requirer_data, juju_trace_context, record_log_messages, custom_spans";
+
+    #[test]
+    fn a_yaml_mistake_says_its_line_and_column() {
+        // An indented line continues the value above it.
+        assert_eq!(
+            problem(b"enabled: true\n  bad indent\n"),
+            "dispatch-trace.yaml line 1 column 10: enabled must be true or false, not \
+             \"true bad indent\" (line 2 is indented, so YAML reads it as part of this value)"
+        );
+        assert_eq!(
+            problem(b"enabled: true\n  store_max_bytes: 100000\n"),
+            "dispatch-trace.yaml line 2 column 18: not valid YAML: mapping values are not \
+             allowed in this context (is line 2 indented by mistake?)"
+        );
+        assert_eq!(
+            problem(b"custom_spans: false\nenabled: [true\n"),
+            "dispatch-trace.yaml line 3 column 1: not valid YAML: did not find expected ',' \
+             or ']', while parsing a flow sequence at line 2 column 10"
+        );
+        assert_eq!(
+            problem(b"enabled: *nowhere\n"),
+            "dispatch-trace.yaml line 1 column 10: not valid YAML: unknown anchor"
+        );
+        assert_eq!(
+            problem(b"enabled: true\nservice_name: a\x01b\n"),
+            "dispatch-trace.yaml line 2 column 16: control character U+0001 is not allowed in YAML"
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_is_reported_before_a_bad_key_above_it() {
+        assert_eq!(
+            problem(b"enabeld: false\nprotocol: [\n"),
+            "dispatch-trace.yaml line 3 column 1: not valid YAML: did not find expected node \
+             content, while parsing a flow node"
+        );
+    }
+
+    #[test]
+    fn a_tab_that_indents_a_line_is_named_as_the_mistake() {
+        let tab = "a tab indents this line; YAML indents with spaces only";
+        assert_eq!(
+            problem(b"\tenabled: true\n"),
+            format!("dispatch-trace.yaml line 1 column 1: {tab}")
+        );
+        assert_eq!(
+            problem(b"enabled: true\n\tstore_max_bytes: 100000\n"),
+            format!("dispatch-trace.yaml line 2 column 1: {tab}")
+        );
+        // A tab after the colon separates, as a space does.
+        assert!(!Config::parse(b"enabled:\tfalse\n").unwrap().enabled);
+    }
+
+    #[test]
+    fn an_unknown_key_names_the_closest_known_one_or_lists_them_all() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"enabeld: false\n",
+                "line 1 column 1: unknown key \"enabeld\" (did you mean \"enabled\"?)",
+            ),
+            (
+                b"enabled: true\nservice-name: x\n",
+                "line 2 column 1: unknown key \"service-name\" (did you mean \"service_name\"?)",
+            ),
+            (
+                b"Store_Max_Size: 100000\n",
+                "line 1 column 1: unknown key \"Store_Max_Size\" (did you mean \"store_max_bytes\"?)",
+            ),
+            (
+                b"{enabled: true, endpont: http://x}\n",
+                "line 1 column 17: unknown key \"endpont\" (did you mean \"endpoint\"?)",
+            ),
+        ];
+        for (yaml, said) in cases {
+            assert_eq!(problem(yaml), format!("dispatch-trace.yaml {said}"));
+        }
+        assert_eq!(
+            problem(b"timeout: 5\n"),
+            format!(
+                "dispatch-trace.yaml line 1 column 1: unknown key \"timeout\"; the keys are \
+                 {ALL_KEYS}"
+            )
+        );
+        assert_eq!(
+            problem(b"1: x\n"),
+            format!(
+                "dispatch-trace.yaml line 1 column 1: unknown key \"1\"; the keys are {ALL_KEYS}"
+            )
+        );
+        // A long key is shown cut short, on one line.
+        let long = format!("\"{}\\n\": 1\n", "k".repeat(100));
+        let said = problem(long.as_bytes());
+        assert!(
+            said.starts_with(&format!(
+                "dispatch-trace.yaml line 1 column 1: unknown key \"{}\"... (101 bytes); the keys",
+                "k".repeat(60)
+            )),
+            "{said}"
+        );
+        assert!(!said.contains('\n'), "{said}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_names_its_key_and_what_it_takes() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"store_max_bytes: lots\n",
+                "line 1 column 18: store_max_bytes must be a whole number of bytes, at least \
+                 65536, not \"lots\"",
+            ),
+            (
+                b"enabled: yes please\n",
+                "line 1 column 10: enabled must be true or false, not \"yes please\"",
+            ),
+            (
+                b"custom_spans: \"false\"\n",
+                "line 1 column 15: custom_spans must be true or false, not \"false\"",
+            ),
+            (
+                b"record_log_messages:\n",
+                "line 1 column 21: record_log_messages is empty; it must be true or false",
+            ),
+            (
+                b"export_budget_ms: 1.5\n",
+                "line 1 column 19: export_budget_ms must be a whole number of milliseconds, at \
+                 most 60000, not 1.5",
+            ),
+            (
+                b"export_budget_ms: 999999\n",
+                "line 1 column 19: export_budget_ms must be at most 60000, not 999999",
+            ),
+            (
+                b"store_max_bytes: -5\n",
+                "line 1 column 18: store_max_bytes must be a whole number of bytes, at least \
+                 65536, not -5",
+            ),
+            (
+                b"store_max_bytes: 1000\n",
+                "line 1 column 18: store_max_bytes must be at least 65536, not 1000",
+            ),
+            (
+                b"protocol: grpc\n",
+                "line 1 column 11: protocol must be http/protobuf or http/json, not \"grpc\"",
+            ),
+            (
+                b"juju_trace_context: {a: 1}\n",
+                "line 1 column 21: juju_trace_context must be link or continue, not a mapping \
+                 (`key: value` lines)",
+            ),
+            (
+                b"target: [a, b]\n",
+                "line 1 column 9: target must be text, not a list",
+            ),
+            (
+                b"endpoint: tempo:4318\n",
+                "line 1 column 11: endpoint tempo:4318 is not a usable URL: it does not start \
+                 with http:// or https://",
+            ),
+            (
+                b"enabled: !yes true\n",
+                "line 1 column 10: enabled must be true or false, not a value with a YAML tag \
+                 (`!...`)",
+            ),
+        ];
+        for (yaml, said) in cases {
+            assert_eq!(problem(yaml), format!("dispatch-trace.yaml {said}"));
+        }
+    }
+
+    #[test]
+    fn a_string_value_longer_than_the_limit_is_refused_with_its_key_and_length() {
+        let at_limit = format!("service_name: {}\n", "s".repeat(MAX_VALUE_BYTES));
+        let config = Config::parse(at_limit.as_bytes()).unwrap();
+        assert_eq!(config.service_name.map(|s| s.len()), Some(4096));
+        for key in [
+            "service_name",
+            "target",
+            "endpoint",
+            "store_path",
+            "ca_endpoint",
+        ] {
+            let yaml = format!("{key}: https://{}\n", "s".repeat(MAX_VALUE_BYTES - 7));
+            assert_eq!(
+                problem(yaml.as_bytes()),
+                format!(
+                    "dispatch-trace.yaml line 1 column {}: {key} is 4097 bytes long; at most 4096",
+                    key.len() + 3
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_key_value_lines_says_what_it_is() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"- enabled: true\n- custom_spans: false\n",
+                "must hold `key: value` lines, not a list",
+            ),
+            (
+                b"just a sentence\n",
+                "must hold `key: value` lines, not the single value \"just a sentence\"",
+            ),
+            (
+                b"enabled:false\n",
+                "must hold `key: value` lines, not the single value \"enabled:false\" (a space \
+                 must follow the colon)",
+            ),
+            (
+                b"42\n",
+                "must hold `key: value` lines, not the single value 42",
+            ),
+        ];
+        for (yaml, said) in cases {
+            assert_eq!(problem(yaml), format!("dispatch-trace.yaml {said}"));
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_says_where_the_first_bad_byte_is() {
+        assert_eq!(
+            problem(b"enabled: true\nservice_name: caf\xe9\n"),
+            "dispatch-trace.yaml line 2 column 18: byte 0xe9 is not UTF-8; save the file as \
+             UTF-8 text"
+        );
+        assert_eq!(
+            problem(b"\xff\xfee\x00n\x00"),
+            "dispatch-trace.yaml line 1 column 1: byte 0xff is not UTF-8 (the file looks like \
+             UTF-16); save the file as UTF-8 text"
+        );
+        // A UTF-8 byte order mark is fine.
+        assert!(
+            !Config::parse(b"\xef\xbb\xbfenabled: false\n")
+                .unwrap()
+                .enabled
+        );
+    }
+
+    #[test]
+    fn a_key_set_twice_or_a_second_document_is_a_problem() {
+        assert_eq!(
+            problem(b"enabled: true\ncustom_spans: true\nenabled: false\n"),
+            "dispatch-trace.yaml line 3 column 1: enabled is set a second time"
+        );
+        assert_eq!(
+            problem(b"---\nenabled: true\n---\nenabled: false\n"),
+            "dispatch-trace.yaml line 3 column 1: a second YAML document starts here; the file \
+             must hold one"
+        );
+    }
+
+    #[test]
+    fn comments_alone_or_an_empty_document_mean_defaults() {
+        for yaml in [
+            "# enabled: false\n",
+            "---\n",
+            "~\n",
+            "---\n# nothing yet\n...\n",
+        ] {
+            assert_eq!(
+                Config::parse(yaml.as_bytes()),
+                Ok(Config::default()),
+                "{yaml:?}"
+            );
+        }
+        let config = Config::parse(b"service_name: 123\nservice_name_is_a_number: no\n");
+        assert!(config.is_err(), "an unknown key after a good one");
+        let config = Config::parse(b"service_name: 123\ntarget: ~\n").unwrap();
+        assert_eq!(config.service_name.as_deref(), Some("123"));
+        assert_eq!(config.target, None);
+    }
+
+    #[test]
+    fn a_file_larger_than_the_limit_is_not_read() {
+        let scratch = crate::test_support::Scratch::new("config-size");
+        let file = std::fs::File::create(scratch.path(CONFIG_FILE)).unwrap();
+        // Sparse: costs no disk, and reading it would cost the 50 MB the problem was about.
+        file.set_len(50 * 1024 * 1024).unwrap();
+        let loaded = Config::load(&scratch.0);
+        assert_eq!(
+            loaded.problem.as_deref(),
+            Some("dispatch-trace.yaml is 52428800 bytes; at most 65536 are read; using defaults")
+        );
+        assert_eq!(loaded.config, Config::default());
+
+        // Up to the limit is fine.
+        let mut fits = b"enabled: false\n".to_vec();
+        fits.resize(MAX_FILE_BYTES as usize, b'#');
+        std::fs::write(scratch.path(CONFIG_FILE), &fits).unwrap();
+        let loaded = Config::load(&scratch.0);
+        assert_eq!(loaded.problem, None);
+        assert!(!loaded.config.enabled);
+        fits.push(b'#');
+        assert_eq!(
+            Config::parse(&fits).unwrap_err(),
+            "dispatch-trace.yaml is 65537 bytes; at most 65536 are read"
+        );
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_a_regular_file_is_refused_without_blocking() {
+        let scratch = crate::test_support::Scratch::new("config-special");
+        // A device (`/dev/zero` would be read until memory ran out: /dev/null stands in for
+        // it here, so a regression fails this test instead of the machine).
+        std::os::unix::fs::symlink("/dev/null", scratch.path(CONFIG_FILE)).unwrap();
+        let said = "dispatch-trace.yaml is not a regular file; using defaults";
+        assert_eq!(Config::load(&scratch.0).problem.as_deref(), Some(said));
+        std::fs::remove_file(scratch.path(CONFIG_FILE)).unwrap();
+        nix::unistd::mkfifo(
+            &scratch.path(CONFIG_FILE),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        // Opening a FIFO for reading waits for a writer.
+        let dir = scratch.0.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(Config::load(&dir).problem));
+        let problem = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("a FIFO blocked the load");
+        assert_eq!(problem.as_deref(), Some(said));
     }
 }

@@ -242,6 +242,104 @@ mod tests {
         assert_eq!(certificates_v0(&bag), [pem]);
     }
 
+    /// Hook tools that answer from a script (`tool args` -> stdout; unscripted: the tool
+    /// fails) and record every call, in order.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Vec<(&'static str, &'static str)>,
+        calls: Vec<String>,
+    }
+
+    impl Tools for Scripted {
+        fn run(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>> {
+            let call = format!("{tool} {}", args.join(" "));
+            let answer = self.answers.iter().find(|(asked, _)| *asked == call);
+            let answer = answer.map(|(_, out)| out.as_bytes().to_vec());
+            self.calls.push(call);
+            answer
+        }
+    }
+
+    fn both_endpoints() -> Endpoints {
+        Endpoints {
+            tracing: Some("charm-tracing".into()),
+            ca: Some("receive-ca-cert".into()),
+        }
+    }
+
+    #[test]
+    fn with_no_relation_publishing_asks_only_relation_ids_and_never_is_leader() {
+        let mut tools = Scripted {
+            answers: vec![
+                ("relation-ids charm-tracing --format=json", "[]"),
+                ("relation-ids receive-ca-cert --format=json", "[]"),
+                ("is-leader --format=json", "true"),
+            ],
+            ..Scripted::default()
+        };
+        publish(&mut tools, &both_endpoints(), "myapp", None);
+        assert_eq!(
+            tools.calls,
+            [
+                "relation-ids charm-tracing --format=json",
+                "relation-ids receive-ca-cert --format=json"
+            ]
+        );
+        // Only a broken relation left: nothing to publish on either.
+        let mut tools = Scripted {
+            answers: vec![(
+                "relation-ids charm-tracing --format=json",
+                r#"["charm-tracing:3"]"#,
+            )],
+            ..Scripted::default()
+        };
+        let tracing_only = Endpoints {
+            ca: None,
+            ..both_endpoints()
+        };
+        publish(&mut tools, &tracing_only, "myapp", Some("charm-tracing:3"));
+        assert_eq!(tools.calls, ["relation-ids charm-tracing --format=json"]);
+    }
+
+    #[test]
+    fn is_leader_is_asked_after_relation_ids_and_only_a_leader_reads_and_writes_our_side() {
+        let answers = vec![
+            (
+                "relation-ids charm-tracing --format=json",
+                r#"["charm-tracing:3"]"#,
+            ),
+            ("relation-ids receive-ca-cert --format=json", "[]"),
+            (
+                "relation-get -r charm-tracing:3 --app - myapp --format=json",
+                "{}",
+            ),
+        ];
+        let mut leader = Scripted {
+            answers: answers.clone(),
+            ..Scripted::default()
+        };
+        leader.answers.push(("is-leader --format=json", "true"));
+        publish(&mut leader, &both_endpoints(), "myapp", None);
+        assert_eq!(
+            leader.calls,
+            [
+                "relation-ids charm-tracing --format=json",
+                "relation-ids receive-ca-cert --format=json",
+                "is-leader --format=json",
+                "relation-get -r charm-tracing:3 --app - myapp --format=json",
+                r#"relation-set -r charm-tracing:3 --app receivers=["otlp_http"]"#,
+            ]
+        );
+        let mut follower = Scripted {
+            answers,
+            ..Scripted::default()
+        };
+        follower.answers.push(("is-leader --format=json", "false"));
+        publish(&mut follower, &both_endpoints(), "myapp", None);
+        assert_eq!(follower.calls[..3], leader.calls[..3]);
+        assert_eq!(follower.calls.len(), 3, "{:?}", follower.calls);
+    }
+
     #[test]
     fn our_receivers_are_merged_never_overwritten() {
         assert_eq!(
@@ -375,7 +473,23 @@ pub fn discover(
 /// As leader, publishes our requirer data where it is missing: `receivers` with `otlp_http`
 /// on the tracing relation, `version=1` on the certificate_transfer relation. Run before the
 /// charm, so the charm's own writes of the same keys come later and win.
+///
+/// Each hook-tool call is a round trip to the agent, and most units have no such relation: so
+/// `relation-ids` comes first (discovery needs the same answers, which the caller's `Tools`
+/// remembers) and `is-leader` only when there is a relation to publish on (README,
+/// "Relations, with no code in the charm").
 pub fn publish(tools: &mut dyn Tools, endpoints: &Endpoints, our_app: &str, broken: Option<&str>) {
+    let mut lowest = |endpoint: &Option<String>| {
+        let endpoint = endpoint.as_deref()?;
+        tools
+            .run("relation-ids", &[endpoint, "--format=json"])
+            .and_then(|ids| lowest_relation(&ids, broken).0)
+    };
+    let tracing = lowest(&endpoints.tracing);
+    let ca = lowest(&endpoints.ca);
+    if tracing.is_none() && ca.is_none() {
+        return;
+    }
     let leader = tools
         .run("is-leader", &["--format=json"])
         .and_then(|out| serde_json::from_slice::<bool>(&out).ok())
@@ -383,32 +497,23 @@ pub fn publish(tools: &mut dyn Tools, endpoints: &Endpoints, our_app: &str, brok
     if !leader {
         return;
     }
-    let lowest = |tools: &mut dyn Tools, endpoint: &str| {
-        tools
-            .run("relation-ids", &[endpoint, "--format=json"])
-            .and_then(|ids| lowest_relation(&ids, broken).0)
-    };
-    if let Some(endpoint) = &endpoints.tracing {
-        if let Some(id) = lowest(tools, endpoint) {
-            // Not read: not written (a blind write could drop entries the charm published).
-            let Some(ours) = databag(tools, &id, true, our_app) else {
-                return;
-            };
-            let current = ours.get("receivers").and_then(|v| v.as_str());
-            if let Some(value) = merged_requirer_receivers(current) {
-                let setting = format!("receivers={value}");
-                tools.run("relation-set", &["-r", &id, "--app", &setting]);
-            }
+    if let Some(id) = &tracing {
+        // Not read: not written (a blind write could drop entries the charm published).
+        let Some(ours) = databag(tools, id, true, our_app) else {
+            return;
+        };
+        let current = ours.get("receivers").and_then(|v| v.as_str());
+        if let Some(value) = merged_requirer_receivers(current) {
+            let setting = format!("receivers={value}");
+            tools.run("relation-set", &["-r", id, "--app", &setting]);
         }
     }
-    if let Some(endpoint) = &endpoints.ca {
-        if let Some(id) = lowest(tools, endpoint) {
-            let Some(ours) = databag(tools, &id, true, our_app) else {
-                return;
-            };
-            if !ours.contains_key("version") {
-                tools.run("relation-set", &["-r", &id, "--app", "version=1"]);
-            }
+    if let Some(id) = &ca {
+        let Some(ours) = databag(tools, id, true, our_app) else {
+            return;
+        };
+        if !ours.contains_key("version") {
+            tools.run("relation-set", &["-r", id, "--app", "version=1"]);
         }
     }
 }

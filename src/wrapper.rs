@@ -743,9 +743,10 @@ struct HookTools {
     traceparent: String,
     records: Vec<dispatch_shim::Record>,
     spent: Duration,
-    /// `relation-ids` answers: relation ids do not change within a hook, and publishing
-    /// and discovering both need them.
-    relation_ids: Vec<(String, Vec<u8>)>,
+    /// `relation-ids` answers, failures included (`None`): relation ids do not change within
+    /// a hook, publishing and discovering (before and after the charm) all need them, and a
+    /// tool that failed or timed out once would only cost the hook again.
+    relation_ids: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl HookTools {
@@ -762,16 +763,15 @@ impl HookTools {
 
 impl relation::Tools for HookTools {
     fn run(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>> {
+        if tool != "relation-ids" {
+            return self.run_traced(tool, args);
+        }
         let question = args.join(" ");
-        if tool == "relation-ids" {
-            if let Some((_, known)) = self.relation_ids.iter().find(|(q, _)| *q == question) {
-                return Some(known.clone());
-            }
+        if let Some((_, known)) = self.relation_ids.iter().find(|(q, _)| *q == question) {
+            return known.clone();
         }
         let stdout = self.run_traced(tool, args);
-        if let (Some(answer), "relation-ids") = (&stdout, tool) {
-            self.relation_ids.push((question, answer.clone()));
-        }
+        self.relation_ids.push((question, stdout.clone()));
         stdout
     }
 }
@@ -1031,16 +1031,20 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
     // Nothing cached yet (a charm's first dispatch under us, or a new store): read the
     // relations now, after the charm (publishing waits for an event that allows it first).
     open_store(prepared);
-    // (Without a store nothing could be cached or shipped: no calls then.)
-    if prepared.relation.is_none() && !prepared.endpoints.is_empty() && prepared.store.is_some() {
+    // (Without a store nothing could be cached or shipped: no calls then. Nor when they were
+    // read before the charm and that failed: their answers do not change within a hook.)
+    let read_before = tracing.own_tools.is_some();
+    if prepared.relation.is_none()
+        && !read_before
+        && !prepared.endpoints.is_empty()
+        && prepared.store.is_some()
+    {
         if let Some(tools_dir) = prepared.tools_dir.clone() {
             let root = format!(
                 "00-{}-{}-01",
                 builder.ids.trace_id, builder.ids.root_span_id
             );
-            let tools = tracing
-                .own_tools
-                .get_or_insert_with(|| HookTools::new(&tools_dir, root));
+            let tools = tracing.own_tools.insert(HookTools::new(&tools_dir, root));
             let broken = broken_relation(&prepared.env);
             if let Some(answer) = relation::discover(tools, &prepared.endpoints, broken.as_deref())
             {

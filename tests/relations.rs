@@ -37,6 +37,39 @@ fn relate(charm: &Charm, receiver: &Receiver) {
     std::fs::write(charm.state.join("state.json"), state.to_string()).unwrap();
 }
 
+/// Declares the recommended endpoints, with no relation on either.
+fn declare(charm: &Charm) {
+    charm.write(
+        "metadata.yaml",
+        "name: shell-charm\nrequires:\n  charm-tracing:\n    interface: tracing\n  receive-ca-cert:\n    interface: certificate_transfer\n",
+    );
+}
+
+/// The hook-tool calls made since the last `forget_calls`, as `tool args...` (the shell
+/// charm makes none unless told to: these are the wrapper's own).
+fn calls(charm: &Charm) -> Vec<String> {
+    charm
+        .tool_calls()
+        .iter()
+        .map(|c| {
+            let args: Vec<&str> = c["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
+            format!("{} {}", c["tool"].as_str().unwrap(), args.join(" "))
+        })
+        .collect()
+}
+
+fn forget_calls(charm: &Charm) {
+    let _ = std::fs::remove_file(charm.state.join("calls.jsonl"));
+}
+
+const ASK_TRACING: &str = "relation-ids charm-tracing --format=json";
+const ASK_CA: &str = "relation-ids receive-ca-cert --format=json";
+
 fn state(charm: &Charm) -> Value {
     serde_json::from_slice(&std::fs::read(charm.state.join("state.json")).unwrap()).unwrap()
 }
@@ -341,3 +374,98 @@ fn an_upgrade_that_removes_the_relations_forgets_their_destination() {
     let status = text(&charm.tool(&["status"]).stdout);
     assert!(status.contains("destination: none"), "{status}");
 }
+
+#[test]
+fn with_no_relation_the_wrapper_asks_relation_ids_once_per_endpoint_and_nothing_else() {
+    let charm = Charm::new("shell");
+    declare(&charm);
+    // The first dispatch has nothing cached: it reads the relations after the charm.
+    let out = charm.dispatch("hooks/update-status", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(calls(&charm), [ASK_TRACING, ASK_CA]);
+    // The answer ("no relation") is cached: quiet events ask nothing.
+    forget_calls(&charm);
+    assert_eq!(code(&charm.dispatch("hooks/update-status", &[])), 0);
+    assert_eq!(calls(&charm), Vec::<String>::new());
+    // The events that can change it ask again, the leader too, but never `is-leader` when
+    // there is nothing to publish on.
+    for event in ["install", "leader-elected", "upgrade-charm", "start"] {
+        forget_calls(&charm);
+        let out = charm.dispatch(&format!("hooks/{event}"), &[]);
+        assert_eq!(code(&out), 0, "{event}: {}", text(&out.stderr));
+        assert!(out.stderr.is_empty(), "{event}: {}", text(&out.stderr));
+        assert_eq!(calls(&charm), [ASK_TRACING, ASK_CA], "{event}");
+    }
+}
+
+#[test]
+fn with_a_tracing_relation_is_leader_is_asked_after_relation_ids_and_each_question_once() {
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start(vec![Answer::ok()]);
+    relate(&charm, &receiver);
+    let out = charm.dispatch("hooks/install", &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(
+        calls(&charm),
+        [
+            ASK_TRACING,
+            ASK_CA,
+            "is-leader --format=json",
+            "relation-get -r charm-tracing:3 --app - myapp --format=json",
+            r#"relation-set -r charm-tracing:3 --app receivers=["otlp_http"]"#,
+            "relation-list -r charm-tracing:3 --app --format=json",
+            "relation-get -r charm-tracing:3 --app - tempo --format=json",
+        ]
+    );
+    // Not the leader: it reads the provider's side, and writes nothing.
+    let mut model = state(&charm);
+    model["leader"] = json!(false);
+    std::fs::write(charm.state.join("state.json"), model.to_string()).unwrap();
+    forget_calls(&charm);
+    assert_eq!(code(&charm.dispatch("hooks/leader-elected", &[])), 0);
+    assert_eq!(
+        calls(&charm),
+        [
+            ASK_TRACING,
+            ASK_CA,
+            "is-leader --format=json",
+            "relation-list -r charm-tracing:3 --app --format=json",
+            "relation-get -r charm-tracing:3 --app - tempo --format=json",
+        ]
+    );
+}
+
+#[test]
+fn a_slow_is_leader_costs_nothing_on_a_unit_with_no_relation() {
+    let charm = Charm::new("shell");
+    declare(&charm);
+    std::fs::create_dir_all(charm.state.join("delay")).unwrap();
+    std::fs::write(charm.state.join("delay/is-leader"), "3000").unwrap();
+    let started = std::time::Instant::now();
+    let out = charm.dispatch("hooks/install", &[("CHARM_EXIT", "4")]);
+    let took = started.elapsed();
+    assert_eq!(code(&out), 4, "{}", text(&out.stderr));
+    // A slow agent's 3 s are not paid (a trivial dispatch takes milliseconds).
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+    assert!(!calls(&charm).iter().any(|c| c.starts_with("is-leader")));
+}
+
+#[test]
+fn a_failing_relation_ids_is_asked_once_per_endpoint_per_dispatch() {
+    let charm = Charm::new("shell");
+    let receiver = Receiver::start(vec![Answer::ok()]);
+    relate(&charm, &receiver);
+    std::fs::create_dir_all(charm.state.join("fail")).unwrap();
+    std::fs::write(
+        charm.state.join("fail/relation-ids"),
+        "1\nERROR agent busy\n",
+    )
+    .unwrap();
+    let out = charm.dispatch("hooks/install", NOISY_EXIT);
+    assert_eq!(code(&out), 5, "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "charm says hi\n");
+    // Before the charm, and not again after it: the answer would not change within a hook.
+    assert_eq!(calls(&charm), [ASK_TRACING, ASK_CA]);
+}
+
+const NOISY_EXIT: &[(&str, &str)] = &[("CHARM_STDOUT", "charm says hi\n"), ("CHARM_EXIT", "5")];

@@ -1122,3 +1122,58 @@ fn status_speaks_utc_and_its_counts_and_sizes_agree() {
     let status = ok_stdout(&fresh.tool(&["status"]));
     assert!(status.contains(" of traces)"), "{status}");
 }
+#[test]
+fn check_config_says_on_which_line_and_column_a_config_mistake_is_and_exits_1() {
+    let charm = Charm::new("shell");
+    charm.write(
+        "dispatch-trace.yaml",
+        "custom_spans: true\nenabeld: false\n",
+    );
+    let out = charm.tool(&["check-config"]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let problems: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("PROBLEM"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            "PROBLEM: dispatch-trace.yaml line 2 column 1: unknown key \"enabeld\" \
+             (did you mean \"enabled\"?); using defaults"
+        ]
+    );
+    assert_eq!(text(&out.stderr), "dispatch: 1 problem(s) found\n");
+
+    // Too large a file is not read at all.
+    let big = std::fs::File::create(charm.path("dispatch-trace.yaml")).unwrap();
+    big.set_len(50 * 1024 * 1024).unwrap();
+    let out = charm.tool(&["check-config"]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).lines().any(|l| l
+            == "PROBLEM: dispatch-trace.yaml is 52428800 bytes; at most 65536 are read; \
+                using defaults"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_hook_with_a_badly_indented_config_file_runs_the_charm_unchanged_and_says_where_once() {
+    let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", "enabled: true\n  bad indent\n");
+    let traced = charm.dispatch("hooks/config-changed", NOISY);
+    let bare = charm.bare("hooks/config-changed", NOISY);
+    assert_same_outcome(&traced, &bare);
+    assert_eq!(
+        our_lines(&traced.stderr),
+        [
+            "dispatch: dispatch-trace.yaml line 1 column 10: enabled must be true or false, \
+             not \"true bad indent\" (line 2 is indented, so YAML reads it as part of this \
+             value); using defaults"
+        ]
+    );
+    assert_eq!(charm.traces().len(), 1, "traced with the defaults");
+}
+
