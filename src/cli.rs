@@ -150,6 +150,16 @@ fn usage(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(UsageError(message.into()))
 }
 
+/// `dispatch` run at a terminal with no arguments, outside any hook: say what it is.
+pub fn not_run_by_juju() -> i32 {
+    eprintln!(
+        "dispatch: run without arguments, dispatch is what Juju runs for each event of the charm, \
+         and runs the charm's own dispatch under a trace; outside a hook (no JUJU_* variables) \
+         it does nothing. Try `dispatch status`, `dispatch traces` or `dispatch --help`."
+    );
+    EXIT_USAGE
+}
+
 pub fn run(args: Vec<OsString>) -> i32 {
     let args: Result<Vec<String>> = args
         .into_iter()
@@ -204,6 +214,20 @@ fn dispatch_command(args: &[String]) -> Result<i32> {
         _ => {}
     }
     let charm_dir = charm_dir()?;
+    if command != "check-config" && COMMANDS.iter().any(|c| c.name == command) {
+        if let Some(why) = not_a_charm(&charm_dir) {
+            bail!("{why}");
+        }
+        // Hooks keep their traces in the default store while `store_path` names something
+        // not ours; a person asking about the store is told to fix it first.
+        let loaded = Config::load(&charm_dir);
+        if loaded.store_path_refused && command != "status" {
+            bail!("{}", loaded.problem.unwrap_or_default());
+        }
+        if let Some(why) = another_users_store(&store_path(&charm_dir)) {
+            bail!("{why}");
+        }
+    }
     match command.as_str() {
         "traces" => traces(&charm_dir, rest),
         "status" => {
@@ -261,6 +285,53 @@ fn charm_dir() -> Result<PathBuf> {
         .unwrap_or_else(|| PathBuf::from(".")))
 }
 
+/// Why the directory of this binary is not a charm it can work on, if it is not: a copy of
+/// `dispatch` run from somewhere else (`/usr/local/bin`, a home directory) would otherwise
+/// report an empty store of its own, or create one there.
+fn not_a_charm(dir: &Path) -> Option<String> {
+    const SIGNS: [&str; 8] = [
+        "metadata.yaml",
+        "charmcraft.yaml",
+        target::ORIGINAL_DISPATCH,
+        "hooks",
+        "actions",
+        CONFIG_FILE,
+        crate::config::DEFAULT_STORE_FILE,
+        crate::state_dir::STATE_DIR,
+    ];
+    if SIGNS
+        .iter()
+        .any(|sign| dir.join(sign).symlink_metadata().is_ok())
+    {
+        return None;
+    }
+    Some(format!(
+        "{} is not a charm directory (no metadata.yaml, {} or hooks/ beside this dispatch): tool \
+         mode works on the charm the binary is installed in; run that charm's dispatch, e.g. \
+         /var/lib/juju/agents/unit-<app>-<n>/charm/dispatch",
+        dir.display(),
+        target::ORIGINAL_DISPATCH
+    ))
+}
+
+/// Why this user may not work on the store, if the store belongs to another: it is the hook
+/// user's alone, and another user's reads and writes would be refused piecemeal, or leave
+/// files the hooks then refuse. (Files planted beside a store of ours are the hook's business:
+/// it refuses them and says so.)
+fn another_users_store(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = crate::store_file::my_uid();
+    let meta = path.symlink_metadata().ok()?;
+    (meta.uid() != me).then(|| {
+        format!(
+            "{} belongs to uid {}, and this dispatch runs as uid {me}: run dispatch as the user \
+             the hooks run as (root on machines), e.g. with `juju exec` or `sudo`",
+            path.display(),
+            meta.uid()
+        )
+    })
+}
+
 fn store_path(charm_dir: &Path) -> PathBuf {
     Config::load(charm_dir).config.store_file(charm_dir)
 }
@@ -284,10 +355,17 @@ fn store_to_write(path: &Path) -> Result<Store> {
 /// The dispatch lock, so that a command that rewrites what a dispatch reads (or ships what it
 /// ships) never runs beside one.
 fn hold_dispatch_lock(path: &Path) -> Result<crate::inflight::Inflight> {
-    crate::inflight::Inflight::lock(path, std::time::Duration::from_secs(10), 0)
-        .ok()
-        .filter(crate::inflight::Inflight::holds_lock)
-        .ok_or_else(|| anyhow::anyhow!("a dispatch is running and holds the store; try again"))
+    let lock = crate::inflight::Inflight::lock(path, std::time::Duration::from_secs(10), 0)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot take the dispatch lock beside {}: {e}",
+                path.display()
+            )
+        })?;
+    if !lock.holds_lock() {
+        bail!("a dispatch is running and holds the store; try again");
+    }
+    Ok(lock)
 }
 
 /// Why no store could be created at `path`, if it could not.
@@ -725,7 +803,7 @@ fn flush(charm_dir: &Path) -> Result<i32> {
     let loaded = Config::load(charm_dir);
     let path = loaded.config.store_file(charm_dir);
     // Flush writes (what was shipped), but it never creates a store to ship nothing from.
-    if store_to_read(&path).is_ok_and(|store| store.is_none()) {
+    if path.symlink_metadata().is_err() {
         print("nothing to ship: no traces recorded yet\n")?;
         return Ok(0);
     }
@@ -851,6 +929,7 @@ fn check_config(charm_dir: &Path) -> Result<i32> {
     let loaded = Config::load(charm_dir);
     let mut problems: Vec<String> = loaded.problem.into_iter().collect();
     let mut notes = Vec::new();
+    problems.extend(not_a_charm(charm_dir));
     if let Err(problem) = CharmMetadata::load(charm_dir) {
         problems.push(problem);
     }

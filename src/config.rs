@@ -117,9 +117,12 @@ impl Default for Config {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
-    /// Why the file was not used, for the operator; `None` when it was fine or absent.
+    /// Why the file (or its `store_path`) was not used, for the operator; `None` when it was
+    /// fine or absent.
     pub problem: Option<String>,
     pub present: bool,
+    /// `store_path` named something not ours: the default store is used instead.
+    pub store_path_refused: bool,
 }
 
 impl Config {
@@ -132,10 +135,20 @@ impl Config {
             },
             Err(problem) => (Config::default(), Some(problem), true),
         };
+        let mut config = config;
+        let (problem, store_path_refused) = match problem {
+            Some(problem) => (Some(format!("{problem}; using defaults")), false),
+            None => {
+                let refused = refuse_store_path(&mut config, charm_dir);
+                let was = refused.is_some();
+                (refused, was)
+            }
+        };
         Loaded {
             config,
-            problem: problem.map(|problem| format!("{problem}; using defaults")),
+            problem,
             present,
+            store_path_refused,
         }
     }
 
@@ -175,6 +188,21 @@ impl Config {
             None => charm_dir.join(DEFAULT_STORE_FILE),
         }
     }
+}
+
+/// A `store_path` where something is that is not ours to write (README, *The local store*)
+/// is not used: nothing there is touched, and the default store beside dispatch keeps the
+/// traces (and ships them) until it is fixed. Returns the problem to report.
+fn refuse_store_path(config: &mut Config, charm_dir: &Path) -> Option<String> {
+    let path = charm_dir.join(config.store_path.as_ref()?);
+    let why = crate::store_file::refused_store_path(&path)?;
+    config.store_path = None;
+    Some(format!(
+        "store_path {} cannot hold the trace store: {why}; nothing there is touched, and \
+         traces are kept in {} until store_path is fixed",
+        path.display(),
+        config.store_file(charm_dir).display()
+    ))
 }
 
 /// The file's bytes, `None` when there is none. Never more than `MAX_FILE_BYTES + 1` are read,

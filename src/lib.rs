@@ -41,9 +41,24 @@ pub fn entry() -> i32 {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "dispatch".into());
     let rest: Vec<_> = args.collect();
+    if rest.is_empty() && typed_by_a_person() {
+        return cli::not_run_by_juju();
+    }
     if rest.is_empty() {
         wrapper::run(argv0, inherited)
     } else {
         cli::run(rest)
     }
+}
+
+/// Whether a person ran `./dispatch` at a terminal outside any hook: Juju runs it with stdin
+/// on /dev/null and sets the hook's variables (so does `juju debug-hooks`, whose terminal
+/// session is a real hook). Running the charm then would only fail in ways that say nothing
+/// about us; the person wanted to know what this is.
+fn typed_by_a_person() -> bool {
+    let juju = ["JUJU_DISPATCH_PATH", "JUJU_UNIT_NAME", "JUJU_CONTEXT_ID"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some());
+    // SAFETY: isatty only inspects the descriptor.
+    !juju && unsafe { libc::isatty(0) } == 1
 }

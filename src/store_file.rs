@@ -88,6 +88,38 @@ pub fn judge(file: &File, meta: &std::fs::Metadata, path: &Path) -> Found {
     }
 }
 
+/// Why a configured `store_path` cannot hold a store of ours, if it cannot: something is
+/// there that is not ours to write (someone else's file, another program's database, a
+/// directory, a symlink, a file of another user). Reads only; a path with nothing there yet is
+/// fine here (whether it can be created is found out by creating it).
+pub fn refused_store_path(path: &Path) -> Option<String> {
+    let meta = path.symlink_metadata().ok()?;
+    if meta.file_type().is_symlink() {
+        return Some("it is a symlink, which is never followed".into());
+    }
+    if meta.is_dir() {
+        return Some("it is a directory".into());
+    }
+    if !meta.is_file() {
+        return Some("it is not a regular file".into());
+    }
+    if meta.uid() != my_uid() {
+        return Some(format!(
+            "it is owned by uid {}, not by us (uid {})",
+            meta.uid(),
+            my_uid()
+        ));
+    }
+    if meta.len() == 0 {
+        return None;
+    }
+    let file = open_to_read(path).ok()?;
+    match judge(&file, &file.metadata().ok()?, path) {
+        Found::Foreign(what) => Some(format!("it is not a trace store ({what})")),
+        _ => None,
+    }
+}
+
 fn read_prefix(file: &File, buf: &mut [u8]) -> usize {
     let mut filled = 0;
     while filled < buf.len() {

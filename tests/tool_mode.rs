@@ -783,7 +783,7 @@ fn a_store_path_naming_someone_elses_file_is_refused_everywhere_and_the_file_is_
     assert_eq!(status, 1, "{said}");
     assert!(
         said.contains("PROBLEM: store_path")
-            && said.contains("precious.txt names a file that is not a trace store"),
+            && said.contains("precious.txt cannot hold the trace store: it is not a trace store"),
         "{said}"
     );
     for args in [
@@ -1176,4 +1176,3 @@ fn a_hook_with_a_badly_indented_config_file_runs_the_charm_unchanged_and_says_wh
     );
     assert_eq!(charm.traces().len(), 1, "traced with the defaults");
 }
-
