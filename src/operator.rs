@@ -2,9 +2,11 @@
 //!
 //! Juju logs a hook's stderr at WARNING, and during actions it lands in the action's results,
 //! so we write only for a problem the operator can act on, in one line, never during an
-//! action, and not again while the cause is unchanged: the last line written is remembered in
-//! the state directory and a repeat is suppressed. A dispatch without problems forgets it, so
-//! a problem that comes back is reported again.
+//! action, and not again while the cause is unchanged: what the last line said is remembered
+//! in the state directory and a repeat is suppressed. A repeat is the same kinds of problem,
+//! not the same words: a line whose count or time changes with every hook (records dropped, a
+//! store damaged again) is still a repeat. A dispatch without problems forgets it, so a
+//! problem that comes back is reported again.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,6 +14,40 @@ use std::path::{Path, PathBuf};
 
 /// The file in the state directory that remembers the last line said.
 pub const LAST_WARNING: &str = "last-warning";
+
+/// One of our own problems in a dispatch, for the operator's one line and the root span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub text: String,
+    /// What makes it the same problem as last time: its kind, for a problem whose words change
+    /// from hook to hook with the same cause; else (`None`) the words themselves.
+    pub kind: Option<&'static str>,
+}
+
+impl Problem {
+    /// A problem whose words vary (a count, a time) while its cause does not.
+    pub fn of_kind(kind: &'static str, text: impl Into<String>) -> Problem {
+        Problem {
+            text: text.into(),
+            kind: Some(kind),
+        }
+    }
+
+    fn key(&self) -> &str {
+        self.kind.unwrap_or(&self.text)
+    }
+}
+
+impl From<String> for Problem {
+    fn from(text: String) -> Problem {
+        Problem { text, kind: None }
+    }
+}
+
+/// The words of problems, for the root span's `dispatch.problems`.
+pub fn texts(problems: &[Problem]) -> Vec<String> {
+    problems.iter().map(|p| p.text.clone()).collect()
+}
 
 pub struct Operator {
     memory: Option<PathBuf>,
@@ -30,17 +66,17 @@ impl Operator {
 
     /// Tells the operator about `problems` (joined into one line), or forgets the last
     /// warning when there are none.
-    pub fn report(&self, problems: &[String]) {
+    pub fn report(&self, problems: &[Problem]) {
         self.say(problems, true);
     }
 
     /// Like `report`, for problems that fail the hook: said even when the last line was the
     /// same, since every failed hook must explain itself in the log.
-    pub fn report_failure(&self, problems: &[String]) {
+    pub fn report_failure(&self, problems: &[Problem]) {
         self.say(problems, false);
     }
 
-    fn say(&self, problems: &[String], suppress_repeat: bool) {
+    fn say(&self, problems: &[Problem], suppress_repeat: bool) {
         if problems.is_empty() {
             if let Some(memory) = &self.memory {
                 let _ = std::fs::remove_file(memory);
@@ -51,9 +87,13 @@ impl Operator {
             // Nothing was said, so nothing is remembered as said.
             return;
         }
-        let line = format!("dispatch: {}\n", problems.join("; ").replace('\n', " "));
+        let line = format!(
+            "dispatch: {}\n",
+            texts(problems).join("; ").replace('\n', " ")
+        );
+        let said: String = problems.iter().map(|p| format!("{}\n", p.key())).collect();
         if let Some(memory) = &self.memory {
-            if suppress_repeat && std::fs::read(memory).is_ok_and(|last| last == line.as_bytes()) {
+            if suppress_repeat && std::fs::read(memory).is_ok_and(|last| last == said.as_bytes()) {
                 return;
             }
             // Beside the store when there is no state dir, maybe in a directory others can
@@ -65,8 +105,40 @@ impl Operator {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
                 .open(memory)
-                .and_then(|mut file| file.write_all(line.as_bytes()));
+                .and_then(|mut file| file.write_all(said.as_bytes()));
         }
         let _ = std::io::stderr().write_all(line.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::Scratch;
+
+    #[test]
+    fn a_problem_whose_count_changes_is_still_a_repeat_but_another_cause_is_not() {
+        let scratch = Scratch::new("operator");
+        let memory = scratch.path("last-warning");
+        let operator = Operator::new(Some(&memory), false);
+        let dropped = |n: u32| {
+            Problem::of_kind(
+                "records-dropped",
+                format!("{n} hook-tool call records were dropped"),
+            )
+        };
+        let said = |problems: &[Problem]| {
+            let before = std::fs::read(&memory).ok();
+            operator.report(problems);
+            std::fs::read(&memory).ok() != before || before.is_none()
+        };
+        assert!(said(&[dropped(3)]));
+        assert!(!said(&[dropped(7)]), "a new count is the same problem");
+        let other: Problem = "the config file is bad".to_string().into();
+        assert!(said(&[dropped(7), other.clone()]), "another problem joined");
+        assert!(!said(&[dropped(9), other]));
+        operator.report(&[]);
+        assert!(!memory.exists(), "a clean dispatch forgets");
+        assert!(said(&[dropped(1)]), "back again after a clean dispatch");
     }
 }

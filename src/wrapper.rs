@@ -36,7 +36,7 @@ use crate::export;
 use crate::inflight::{self, Inflight, OrphanScan, Started};
 use crate::juju::{EventKind, HookEnv};
 use crate::metadata::CharmMetadata;
-use crate::operator::{self, Operator};
+use crate::operator::{self, Operator, Problem};
 use crate::relation;
 use crate::shims;
 use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
@@ -100,7 +100,7 @@ struct Prepared {
     config: Config,
     env: HookEnv,
     target: Target,
-    problems: Vec<String>,
+    problems: Vec<Problem>,
     state_dir: Option<PathBuf>,
     store_path: PathBuf,
     /// Opened while the child runs (or after, when there was no child to overlap with).
@@ -145,14 +145,15 @@ fn plan(argv0: &OsString, start: SystemTime) -> Plan {
     }
     let (exe, charm_dir) = locate_charm_dir(argv0);
     let loaded = Config::load(&charm_dir);
-    let mut problems: Vec<String> = loaded.problem.into_iter().collect();
-    let target = target::resolve(&charm_dir, &loaded.config, &env, &exe, &mut problems);
+    let mut said: Vec<String> = loaded.problem.into_iter().collect();
+    let target = target::resolve(&charm_dir, &loaded.config, &env, &exe, &mut said);
+    let mut problems: Vec<Problem> = said.into_iter().map(Problem::from).collect();
     // Only a charm with no target for this event pays for looking at the others.
     let nothing_at_all = target == Target::Nothing && target::runs_nothing_at_all(&charm_dir, &exe);
     match &target {
         // First in the line: it is why the hook fails.
-        Target::Itself(itself) => problems.insert(0, itself.reason()),
-        Target::Nothing if nothing_at_all => problems.push(target::nothing_at_all_reason()),
+        Target::Itself(itself) => problems.insert(0, itself.reason().into()),
+        Target::Nothing if nothing_at_all => problems.push(target::nothing_at_all_reason().into()),
         _ => {}
     }
 
@@ -173,10 +174,13 @@ fn plan(argv0: &OsString, start: SystemTime) -> Plan {
     let state_dir = match state_dir::ensure_private_dir(&state_dir) {
         Ok(()) => Some(state_dir),
         Err(e) => {
-            problems.push(format!(
-                "cannot use {}: {e}; hook tools are not traced",
-                state_dir.display()
-            ));
+            problems.push(
+                format!(
+                    "cannot use {}: {e}; hook tools are not traced",
+                    state_dir.display()
+                )
+                .into(),
+            );
             None
         }
     };
@@ -246,7 +250,7 @@ fn warn_nothing_at_all(charm_dir: &Path, env: &HookEnv) {
         .ok()
         .map(|()| state_dir.join(operator::LAST_WARNING));
     let silent = env.event_kind() == EventKind::Action;
-    Operator::new(memory.as_deref(), silent).report(&[target::nothing_at_all_reason()]);
+    Operator::new(memory.as_deref(), silent).report(&[target::nothing_at_all_reason().into()]);
 }
 
 /// How many dispatches run this one, one inside the other (`ENV_EXEC_DEPTH`).
@@ -302,7 +306,9 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
     let (mut tracing, mut env_changes) = match setup {
         Ok(ready) => ready,
         Err(_) => {
-            prepared.problems.push(panic_problem("preparing the trace"));
+            prepared
+                .problems
+                .push(panic_problem("preparing the trace").into());
             (None, Vec::new())
         }
     };
@@ -327,10 +333,13 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
                 Ok(run) => Some(run),
                 Err(unavailable) => {
                     // Could not fork at all: the charm must still run, so become it.
-                    prepared.problems.push(format!(
-                        "cannot start the charm under the wrapper ({}); ran it untraced",
-                        unavailable.0
-                    ));
+                    prepared.problems.push(
+                        format!(
+                            "cannot start the charm under the wrapper ({}); ran it untraced",
+                            unavailable.0
+                        )
+                        .into(),
+                    );
                     let _ = catch_unwind(AssertUnwindSafe(|| {
                         finish(&mut prepared, tracing.take(), None)
                     }));
@@ -344,7 +353,9 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
         finish(&mut prepared, tracing, run.as_ref())
     }));
     if finished.is_err() {
-        prepared.problems.push(panic_problem("recording the trace"));
+        prepared
+            .problems
+            .push(panic_problem("recording the trace").into());
         let _ = catch_unwind(AssertUnwindSafe(|| report(&prepared)));
     }
     match (run, &prepared.target) {
@@ -372,10 +383,13 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     let started_at = spans::time_to_unix_nanos(prepared.start) as i64;
     match Inflight::lock(&prepared.store_path, LOCK_WAIT, started_at) {
         Ok(inflight) => prepared.inflight = Some(inflight),
-        Err(e) => prepared.problems.push(format!(
-            "cannot take the dispatch lock beside {}: {e}",
-            prepared.store_path.display()
-        )),
+        Err(e) => prepared.problems.push(
+            format!(
+                "cannot take the dispatch lock beside {}: {e}",
+                prepared.store_path.display()
+            )
+            .into(),
+        ),
     }
     let nonce = spans::new_nonce();
     let mut env_changes: Vec<(OsString, OsString)> = Vec::new();
@@ -385,7 +399,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     let interception = match (&prepared.state_dir, program) {
         (Some(state_dir), true) => {
             intercept(&prepared.charm_dir, state_dir).unwrap_or_else(|problem| {
-                prepared.problems.push(problem);
+                prepared.problems.push(problem.into());
                 None
             })
         }
@@ -418,7 +432,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
             }
             Err(e) => prepared
                 .problems
-                .push(format!("cannot start the record reader: {e}")),
+                .push(format!("cannot start the record reader: {e}").into()),
         }
     }
     if !env_changes.iter().any(|(key, _)| key == ENV_NONCE) {
@@ -430,7 +444,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     let metadata = match CharmMetadata::load(&prepared.charm_dir) {
         Ok(meta) => meta,
         Err(problem) => {
-            prepared.problems.push(problem);
+            prepared.problems.push(problem.into());
             None
         }
     };
@@ -488,10 +502,13 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     };
     if let Some(inflight) = prepared.inflight.as_mut() {
         if let Err(e) = inflight.record(&started) {
-            prepared.problems.push(format!(
-                "cannot record the dispatch as started beside {}: {e}",
-                prepared.store_path.display()
-            ));
+            prepared.problems.push(
+                format!(
+                    "cannot record the dispatch as started beside {}: {e}",
+                    prepared.store_path.display()
+                )
+                .into(),
+            );
         }
     }
     // The relations, on the events that can change them: read (and, as leader, our side
@@ -531,7 +548,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         }
         None => {}
     }
-    facts.problems = prepared.problems.clone();
+    facts.problems = operator::texts(&prepared.problems);
     (
         Some(Tracing {
             builder,
@@ -569,7 +586,7 @@ fn open_store(prepared: &mut Prepared) {
 /// what went wrong on the way. Runs on the record reader's thread while the child runs.
 struct OpenedStore {
     store: Option<Store>,
-    problems: Vec<String>,
+    problems: Vec<Problem>,
     /// The store belongs to a newer dispatch: nothing is kept for it.
     newer_schema: bool,
     /// What `dispatch set-destination` stored, read while the child runs.
@@ -579,11 +596,11 @@ struct OpenedStore {
 }
 
 fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> OpenedStore {
-    let mut problems = Vec::new();
+    let mut problems: Vec<Problem> = Vec::new();
     let mut store = match Store::open(path) {
         Ok(store) => store,
         Err(e) => {
-            problems.push(e.to_string());
+            problems.push(e.to_string().into());
             return OpenedStore {
                 store: None,
                 problems,
@@ -593,7 +610,7 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
             };
         }
     };
-    problems.append(&mut store.notes);
+    problems.extend(store_notes(&mut store));
     let stored_destination = store
         .setting(destination::SETTING)
         .ok()
@@ -605,10 +622,13 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
         .flatten()
         .and_then(|json| serde_json::from_str(&json).ok());
     if let Err(e) = store.maintain() {
-        problems.push(format!(
-            "cannot checkpoint the trace store {}: {e}",
-            store.path().display()
-        ));
+        problems.push(
+            format!(
+                "cannot checkpoint the trace store {}: {e}",
+                store.path().display()
+            )
+            .into(),
+        );
     }
     let orphans = scan.map(OrphanScan::orphans).unwrap_or_default();
     if orphans.is_empty() {
@@ -624,10 +644,13 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
     let mut store = store;
     match store.import_started(&chunks, max_bytes) {
         Ok(_) => inflight::forget(&paths),
-        Err(e) => problems.push(format!(
-            "cannot import interrupted dispatches into {}: {e}",
-            store.path().display()
-        )),
+        Err(e) => problems.push(
+            format!(
+                "cannot import interrupted dispatches into {}: {e}",
+                store.path().display()
+            )
+            .into(),
+        ),
     }
     OpenedStore {
         store: Some(store),
@@ -651,11 +674,11 @@ fn at_its_path(store: Store, prepared: &mut Prepared) -> Option<Store> {
     drop(store);
     match Store::open(&prepared.store_path) {
         Ok(mut fresh) => {
-            prepared.problems.append(&mut fresh.notes);
+            prepared.problems.extend(store_notes(&mut fresh));
             Some(fresh)
         }
         Err(e) => {
-            prepared.problems.push(e.to_string());
+            prepared.problems.push(e.to_string().into());
             None
         }
     }
@@ -665,7 +688,7 @@ fn add_with_recovery(
     store: Store,
     chunks: &[NewChunk],
     max_bytes: u64,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> (Option<Store>, Option<i64>) {
     let cannot = |path: &Path, e: &rusqlite::Error| {
         format!("cannot store the trace in {}: {e}", path.display())
@@ -675,25 +698,35 @@ fn add_with_recovery(
         Ok((_, last)) => (Some(store), last),
         Err(e) if store::is_corruption(&e) => match store.quarantine_and_reopen(&e) {
             Ok(mut fresh) => {
-                problems.append(&mut fresh.notes);
+                problems.extend(store_notes(&mut fresh));
                 match fresh.add_chunks_returning_last(chunks, max_bytes) {
                     Ok((_, last)) => (Some(fresh), last),
                     Err(e) => {
-                        problems.push(cannot(fresh.path(), &e));
+                        problems.push(cannot(fresh.path(), &e).into());
                         (None, None)
                     }
                 }
             }
             Err(open) => {
-                problems.push(open.to_string());
+                problems.push(open.to_string().into());
                 (None, None)
             }
         },
         Err(e) => {
-            problems.push(cannot(store.path(), &e));
+            problems.push(cannot(store.path(), &e).into());
             (Some(store), None)
         }
     }
+}
+
+/// What the store has to tell the operator after opening (a damaged store moved aside). A
+/// store damaged again and again is the same problem every time, whatever the copy is called.
+fn store_notes(store: &mut Store) -> Vec<Problem> {
+    store
+        .notes
+        .drain(..)
+        .map(|note| Problem::of_kind("store-moved-aside", note))
+        .collect()
 }
 
 /// Whether traces go to Juju's own collector (`JUJU_CHARM_TRACE_CONFIG_HTTP`), where Juju's
@@ -998,19 +1031,22 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
             if let Target::Program(program) = &prepared.target {
                 prepared
                     .problems
-                    .push(format!("cannot run {}: {error}", program.display()));
+                    .push(format!("cannot run {}: {error}", program.display()).into());
             }
         }
     }
     if collected.dropped > 0 {
-        prepared.problems.push(format!(
-            "{} hook-tool call records were dropped (record channel full)",
-            collected.dropped
+        prepared.problems.push(Problem::of_kind(
+            "records-dropped",
+            format!(
+                "{} hook-tool call records were dropped (record channel full)",
+                collected.dropped
+            ),
         ));
     }
     let builder = &tracing.builder;
     let mut facts = tracing.facts;
-    facts.problems = prepared.problems.clone();
+    facts.problems = operator::texts(&prepared.problems);
     facts.records_dropped = collected.dropped;
     facts.records_ignored = collected.ignored;
     facts.custom_spans = collected.custom.spans;
@@ -1126,10 +1162,14 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
                     priority,
                 );
                 if let Err(e) = kept {
-                    prepared.problems.push(format!(
-                        "this dispatch's trace is lost: it could not wait beside {} either ({e})",
-                        prepared.store_path.display()
-                    ));
+                    prepared.problems.push(
+                        format!(
+                            "this dispatch's trace is lost: it could not wait beside {} either \
+                             ({e})",
+                            prepared.store_path.display()
+                        )
+                        .into(),
+                    );
                 }
             }
         }
@@ -1173,7 +1213,7 @@ fn ship(
     relation: Option<&relation::Answer>,
     current: Option<i64>,
     root_span: Option<opentelemetry::trace::SpanId>,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) {
     let env = export_environment();
     let Some(destination) = destination::resolve(&env, config, stored.as_ref(), relation) else {
@@ -1228,7 +1268,7 @@ fn note_export_failure(
     current: Option<i64>,
     root_span: Option<opentelemetry::trace::SpanId>,
     failure: &export::Failure,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) {
     if let (Some(id), Some(root)) = (current, root_span) {
         if let Some(chunk) = store.chunk(id).ok().flatten() {
@@ -1243,7 +1283,7 @@ fn note_export_failure(
         }
     }
     if failure.actionable {
-        problems.push(format!("cannot ship traces: {}", failure.cause));
+        problems.push(format!("cannot ship traces: {}", failure.cause).into());
     }
 }
 

@@ -402,14 +402,17 @@ fn a_damaged_store_is_moved_aside_by_the_next_hook_with_one_line_and_two_copies_
     assert_eq!(our_lines(&again.stderr), Vec::<String>::new());
     assert_eq!(charm.traces().len(), 2);
 
-    // Damaged again and again: the newest two copies are kept, no more.
-    for seed in [17, 19, 23] {
+    // Damaged again and again: the newest two copies are kept, no more; and the line, whose
+    // words change with each copy's name, is said once (the same kind of problem repeating).
+    for (n, seed) in [17, 19, 23].into_iter().enumerate() {
         for suffix in ["-wal", "-shm"] {
             let _ = std::fs::remove_file(with_suffix(&charm.store_file(), suffix));
         }
         std::fs::write(charm.store_file(), garbage(seed)).unwrap();
         let traced = charm.dispatch("hooks/config-changed", NOISY);
         assert_same_outcome(&traced, &bare);
+        let said = our_lines(&traced.stderr);
+        assert_eq!(said.len(), usize::from(n == 0), "damage {n}: {said:?}");
     }
     let aside = moved_aside(&charm);
     assert_eq!(aside.len(), 2, "{aside:?}");
