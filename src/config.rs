@@ -86,7 +86,7 @@ pub struct Config {
     /// Record the text of `juju-log` messages (free text may hold secrets: off by default).
     pub record_log_messages: bool,
     /// Listen on loopback during a dispatch for the charm's own spans (OTLP/HTTP), and point
-    /// the child's `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` there (issue #5). `false`: no
+    /// the child's `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` there (README, *Your own spans*). `false`: no
     /// listener, and the child's OpenTelemetry variables are left as the hook had them.
     pub custom_spans: bool,
 }

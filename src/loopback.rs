@@ -1,4 +1,4 @@
-//! The loopback listener for custom spans (issue #5): during a traced dispatch, charm code
+//! The loopback listener for custom spans (README, *Your own spans and events*): during a traced dispatch, charm code
 //! in any language exports its own spans with a standard OpenTelemetry SDK to
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, which points here.
 //!

@@ -1,9 +1,9 @@
-//! The wire side of the loopback OTLP/HTTP receiver (issue #5): what charm code's OpenTelemetry
+//! The wire side of the loopback OTLP/HTTP receiver (README, *Your own spans and events*): what charm code's OpenTelemetry
 //! SDK sends to `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` during a dispatch, and what it gets back.
 //!
 //! Pure bytes in, bytes out: a [`Conversation`] is one HTTP/1.1 connection's state, fed what
 //! the socket read and returning what to write; `loopback` owns the sockets. Everything that
-//! parses untrusted input is here, so it is unit-tested here (and fuzzed by issue #6).
+//! parses untrusted input is here, so it is unit-tested here (and fuzzed: `fuzz/`, README *Tests and benchmarks*).
 //!
 //! It answers like a real collector's OTLP/HTTP receiver, so SDKs behave as they would in
 //! production: `POST <path>` with `application/x-protobuf` or `application/json`, optionally

@@ -532,7 +532,7 @@ impl TraceBuilder {
         }
     }
 
-    /// Our spans, then the spans the charm's code sent (issue #5), as one OTLP request.
+    /// Our spans, then the spans the charm's code sent (README, *Your own spans and events*), as one OTLP request.
     pub fn encode_with_custom(&self, spans: Vec<SpanData>, custom: Vec<ResourceSpans>) -> Vec<u8> {
         let mut request = self.request(spans);
         request

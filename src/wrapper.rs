@@ -405,7 +405,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         }
         _ => None,
     };
-    // The listener for the charm's own spans (issue #5), opened on the reader's thread.
+    // The listener for the charm's own spans (README, *Your own spans*), opened on the reader's thread.
     let listen = program && prepared.config.custom_spans;
     if interception.is_some() || listen {
         let store_path = prepared.store_path.clone();
@@ -939,7 +939,7 @@ impl Interception {
     }
 }
 
-/// The child's standard OpenTelemetry variables for the custom-span listener (issue #5).
+/// The child's standard OpenTelemetry variables for the custom-span listener (README, *Your own spans and events*).
 ///
 /// Traces only: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (a full URL, used as is by every SDK)
 /// and `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf` (SDKs that default to gRPC, and

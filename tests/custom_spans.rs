@@ -1,4 +1,4 @@
-//! Custom spans from charm code (issue #5): during a dispatch the wrapper listens on loopback
+//! Custom spans from charm code (README, *Your own spans and events*): during a dispatch the wrapper listens on loopback
 //! for OTLP/HTTP and points the child's `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` there.
 //!
 //! The clients are real, configured only from the environment they get: charm code on the

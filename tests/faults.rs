@@ -1,4 +1,4 @@
-//! The fault matrix (issue #6, item 1): whatever goes wrong on our side, the hook ends exactly
+//! The fault matrix (README, *Guarantees*): whatever goes wrong on our side, the hook ends exactly
 //! as it would without us, within the budget, and the trace is kept, shipped, or lost only
 //! where nothing at all could be written.
 //!

@@ -1,4 +1,4 @@
-//! Local security (issue #6, item 4), from the outside, the way an attacker on the same machine
+//! Local security (README, *Guarantees* 13 and 14), from the outside, the way an attacker on the same machine
 //! or a QA engineer would look at it:
 //! - what a dispatch keeps on disk belongs to the hook's user alone: the state dir and the
 //!   shim dir 0700, the record channel (FIFO) and every file 0600, whatever the umask;

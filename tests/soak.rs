@@ -1,4 +1,4 @@
-//! Soak (issue #6, item 2): a thousand consecutive dispatches of a realistic event mix while
+//! Soak (README, *Guarantees*): a thousand consecutive dispatches of a realistic event mix while
 //! the backend is down, then flaky, then healthy; nothing is lost but what the size cap
 //! evicts by its rule, nothing is delivered twice, nothing leaks, and the cost per dispatch
 //! does not drift.

@@ -148,7 +148,7 @@ fn the_child_environment_differs_only_by_the_documented_additions() {
     assert!(removed.is_empty(), "variables removed: {removed:?}");
     for key in &added {
         // Ours, and the standard variables that point the charm's OpenTelemetry SDK at the
-        // custom-span listener (issue #5).
+        // custom-span listener (README, *Your own spans and events*).
         assert!(
             key.starts_with("DISPATCH_TRACE_")
                 || key.as_str() == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
