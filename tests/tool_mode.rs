@@ -1176,3 +1176,43 @@ fn a_hook_with_a_badly_indented_config_file_runs_the_charm_unchanged_and_says_wh
     );
     assert_eq!(charm.traces().len(), 1, "traced with the defaults");
 }
+
+#[test]
+fn set_destination_warns_when_a_source_that_comes_first_overrides_it() {
+    let charm = Charm::new("shell");
+    charm.write(
+        "dispatch-trace.yaml",
+        "endpoint: http://user:s3cret@config-tempo:4318/v1/traces\n",
+    );
+    let out = charm.tool(&["set-destination", "http://set-tempo:4318/v1/traces"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "destination set to http://set-tempo:4318/v1/traces\n"
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "dispatch: note: endpoint in dispatch-trace.yaml takes precedence over set-destination: \
+         traces go to http://<credentials>@config-tempo:4318/v1/traces while it is set\n"
+    );
+    // The environment comes first of all (as `juju exec` or a person's shell may set it).
+    std::fs::remove_file(charm.path("dispatch-trace.yaml")).unwrap();
+    let out = Command::new(charm.path("dispatch"))
+        .args(["set-destination", "http://other-tempo:4318/v1/traces"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env-tempo:4318")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with(
+            "dispatch: note: OTEL_EXPORTER_OTLP_*ENDPOINT in the environment takes precedence"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nothing comes first: no note.
+    let out = charm.tool(&["set-destination", "http://set-tempo:4318/v1/traces"]);
+    assert_eq!(text(&out.stderr), "");
+}
