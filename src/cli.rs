@@ -35,7 +35,7 @@ const COMMANDS: &[CommandHelp] = &[
         usage: "dispatch traces [--last N] [--event E] [--failed] [--format tree|json|otlp-json]",
         summary: "show recorded dispatches, oldest first (default: --last 10, tree)",
         details: "\
-  --last N        the newest N dispatches (0: all; default 10)
+\x20 --last N        the newest N dispatches (0: all; default 10)
   --event E       only this event: `install`, `hooks/install`, `backup` (an action), or a
                   glob such as '*-relation-changed' or 'db-relation-*' (quote it)
   --failed        only dispatches whose charm failed or that were interrupted
@@ -59,7 +59,7 @@ export. Exits 1 when something needs fixing (it says PROBLEM). Reads the store o
         usage: "dispatch set-destination URL [--ca-file F]",
         summary: "ship traces to this OTLP/HTTP traces URL (persisted)",
         details: "\
-  URL             the collector's OTLP/HTTP traces URL, e.g. http://tempo:4318/v1/traces
+\x20 URL             the collector's OTLP/HTTP traces URL, e.g. http://tempo:4318/v1/traces
   --ca-file F     a PEM bundle to verify an https URL with (default: the system trust store)
 The environment's OTEL_EXPORTER_OTLP_*ENDPOINT and `endpoint` in dispatch-trace.yaml take
 precedence over it; the tracing relation and Juju's trace config come after it.
@@ -251,7 +251,20 @@ fn dispatch_command(args: &[String]) -> Result<i32> {
             no_more(command, rest)?;
             check_config(&charm_dir)
         }
-        other => Err(usage(format!("unknown command {other:?}"))),
+        other => Err(usage(format!(
+            "unknown command {other:?}{}",
+            did_you_mean(other)
+        ))),
+    }
+}
+
+/// ` (did you mean "traces"?)` for a mistyped command or option, else nothing.
+fn did_you_mean(typed: &str) -> String {
+    const OPTIONS: [&str; 5] = ["--last", "--event", "--failed", "--format", "--ca-file"];
+    let known = COMMANDS.iter().map(|c| c.name).chain(OPTIONS);
+    match crate::config::closest(typed, known) {
+        Some(word) if word != typed => format!(" (did you mean {word:?}?)"),
+        _ => String::new(),
     }
 }
 
@@ -466,7 +479,12 @@ fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
                     }
                 }
             }
-            other => return Err(usage(format!("traces: unknown option {other:?}"))),
+            other => {
+                return Err(usage(format!(
+                    "traces: unknown option {other:?}{}",
+                    did_you_mean(other)
+                )))
+            }
         }
     }
     let path = store_path(charm_dir);

@@ -578,27 +578,31 @@ fn unknown_key(key: &str) -> String {
     }
 }
 
-/// The known key a mistyped one was most likely meant to be: the fewest edits away (a swap of
-/// two neighbours counting as one, case and `-` for `_` as none), if that is few for its length.
+/// The known key a mistyped one was most likely meant to be.
 fn closest_key(key: &str) -> Option<&'static str> {
-    // No key is this long: not a typo of one (and the distance costs length squared).
-    if key.len() > 64 {
+    closest(key, KEYS.iter().map(|(name, _)| *name))
+}
+
+/// The word among `known` a mistyped one was most likely meant to be (a key here, a command
+/// or an option in tool mode): the fewest edits away (a swap of two neighbours counting as
+/// one, case and `-` for `_` as none), if that is few for its length.
+pub fn closest<'a>(typed: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    // No word we know is this long: not a typo of one (and the distance costs length squared).
+    if typed.len() > 64 {
         return None;
     }
-    let typed: Vec<char> = key
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            '-' | ' ' | '.' => '_',
-            c => c,
-        })
-        .collect();
-    KEYS.iter()
-        .map(|(name, _)| {
-            (
-                edit_distance(&typed, &name.chars().collect::<Vec<_>>()),
-                *name,
-            )
-        })
+    let fold = |word: &str| -> Vec<char> {
+        word.chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                '-' | ' ' | '.' => '_',
+                c => c,
+            })
+            .collect()
+    };
+    let typed = fold(typed);
+    known
+        .into_iter()
+        .map(|name| (edit_distance(&typed, &fold(name)), name))
         .min_by_key(|(distance, _)| *distance)
         .filter(|(distance, name)| *distance <= (name.len() / 3).max(2))
         .map(|(_, name)| name)

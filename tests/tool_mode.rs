@@ -1012,7 +1012,29 @@ fn every_command_has_its_own_help() {
         let out = charm.tool(&["help", command]);
         assert!(ok_stdout(&out).starts_with(&format!("usage: dispatch {command}")));
     }
-    assert!(ok_stdout(&charm.tool(&["traces", "--help"])).contains("--event"));
+    let help = ok_stdout(&charm.tool(&["traces", "--help"]));
+    assert!(help.contains("\n  --last N "), "{help}");
+    assert!(
+        !help.lines().any(|l| l.starts_with("--")),
+        "options are indented: {help}"
+    );
+    let help = ok_stdout(&charm.tool(&["set-destination", "--help"]));
+    assert!(help.contains("\n  URL "), "{help}");
+    // A mistyped command or option gets a suggestion.
+    let out = charm.tool(&["tracs"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        text(&out.stderr)
+            .starts_with("dispatch: unknown command \"tracs\" (did you mean \"traces\"?)\n"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = charm.tool(&["traces", "--evnt", "install"]);
+    assert!(
+        text(&out.stderr).contains("unknown option \"--evnt\" (did you mean \"--event\"?)"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!charm.store_file().exists(), "help created the store");
     assert!(!charm.path("dispatch-trace.yaml.disabled").exists());
     assert!(

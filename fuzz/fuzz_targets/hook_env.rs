@@ -75,9 +75,29 @@ fuzz_target!(|data: &[u8]| {
     let config = Config::default();
     let _ = destination::protocol(&env, &config);
     if let Some(found) = destination::resolve(&env, &config, None, None) {
-        let _ = destination::validate_url(&found.url);
+        if let Ok(url) = destination::parse_url(&found.url) {
+            assert!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "{url}"
+            );
+        }
+        let _ = destination::usable(found.clone());
+        // What is shown never keeps the user info of the URL's authority.
         let shown = destination::redact_url(&found.url);
-        assert!(shown.len() <= found.url.len() + "<credentials>".len());
+        let authority = |url: &str| -> Option<String> {
+            let rest = url.split_once("://")?.1;
+            Some(
+                rest.split(['/', '?', '#'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        };
+        if let (Some(raw), Some(redacted)) = (authority(&found.url), authority(&shown)) {
+            if let Some((_, host)) = raw.rsplit_once('@') {
+                assert_eq!(redacted, format!("<credentials>@{host}"), "{shown}");
+            }
+        }
         let _ = transport::choose_proxy(&found.url, &env);
     }
 });
