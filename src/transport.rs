@@ -252,6 +252,20 @@ fn destinations(url: &str, error: &ureq::Error) -> (String, bool) {
             (format!("TLS with {url} failed: {io}"), true)
         }
         ureq::Error::HostNotFound => (format!("{url}: host not found"), true),
+        // std reports a failed name lookup as an uncategorized I/O error in getaddrinfo's
+        // words: a name that does not exist is the operator's to fix, a resolver that does not
+        // answer is an outage.
+        ureq::Error::Io(io) if io.to_string().contains("failed to lookup address") => {
+            let words = io.to_string();
+            if words.contains("Temporary failure") || words.contains("try again") {
+                (
+                    format!("{url}: the host name could not be looked up now"),
+                    false,
+                )
+            } else {
+                (format!("{url}: host not found"), true)
+            }
+        }
         ureq::Error::BadUri(reason) => (format!("bad URL {url}: {reason}"), true),
         ureq::Error::Tls(reason) => (format!("TLS with {url} failed: {reason}"), true),
         ureq::Error::Rustls(e) => (format!("TLS with {url} failed: {e}"), true),
@@ -399,6 +413,32 @@ fn in_cidr(ip: IpAddr, net: &str, bits: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_name_that_does_not_resolve_is_told_as_such_and_a_resolver_outage_is_not_the_operators() {
+        let lookup = |words: &str| {
+            destinations(
+                "http://tempo:4318/v1/traces",
+                &ureq::Error::Io(std::io::Error::other(format!(
+                    "failed to lookup address information: {words}"
+                ))),
+            )
+        };
+        assert_eq!(
+            lookup("Name or service not known"),
+            (
+                "http://tempo:4318/v1/traces: host not found".to_string(),
+                true
+            )
+        );
+        assert_eq!(
+            lookup("Temporary failure in name resolution"),
+            (
+                "http://tempo:4318/v1/traces: the host name could not be looked up now".to_string(),
+                false
+            )
+        );
+    }
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
