@@ -42,6 +42,13 @@ pub fn utc(time: SystemTime) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
+/// `2026-12-04T15:02:11.123Z`, from unix nanoseconds (how traces record their times).
+pub fn utc_millis(unix_nanos: i64) -> String {
+    let (y, mo, d, h, mi, s) = civil(unix_nanos.div_euclid(1_000_000_000));
+    let millis = unix_nanos.rem_euclid(1_000_000_000) / 1_000_000;
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{millis:03}Z")
+}
+
 /// `20261204T150211Z` (ISO 8601 basic format: fit for file names).
 pub fn compact_utc(time: SystemTime) -> String {
     let (y, mo, d, h, mi, s) = civil(unix_secs(time));

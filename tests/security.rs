@@ -1110,6 +1110,15 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|window| window == needle.as_bytes())
 }
 
+/// The tool-mode commands that show what is stored or shipped, searched for secrets.
+const SHOWING_COMMANDS: &[&[&str]] = &[
+    &["status"],
+    &["flush"],
+    &["traces", "--last", "0"],
+    &["traces", "--last", "0", "--format", "json"],
+    &["traces", "--last", "0", "--format", "otlp-json"],
+];
+
 #[test]
 fn no_secret_reaches_the_wire_status_flush_or_any_file_of_ours_in_any_encoding() {
     let charm = secrets_charm();
@@ -1145,13 +1154,7 @@ fn no_secret_reaches_the_wire_status_flush_or_any_file_of_ours_in_any_encoding()
     assert!(contains(&requests[1].body, "password=<redacted>"));
     places.push(("the decoded protobuf request".into(), decoded));
 
-    for args in [
-        &["status"][..],
-        &["flush"],
-        &["traces", "--last", "0"],
-        &["traces", "--last", "0", "--format", "json"],
-        &["traces", "--last", "0", "--format", "otlp-json"],
-    ] {
+    for args in SHOWING_COMMANDS {
         let out = charm.tool(args);
         assert_eq!(code(&out), 0, "{args:?}: {}", text(&out.stderr));
         places.push((format!("dispatch {}", args.join(" ")), out.stdout));
@@ -1247,14 +1250,10 @@ fn a_credential_in_the_destination_is_never_shown_and_no_copy_outlives_its_use()
         requests[0].path.contains(TOKEN),
         "the token is what is sent"
     );
-    for args in [
-        &["status"][..],
-        &["flush"],
-        &["traces", "--last", "0"],
-        &["traces", "--last", "0", "--format", "json"],
-        &["traces", "--last", "0", "--format", "otlp-json"],
-        &["check-config"],
-    ] {
+    for args in SHOWING_COMMANDS
+        .iter()
+        .chain([&["check-config"][..]].iter())
+    {
         keep(&format!("dispatch {}", args.join(" ")), &charm.tool(args));
     }
     let status = text(&charm.tool(&["status"]).stdout);
