@@ -695,7 +695,7 @@ fn status(charm_dir: &Path) -> Result<i32> {
             }
         }
     }
-    if let Some((last, when)) = store.as_ref().and_then(export::last_result) {
+    if let Some((last, when)) = store.as_ref().and_then(crate::settings::LastExport::load) {
         let when = when.map_or(String::new(), |when| {
             format!(" ({})", human::utc_and_relative(when, now))
         });
@@ -707,17 +707,11 @@ fn status(charm_dir: &Path) -> Result<i32> {
 
 /// The relations' answer cached by the last dispatch that read them.
 fn cached_relation(store: &Store) -> Option<crate::relation::Answer> {
-    store
-        .setting(crate::relation::SETTING)
-        .ok()
-        .flatten()
-        .and_then(|json| serde_json::from_str(&json).ok())
+    crate::settings::relation_answer(store)
 }
 
 fn stored_destination(store: &Store) -> rusqlite::Result<Option<destination::Stored>> {
-    Ok(store
-        .setting(destination::SETTING)?
-        .map(|text| destination::Stored::decode(&text)))
+    crate::settings::destination(store)
 }
 
 fn set_destination(charm_dir: &Path, args: &[String]) -> Result<i32> {
@@ -769,8 +763,7 @@ fn set_destination(charm_dir: &Path, args: &[String]) -> Result<i32> {
         print("destination unchanged\n")?;
     } else {
         // The old URL may hold a credential: no copy of it may stay behind.
-        store
-            .set_setting_erasing_old(destination::SETTING, Some(&wanted.encode()))
+        crate::settings::set_destination(&store, Some(&wanted))
             .context("storing the destination")?;
         export::reset_backoff(&store);
         print(&format!(
@@ -808,9 +801,7 @@ fn clear_destination(charm_dir: &Path) -> Result<i32> {
     }
     let _lock = hold_dispatch_lock(&path)?;
     let store = store_to_write(&path)?;
-    store
-        .set_setting_erasing_old(destination::SETTING, None)
-        .context("erasing the destination")?;
+    crate::settings::set_destination(&store, None).context("erasing the destination")?;
     export::reset_backoff(&store);
     print("destination cleared\n")?;
     Ok(0)

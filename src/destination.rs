@@ -72,37 +72,11 @@ pub struct Destination {
     pub source: Source,
 }
 
-/// The store setting that holds a `dispatch set-destination` value.
-pub const SETTING: &str = "destination";
-
-/// A destination stored by `dispatch set-destination`.
+/// A destination stored by `dispatch set-destination` (kept in the store: `settings`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     pub url: String,
     pub ca_file: Option<PathBuf>,
-}
-
-impl Stored {
-    /// The store keeps it as one setting: the URL, then a tab and the CA path if any.
-    pub fn encode(&self) -> String {
-        match &self.ca_file {
-            Some(ca) => format!("{}\t{}", self.url, ca.display()),
-            None => self.url.clone(),
-        }
-    }
-
-    pub fn decode(text: &str) -> Stored {
-        match text.split_once('\t') {
-            Some((url, ca)) => Stored {
-                url: url.to_string(),
-                ca_file: Some(PathBuf::from(ca)),
-            },
-            None => Stored {
-                url: text.to_string(),
-                ca_file: None,
-            },
-        }
-    }
 }
 
 /// A URL as it may be shown, logged, put on a span or persisted in a status setting: the
@@ -578,22 +552,6 @@ mod tests {
                 .source,
             Source::JujuTraceConfig
         );
-    }
-
-    #[test]
-    fn stored_destinations_round_trip() {
-        for stored in [
-            Stored {
-                url: "http://a/v1/traces".into(),
-                ca_file: None,
-            },
-            Stored {
-                url: "https://a/v1/traces".into(),
-                ca_file: Some("/ca.pem".into()),
-            },
-        ] {
-            assert_eq!(Stored::decode(&stored.encode()), stored);
-        }
     }
 
     #[test]

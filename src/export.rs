@@ -23,6 +23,7 @@ use prost::Message;
 
 use crate::config::Protocol;
 use crate::destination::Destination;
+use crate::settings::{Backoff, LastExport, Refused, RequestShape};
 use crate::store::{Queued, Store};
 
 /// Requests are kept under this many bytes (more chunks wait for the next request).
@@ -79,76 +80,19 @@ pub struct Report {
     pub stopped_by_failure: bool,
 }
 
-/// Backoff state kept in the store's settings.
-const KEY_BACKOFF: &str = "export.backoff";
-const KEY_LAST: &str = "export.last";
-const KEY_SHAPE: &str = "export.request_shape";
-const KEY_REFUSED: &str = "export.refused";
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-/// `<url>\t<failures>\t<until unix secs>`
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Backoff {
-    url: String,
-    failures: u32,
-    until: u64,
-}
-
-impl Backoff {
-    fn load(store: &Store) -> Option<Backoff> {
-        let text = store.setting(KEY_BACKOFF).ok()??;
-        let mut parts = text.split('\t');
-        Some(Backoff {
-            url: parts.next()?.to_string(),
-            failures: parts.next()?.parse().ok()?,
-            until: parts.next()?.parse().ok()?,
-        })
-    }
-
-    fn save(&self, store: &Store) {
-        let _ = store.set_setting(
-            KEY_BACKOFF,
-            Some(&format!("{}\t{}\t{}", self.url, self.failures, self.until)),
-        );
-    }
-}
-
-/// How requests to one destination are cut, learnt from the content it refused:
-/// `<backoff key>\t<max bytes>\t<one chunk per request: 0|1>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct RequestShape {
-    max_bytes: usize,
-    one_chunk_per_request: bool,
-}
-
 impl RequestShape {
-    fn load(store: &Store, key: &str) -> RequestShape {
-        let learnt = || {
-            let text = store.setting(KEY_SHAPE).ok()??;
-            let mut parts = text.split('\t');
-            if parts.next()? != key {
-                return None;
-            }
-            Some(RequestShape {
-                max_bytes: parts.next()?.parse().ok()?,
-                one_chunk_per_request: parts.next()? == "1",
-            })
-        };
-        learnt().unwrap_or(RequestShape {
+    /// What was learnt about the destination with `key`, or the default shape.
+    fn for_destination(store: &Store, key: &str) -> RequestShape {
+        RequestShape::load(store, key).unwrap_or(RequestShape {
             max_bytes: MAX_REQUEST_BYTES,
             one_chunk_per_request: false,
         })
-    }
-
-    fn save(&self, store: &Store, key: &str) {
-        let flag = if self.one_chunk_per_request { "1" } else { "0" };
-        let text = format!("{key}\t{}\t{flag}", self.max_bytes);
-        let _ = store.set_setting(KEY_SHAPE, Some(&text));
     }
 
     /// What a refusal of a request of `body_len` bytes holding `chunks` chunks teaches.
@@ -165,28 +109,7 @@ impl RequestShape {
 
 /// Forgets any backoff (destination changed, or `dispatch flush`).
 pub fn reset_backoff(store: &Store) {
-    let _ = store.set_setting(KEY_BACKOFF, None);
-}
-
-/// The last export's outcome, for `dispatch status`: what happened (URLs redacted) and when.
-pub fn last_result(store: &Store) -> Option<(String, Option<SystemTime>)> {
-    let text = store.setting(KEY_LAST).ok().flatten()?;
-    // `<unix secs>\t<summary>`; earlier versions wrote `<summary> at <unix secs>`.
-    if let Some((secs, summary)) = text.split_once('\t') {
-        if let Ok(secs) = secs.parse::<u64>() {
-            return Some((
-                summary.to_string(),
-                Some(crate::human::from_unix_secs(secs)),
-            ));
-        }
-    }
-    match text.rsplit_once(" at ") {
-        Some((summary, secs)) if secs.bytes().all(|b| b.is_ascii_digit()) && !secs.is_empty() => {
-            let when = secs.parse().ok().map(crate::human::from_unix_secs);
-            Some((crate::destination::redact_url(summary), when))
-        }
-        _ => Some((text, None)),
-    }
+    Backoff::clear(store);
 }
 
 /// What identifies a destination for its backoff and what it refused (`destination::key`).
@@ -203,14 +126,14 @@ pub fn backing_off(store: &Store, destination: &Destination) -> bool {
 pub fn backoff_state(store: &Store, destination: &Destination) -> Option<(u32, u64)> {
     let key = backoff_key(destination);
     Backoff::load(store)
-        .filter(|b| b.url == key)
+        .filter(|b| b.key == key)
         .map(|b| (b.failures, b.until))
 }
 
 /// Records a failure that happened before any request (the client could not be built: a CA
 /// that does not load, a bad proxy), with the same backoff as a failed request.
 pub fn record_setup_failure(store: &Store, destination: &Destination, failure: Failure) {
-    let backoff = Backoff::load(store).filter(|b| b.url == backoff_key(destination));
+    let backoff = Backoff::load(store).filter(|b| b.key == backoff_key(destination));
     let report = Report {
         failure: Some(failure),
         requests: 1,
@@ -237,7 +160,7 @@ pub fn export(
 ) -> Report {
     let deadline = Instant::now() + budget;
     let mut report = Report::default();
-    let backoff = Backoff::load(store).filter(|b| b.url == backoff_key(destination));
+    let backoff = Backoff::load(store).filter(|b| b.key == backoff_key(destination));
     if let Some(backoff) = &backoff {
         if !ignore_backoff && backoff.until > now_secs() {
             report.backing_off_until = Some(backoff.until);
@@ -245,9 +168,9 @@ pub fn export(
         }
     }
     let key = backoff_key(destination);
-    let mut shape = RequestShape::load(store, &key);
+    let mut shape = RequestShape::for_destination(store, &key);
     let mut one_by_one = false;
-    let mut refused = load_refused(store, &key);
+    let mut refused = Refused::load(store, &key);
     let mut pending = match store.pending_queue(first) {
         Ok(mut chunks) => {
             // Chunks the destination refused before go last (the sort is stable).
@@ -357,7 +280,7 @@ pub fn export(
             Sent::OutOfBudget => break,
         }
     }
-    save_refused(store, &key, &refused);
+    Refused::save(store, &key, &refused);
     record(store, destination, &report, backoff);
     report
 }
@@ -374,27 +297,6 @@ enum Sent {
 /// Statuses by which a working backend says it will not take this request's content.
 fn refused_for_content(status: u16) -> bool {
     matches!(status, 400 | 413 | 422)
-}
-
-/// Ids of pending chunks the destination (by its backoff key) refused: `<key>\t<id>,<id>...`.
-fn load_refused(store: &Store, key: &str) -> Vec<i64> {
-    let Some(text) = store.setting(KEY_REFUSED).ok().flatten() else {
-        return Vec::new();
-    };
-    match text.split_once('\t') {
-        Some((owner, ids)) if owner == key => {
-            ids.split(',').filter_map(|id| id.parse().ok()).collect()
-        }
-        _ => Vec::new(),
-    }
-}
-
-fn save_refused(store: &Store, key: &str, refused: &[i64]) {
-    let ids: Vec<String> = refused.iter().map(i64::to_string).collect();
-    let text = (!ids.is_empty()).then(|| format!("{key}\t{}", ids.join(",")));
-    if text != store.setting(KEY_REFUSED).ok().flatten() {
-        let _ = store.set_setting(KEY_REFUSED, text.as_deref());
-    }
 }
 
 /// Turns a status into success or a failure with its cause.
@@ -464,7 +366,7 @@ fn record(store: &Store, destination: &Destination, report: &Report, backoff: Op
             report.chunks_sent, failure.cause
         ),
     };
-    let _ = store.set_setting(KEY_LAST, Some(&format!("{}\t{summary}", now_secs())));
+    LastExport::save(store, &summary, SystemTime::now());
     // A destination that took some chunks and refused others for their content is working:
     // no backoff for it. One that refuses everything may well be misconfigured: back off.
     let working = !report.stopped_by_failure && report.chunks_sent > 0;
@@ -478,7 +380,7 @@ fn record(store: &Store, destination: &Destination, report: &Report, backoff: Op
                 .map(|r| r.min(MAX_BACKOFF))
                 .unwrap_or_else(|| backoff_after(failures));
             Backoff {
-                url: backoff_key(destination),
+                key: backoff_key(destination),
                 failures,
                 until: now_secs() + wait.as_secs().max(1),
             }
@@ -937,7 +839,7 @@ mod tests {
         assert!(bodies.len() >= 3, "{} requests", bodies.len());
         assert!(bodies.iter().all(|b| b.len() <= refused_size / 2));
         assert_eq!(pending(&store), 0);
-        assert!(load_refused(&store, &backoff_key(&destination())).is_empty());
+        assert!(Refused::load(&store, &backoff_key(&destination())).is_empty());
     }
 
     #[test]

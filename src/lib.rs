@@ -21,6 +21,7 @@ pub mod operator;
 pub mod otlp_json;
 pub mod receiver;
 pub mod relation;
+pub mod settings;
 pub mod shims;
 pub mod spans;
 pub mod state_dir;

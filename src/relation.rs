@@ -371,9 +371,6 @@ pub struct Answer {
     pub ca: Vec<String>,
 }
 
-/// The store setting holding the cached `Answer` (JSON).
-pub const SETTING: &str = "relation.answer";
-
 /// Runs one hook tool, returning its stdout if it exited 0.
 pub trait Tools {
     fn run(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>>;

@@ -38,6 +38,7 @@ use crate::juju::{EventKind, HookEnv};
 use crate::metadata::CharmMetadata;
 use crate::operator::{self, Operator, Problem};
 use crate::relation;
+use crate::settings;
 use crate::shims;
 use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
 use crate::state_dir;
@@ -611,16 +612,8 @@ fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> Open
         }
     };
     problems.extend(store_notes(&mut store));
-    let stored_destination = store
-        .setting(destination::SETTING)
-        .ok()
-        .flatten()
-        .map(|text| destination::Stored::decode(&text));
-    let relation = store
-        .setting(relation::SETTING)
-        .ok()
-        .flatten()
-        .and_then(|json| serde_json::from_str(&json).ok());
+    let stored_destination = settings::destination(&store).ok().flatten();
+    let relation = settings::relation_answer(&store);
     if let Err(e) = store.maintain() {
         problems.push(
             format!(
@@ -739,16 +732,8 @@ fn ships_to_juju_collector(prepared: &Prepared) -> bool {
     }
     let (stored, relation) = match Store::open_to_read(&prepared.store_path) {
         Ok(Some(store)) => (
-            store
-                .setting(destination::SETTING)
-                .ok()
-                .flatten()
-                .map(|text| destination::Stored::decode(&text)),
-            store
-                .setting(relation::SETTING)
-                .ok()
-                .flatten()
-                .and_then(|json| serde_json::from_str::<relation::Answer>(&json).ok()),
+            settings::destination(&store).ok().flatten(),
+            settings::relation_answer(&store),
         ),
         _ => (None, None),
     };
@@ -1179,14 +1164,12 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
         let root = Some(builder.ids.root_span_id);
         if prepared.relation_discovered {
             if let Some(answer) = &prepared.relation {
-                if let Ok(json) = serde_json::to_string(answer) {
-                    let _ = store.set_setting(relation::SETTING, Some(&json));
-                }
+                settings::set_relation_answer(store, Some(answer));
             }
         } else if prepared.endpoints.is_empty() && prepared.relation.take().is_some() {
             // The charm no longer declares the relations (an upgrade removed them): what they
             // said no longer holds, for this dispatch or for tool mode.
-            let _ = store.set_setting(relation::SETTING, None);
+            settings::set_relation_answer(store, None);
         }
         let answer = prepared.relation.clone();
         ship(
