@@ -16,6 +16,7 @@ use crate::destination;
 use crate::export;
 use crate::human;
 use crate::metadata::CharmMetadata;
+use crate::ship::Outcome;
 use crate::store::{ChunkFilter, Store};
 use crate::target::{self, Target};
 use crate::view;
@@ -626,7 +627,7 @@ fn status(charm_dir: &Path) -> Result<i32> {
             human::utc_and_relative(copy.when, now)
         ));
     }
-    let env = crate::wrapper::export_environment();
+    let env = crate::ship::environment();
     let stored = match &store {
         Some(store) => stored_destination(store).map_err(|e| store.read_error(e))?,
         None => None,
@@ -773,7 +774,7 @@ fn set_destination(charm_dir: &Path, args: &[String]) -> Result<i32> {
     }
     // Say so when another source wins over what was just set.
     let loaded = Config::load(charm_dir);
-    let env = crate::wrapper::export_environment();
+    let env = crate::ship::environment();
     if let Some(winner) = destination::resolve(&env, &loaded.config, Some(&wanted), None) {
         if winner.source != destination::Source::SetDestination {
             eprintln!(
@@ -819,33 +820,22 @@ fn flush(charm_dir: &Path) -> Result<i32> {
     // Not while a dispatch exports the same backlog (both would send it): wait for its lock.
     let _lock = hold_dispatch_lock(&path)?;
     let mut store = store_to_write(&path)?;
-    let env = crate::wrapper::export_environment();
-    let stored = stored_destination(&store)?;
-    let relation = cached_relation(&store);
-    let Some(destination) =
-        destination::resolve(&env, &loaded.config, stored.as_ref(), relation.as_ref())
-    else {
-        if destination::waits_for_ca(relation.as_ref()) {
-            bail!("not sending yet: the tracing relation's URL is https and the certificate_transfer relation has not delivered its CA certificate");
-        }
-        bail!("no destination: set one with `dispatch set-destination URL` or relate the charm to a tracing provider");
+    let (destination, report) = match crate::ship::flush(&mut store, &loaded.config) {
+        Outcome::Nowhere { waits_for_ca: true } => bail!(
+            "not sending yet: the tracing relation's URL is https and the certificate_transfer \
+             relation has not delivered its CA certificate"
+        ),
+        Outcome::Nowhere {
+            waits_for_ca: false,
+        } => bail!(
+            "no destination: set one with `dispatch set-destination URL` or relate the charm to \
+             a tracing provider"
+        ),
+        Outcome::Unusable(failure) | Outcome::NoClient(_, failure) => bail!("{}", failure.cause),
+        // A flush never backs off.
+        Outcome::BackingOff => bail!("the destination is backing off"),
+        Outcome::Exported(destination, report) => (destination, report),
     };
-    let destination = destination::usable(destination).map_err(|why| anyhow::anyhow!(why))?;
-    // A person asked: whatever backoff there was is over, sent or not.
-    export::reset_backoff(&store);
-    let http = crate::transport::Http::new(&destination, &env)
-        .map_err(|failure| anyhow::anyhow!("{}", failure.cause))?;
-    // A person is waiting: give it time, but not forever.
-    let budget = std::time::Duration::from_millis(loaded.config.export_budget_ms.max(10_000));
-    let report = export::export(
-        &mut store,
-        &destination,
-        destination::protocol(&env, &loaded.config),
-        &http,
-        budget,
-        None,
-        true,
-    );
     print(&format!(
         "sent {} dispatch(es) to {} in {} request(s)\n",
         report.chunks_sent,

@@ -23,6 +23,7 @@ pub mod receiver;
 pub mod relation;
 pub mod settings;
 pub mod shims;
+pub mod ship;
 pub mod spans;
 pub mod state_dir;
 pub mod store;

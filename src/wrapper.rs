@@ -19,7 +19,6 @@
 //!    After the spawn our problems are warnings: everything runs inside `catch_unwind` and
 //!    cannot change the exit, the output or the signal the hook ends with.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -32,7 +31,6 @@ use opentelemetry::KeyValue;
 use crate::channel::{self, Channel, Collected, Reader};
 use crate::config::{Config, TraceContextMode};
 use crate::destination;
-use crate::export;
 use crate::inflight::{self, Inflight, OrphanScan, Started};
 use crate::juju::{EventKind, HookEnv};
 use crate::metadata::CharmMetadata;
@@ -40,12 +38,12 @@ use crate::operator::{self, Operator, Problem};
 use crate::relation;
 use crate::settings;
 use crate::shims;
+use crate::ship;
 use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
 use crate::state_dir;
 use crate::store::{self, NewChunk, Priority, Store};
 use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
 use crate::target::{self, Target, ENV_EXEC_DEPTH, MAX_EXEC_DEPTH, REFUSED_EXIT};
-use crate::transport::Http;
 
 /// How long a dispatch waits for the dispatch lock (held by a concurrent `flush`).
 const LOCK_WAIT: Duration = Duration::from_millis(200);
@@ -738,7 +736,7 @@ fn ships_to_juju_collector(prepared: &Prepared) -> bool {
         _ => (None, None),
     };
     destination::resolve(
-        &export_environment(),
+        &ship::environment(),
         &prepared.config,
         stored.as_ref(),
         relation.as_ref(),
@@ -1172,123 +1170,17 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
             settings::set_relation_answer(store, None);
         }
         let answer = prepared.relation.clone();
-        ship(
+        let problem = ship::after_hook(
             store,
             &prepared.config,
-            stored,
+            stored.as_ref(),
             answer.as_ref(),
             stored_id,
             root,
-            &mut prepared.problems,
         );
+        prepared.problems.extend(problem);
     }
     report(prepared);
-}
-
-/// Ships this dispatch's trace and the backlog to the destination, if there is one, within
-/// the export budget. Only causes the operator can act on become problems (stderr); outages
-/// are the backoff's business and show in `dispatch status`.
-#[allow(clippy::too_many_arguments)]
-fn ship(
-    store: &mut Store,
-    config: &Config,
-    stored: Option<destination::Stored>,
-    relation: Option<&relation::Answer>,
-    current: Option<i64>,
-    root_span: Option<opentelemetry::trace::SpanId>,
-    problems: &mut Vec<Problem>,
-) {
-    let env = export_environment();
-    let Some(destination) = destination::resolve(&env, config, stored.as_ref(), relation) else {
-        return;
-    };
-    let destination = match destination::usable(destination) {
-        Ok(destination) => destination,
-        Err(why) => {
-            // Nothing can be sent until it is fixed: the traces wait in the store.
-            let failure = export::Failure {
-                cause: why,
-                actionable: true,
-                retry_after: None,
-            };
-            note_export_failure(store, current, root_span, &failure, problems);
-            return;
-        }
-    };
-    // Backing off costs nothing, not even building the client.
-    if export::backing_off(store, &destination) {
-        return;
-    }
-    let budget = Duration::from_millis(config.export_budget_ms);
-    let failure = match Http::new(&destination, &env) {
-        Ok(http) => {
-            let report = export::export(
-                store,
-                &destination,
-                destination::protocol(&env, config),
-                &http,
-                budget,
-                current,
-                false,
-            );
-            report.failure
-        }
-        Err(failure) => {
-            export::record_setup_failure(store, &destination, failure.clone());
-            Some(failure)
-        }
-    };
-    if let Some(failure) = failure {
-        note_export_failure(store, current, root_span, &failure, problems);
-    }
-}
-
-/// Tells of a failed export: on this dispatch's root span (`dispatch.export.error`), where
-/// whoever reads the trace later (after a successful flush, say) will find it, and in the
-/// operator's line when it is something they can fix.
-fn note_export_failure(
-    store: &mut Store,
-    current: Option<i64>,
-    root_span: Option<opentelemetry::trace::SpanId>,
-    failure: &export::Failure,
-    problems: &mut Vec<Problem>,
-) {
-    if let (Some(id), Some(root)) = (current, root_span) {
-        if let Some(chunk) = store.chunk(id).ok().flatten() {
-            if let Some(payload) = spans::annotate_span(
-                &chunk.payload,
-                root,
-                "dispatch.export.error",
-                &failure.cause,
-            ) {
-                let _ = store.replace_payload(id, &payload);
-            }
-        }
-    }
-    if failure.actionable {
-        problems.push(format!("cannot ship traces: {}", failure.cause).into());
-    }
-}
-
-/// The variables that configure shipping: OTLP, Juju's trace config and proxies.
-pub fn export_environment() -> BTreeMap<String, String> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| {
-            k.starts_with("OTEL_")
-                || k.starts_with("JUJU_CHARM_")
-                || k == destination::ENV_INJECTED
-                || matches!(
-                    k.as_str(),
-                    "http_proxy"
-                        | "HTTP_PROXY"
-                        | "https_proxy"
-                        | "HTTPS_PROXY"
-                        | "no_proxy"
-                        | "NO_PROXY"
-                )
-        })
-        .collect()
 }
 
 fn report(prepared: &Prepared) {
