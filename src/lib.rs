@@ -19,6 +19,8 @@ pub mod loopback;
 pub mod metadata;
 pub mod operator;
 pub mod otlp_json;
+pub mod own_tools;
+pub mod persist;
 pub mod receiver;
 pub mod relation;
 pub mod settings;

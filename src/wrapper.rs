@@ -23,7 +23,7 @@ use std::ffi::OsString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use dispatch_shim::{changes_state, ENV_CHANNEL, ENV_LOG_TEXT, ENV_NONCE, ENV_TOOLS_DIR};
 use opentelemetry::KeyValue;
@@ -31,10 +31,12 @@ use opentelemetry::KeyValue;
 use crate::channel::{self, Channel, Collected, Reader};
 use crate::config::{Config, TraceContextMode};
 use crate::destination;
-use crate::inflight::{self, Inflight, OrphanScan, Started};
+use crate::inflight::{Inflight, Started};
 use crate::juju::{EventKind, HookEnv};
 use crate::metadata::CharmMetadata;
 use crate::operator::{self, Operator, Problem};
+use crate::own_tools;
+use crate::persist;
 use crate::relation;
 use crate::settings;
 use crate::shims;
@@ -292,10 +294,10 @@ fn fallback_exec(argv0: &OsString, inherited: &InheritedSignals) -> i32 {
 struct Tracing {
     builder: TraceBuilder,
     facts: RootFacts,
-    reader: Option<Reader<OpenedStore>>,
+    reader: Option<Reader<persist::OpenedStore>>,
     /// The wrapper's own hook-tool calls (relation publishing and discovery), before and
     /// after the charm: one allowance of time and one record list for the whole dispatch.
-    own_tools: Option<HookTools>,
+    own_tools: Option<own_tools::HookTools>,
 }
 
 fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals) -> i32 {
@@ -410,7 +412,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         let store_path = prepared.store_path.clone();
         let scan = prepared.inflight.as_ref().map(Inflight::orphan_scan);
         let max_bytes = prepared.config.store_max_bytes;
-        let open_early = move || open_store_at(&store_path, scan.as_ref(), max_bytes);
+        let open_early = move || persist::open_store_at(&store_path, scan.as_ref(), max_bytes);
         let (channel, interception) = match interception {
             Some(interception) => {
                 let env = interception.env(&nonce, prepared.config.record_log_messages);
@@ -522,8 +524,8 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
         );
         if trigger {
             let root = format!("00-{}-{}-01", ids.trace_id, ids.root_span_id);
-            let tools = own_tools.insert(HookTools::new(tools_dir, root));
-            let broken = broken_relation(env);
+            let tools = own_tools.insert(own_tools::HookTools::new(tools_dir, root));
+            let broken = own_tools::broken_relation(env);
             if prepared.config.publish_requirer_data {
                 if let Some(app) = env.application_name() {
                     relation::publish(tools, &prepared.endpoints, app, broken.as_deref());
@@ -567,7 +569,7 @@ fn open_store(prepared: &mut Prepared) {
     }
     prepared.store_tried = true;
     let scan = prepared.inflight.as_ref().map(Inflight::orphan_scan);
-    let opened = open_store_at(
+    let opened = persist::open_store_at(
         &prepared.store_path,
         scan.as_ref(),
         prepared.config.store_max_bytes,
@@ -579,145 +581,6 @@ fn open_store(prepared: &mut Prepared) {
         prepared.relation = opened.relation;
     }
     prepared.problems.extend(opened.problems);
-}
-
-/// The store, opened and tidied (WAL kept short, orphans of killed wrappers imported), with
-/// what went wrong on the way. Runs on the record reader's thread while the child runs.
-struct OpenedStore {
-    store: Option<Store>,
-    problems: Vec<Problem>,
-    /// The store belongs to a newer dispatch: nothing is kept for it.
-    newer_schema: bool,
-    /// What `dispatch set-destination` stored, read while the child runs.
-    stored_destination: Option<destination::Stored>,
-    /// The relations' cached answer.
-    relation: Option<relation::Answer>,
-}
-
-fn open_store_at(path: &Path, scan: Option<&OrphanScan>, max_bytes: u64) -> OpenedStore {
-    let mut problems: Vec<Problem> = Vec::new();
-    let mut store = match Store::open(path) {
-        Ok(store) => store,
-        Err(e) => {
-            problems.push(e.to_string().into());
-            return OpenedStore {
-                store: None,
-                problems,
-                newer_schema: matches!(e, store::OpenError::NewerSchema { .. }),
-                stored_destination: None,
-                relation: None,
-            };
-        }
-    };
-    problems.extend(store_notes(&mut store));
-    let stored_destination = settings::destination(&store).ok().flatten();
-    let relation = settings::relation_answer(&store);
-    if let Err(e) = store.maintain() {
-        problems.push(
-            format!(
-                "cannot checkpoint the trace store {}: {e}",
-                store.path().display()
-            )
-            .into(),
-        );
-    }
-    let orphans = scan.map(OrphanScan::orphans).unwrap_or_default();
-    if orphans.is_empty() {
-        return OpenedStore {
-            store: Some(store),
-            problems,
-            newer_schema: false,
-            stored_destination,
-            relation,
-        };
-    }
-    let (paths, chunks): (Vec<PathBuf>, Vec<NewChunk>) = orphans.into_iter().unzip();
-    let mut store = store;
-    match store.import_started(&chunks, max_bytes) {
-        Ok(_) => inflight::forget(&paths),
-        Err(e) => problems.push(
-            format!(
-                "cannot import interrupted dispatches into {}: {e}",
-                store.path().display()
-            )
-            .into(),
-        ),
-    }
-    OpenedStore {
-        store: Some(store),
-        problems,
-        newer_schema: false,
-        stored_destination,
-        relation,
-    }
-}
-
-/// Adds chunks; a store found damaged only now (a write fails "malformed") is moved aside and
-/// replaced once. Returns the store to go on with (if any) and the id of the last chunk added
-/// (`None`: not added).
-/// The store to write this dispatch's trace into: the one opened while the charm ran, or,
-/// if its path was deleted or replaced meanwhile (an operator resetting it, a backup put
-/// back), whatever the path names now, so the trace is not written into a file that is gone.
-fn at_its_path(store: Store, prepared: &mut Prepared) -> Option<Store> {
-    if !store.moved_away() {
-        return Some(store);
-    }
-    drop(store);
-    match Store::open(&prepared.store_path) {
-        Ok(mut fresh) => {
-            prepared.problems.extend(store_notes(&mut fresh));
-            Some(fresh)
-        }
-        Err(e) => {
-            prepared.problems.push(e.to_string().into());
-            None
-        }
-    }
-}
-
-fn add_with_recovery(
-    store: Store,
-    chunks: &[NewChunk],
-    max_bytes: u64,
-    problems: &mut Vec<Problem>,
-) -> (Option<Store>, Option<i64>) {
-    let cannot = |path: &Path, e: &rusqlite::Error| {
-        format!("cannot store the trace in {}: {e}", path.display())
-    };
-    let mut store = store;
-    match store.add_chunks_returning_last(chunks, max_bytes) {
-        Ok((_, last)) => (Some(store), last),
-        Err(e) if store::is_corruption(&e) => match store.quarantine_and_reopen(&e) {
-            Ok(mut fresh) => {
-                problems.extend(store_notes(&mut fresh));
-                match fresh.add_chunks_returning_last(chunks, max_bytes) {
-                    Ok((_, last)) => (Some(fresh), last),
-                    Err(e) => {
-                        problems.push(cannot(fresh.path(), &e).into());
-                        (None, None)
-                    }
-                }
-            }
-            Err(open) => {
-                problems.push(open.to_string().into());
-                (None, None)
-            }
-        },
-        Err(e) => {
-            problems.push(cannot(store.path(), &e).into());
-            (Some(store), None)
-        }
-    }
-}
-
-/// What the store has to tell the operator after opening (a damaged store moved aside). A
-/// store damaged again and again is the same problem every time, whatever the copy is called.
-fn store_notes(store: &mut Store) -> Vec<Problem> {
-    store
-        .notes
-        .drain(..)
-        .map(|note| Problem::of_kind("store-moved-aside", note))
-        .collect()
 }
 
 /// Whether traces go to Juju's own collector (`JUJU_CHARM_TRACE_CONFIG_HTTP`), where Juju's
@@ -742,153 +605,6 @@ fn ships_to_juju_collector(prepared: &Prepared) -> bool {
         relation.as_ref(),
     )
     .is_some_and(|d| d.source == destination::Source::JujuTraceConfig)
-}
-
-/// The relation being broken in a `<endpoint>-relation-broken` event: gone, not to be read.
-fn broken_relation(env: &HookEnv) -> Option<String> {
-    env.event_name()
-        .ends_with("-relation-broken")
-        .then(|| env.get("JUJU_RELATION_ID").map(String::from))
-        .flatten()
-}
-
-/// Runs Juju's real hook tools for the wrapper's own calls, and records each like a shim
-/// would (redacted), so they appear in the trace under the root span.
-struct HookTools {
-    tools_dir: PathBuf,
-    traceparent: String,
-    records: Vec<dispatch_shim::Record>,
-    spent: Duration,
-    /// `relation-ids` answers, failures included (`None`): relation ids do not change within
-    /// a hook, publishing and discovering (before and after the charm) all need them, and a
-    /// tool that failed or timed out once would only cost the hook again.
-    relation_ids: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl HookTools {
-    fn new(tools_dir: &Path, traceparent: String) -> HookTools {
-        HookTools {
-            tools_dir: tools_dir.to_path_buf(),
-            traceparent,
-            records: Vec::new(),
-            spent: Duration::ZERO,
-            relation_ids: Vec::new(),
-        }
-    }
-}
-
-impl relation::Tools for HookTools {
-    fn run(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>> {
-        if tool != "relation-ids" {
-            return self.run_traced(tool, args);
-        }
-        let question = args.join(" ");
-        if let Some((_, known)) = self.relation_ids.iter().find(|(q, _)| *q == question) {
-            return known.clone();
-        }
-        let stdout = self.run_traced(tool, args);
-        self.relation_ids.push((question, stdout.clone()));
-        stdout
-    }
-}
-
-impl HookTools {
-    /// Runs a tool within what is left of `OWN_CALLS_BUDGET`, recording it as a tool span.
-    fn run_traced(&mut self, tool: &str, args: &[&str]) -> Option<Vec<u8>> {
-        let start = spans::time_to_unix_nanos(SystemTime::now());
-        let left = OWN_CALLS_BUDGET.saturating_sub(self.spent);
-        let begun = Instant::now();
-        let outcome = if left.is_zero() {
-            Err(std::io::Error::from(std::io::ErrorKind::TimedOut))
-        } else {
-            run_bounded(&self.tools_dir.join(tool), args, left)
-        };
-        self.spent += begun.elapsed();
-        let end = spans::time_to_unix_nanos(SystemTime::now());
-        let raw: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        let summary = dispatch_shim::summarize_args(tool, &raw, false);
-        let (call_end, stdout) = match outcome {
-            Ok((status, stdout)) => match status.code() {
-                Some(code) => (
-                    dispatch_shim::CallEnd::Exited(code),
-                    (code == 0).then_some(stdout),
-                ),
-                None => (
-                    dispatch_shim::CallEnd::Signaled(
-                        std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0),
-                    ),
-                    None,
-                ),
-            },
-            Err(e) => (
-                dispatch_shim::CallEnd::SpawnFailed(e.raw_os_error().unwrap_or(libc::ETIMEDOUT)),
-                None,
-            ),
-        };
-        self.records.push(dispatch_shim::Record {
-            nonce: String::new(),
-            tool: tool.to_string(),
-            pid: 0,
-            start_unix_nanos: start,
-            end_unix_nanos: end,
-            end: call_end,
-            traceparent: self.traceparent.clone(),
-            log_level: summary.log_level,
-            log_length: summary.log_length,
-            log_text: String::new(),
-            arg_count: args.len(),
-            args: summary.args,
-        });
-        stdout
-    }
-}
-
-/// All of the wrapper's own hook-tool calls in one dispatch share this much time: a hook tool
-/// that hangs (an agent in trouble) must not hold the hook up on our account.
-const OWN_CALLS_BUDGET: Duration = Duration::from_secs(5);
-
-/// Runs a tool with its stdout captured, killing it if it outlives `limit`.
-fn run_bounded(
-    program: &Path,
-    args: &[&str],
-    limit: Duration,
-) -> std::io::Result<(std::process::ExitStatus, Vec<u8>)> {
-    use std::io::Read;
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    // Read on a thread so a large answer cannot fill the pipe while we wait.
-    let mut pipe = child.stdout.take();
-    let (sender, answer) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        if let Some(pipe) = pipe.as_mut() {
-            let _ = pipe.read_to_end(&mut out);
-        }
-        let _ = sender.send(out);
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    };
-    // Not a join: a process the tool left behind may hold its stdout open. Past the deadline
-    // the reader is abandoned (it ends with the wrapper) and the call counts as timed out.
-    let left = deadline.saturating_duration_since(Instant::now());
-    let stdout = answer
-        .recv_timeout(left)
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
-    Ok((status, stdout))
 }
 
 struct Interception {
@@ -1063,8 +779,10 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
                 "00-{}-{}-01",
                 builder.ids.trace_id, builder.ids.root_span_id
             );
-            let tools = tracing.own_tools.insert(HookTools::new(&tools_dir, root));
-            let broken = broken_relation(&prepared.env);
+            let tools = tracing
+                .own_tools
+                .insert(own_tools::HookTools::new(&tools_dir, root));
+            let broken = own_tools::broken_relation(&prepared.env);
             if let Some(answer) = relation::discover(tools, &prepared.endpoints, broken.as_deref())
             {
                 prepared.relation = Some(answer);
@@ -1115,48 +833,23 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
     };
 
     open_store(prepared);
-    let mut stored_id = None;
-    let trace_id = builder.ids.trace_id.to_string();
-    let payload_kept = payload.clone();
-    if let Some(store) = prepared.store.take().and_then(|s| at_its_path(s, prepared)) {
-        let chunk = NewChunk {
-            started_at: spans::time_to_unix_nanos(prepared.start) as i64,
-            event: prepared.env.event_name().to_string(),
-            trace_id: trace_id.clone(),
-            payload,
-            priority,
-        };
-        let max = prepared.config.store_max_bytes;
-        let (kept, id) = add_with_recovery(store, &[chunk], max, &mut prepared.problems);
-        prepared.store = kept;
-        stored_id = id;
-    }
-    if let Some(inflight) = prepared.inflight.take() {
-        match stored_id {
-            Some(_) => inflight.finish(),
-            // Newer schema: nobody here can ever import it.
-            None if prepared.store_newer => inflight.finish(),
-            // Locked, disk full...: the next dispatch that can, stores it.
-            None => {
-                let kept = inflight.keep_final(
-                    &trace_id,
-                    prepared.env.event_name(),
-                    &payload_kept,
-                    priority,
-                );
-                if let Err(e) = kept {
-                    prepared.problems.push(
-                        format!(
-                            "this dispatch's trace is lost: it could not wait beside {} either \
-                             ({e})",
-                            prepared.store_path.display()
-                        )
-                        .into(),
-                    );
-                }
-            }
-        }
-    }
+    let chunk = NewChunk {
+        started_at: spans::time_to_unix_nanos(prepared.start) as i64,
+        event: prepared.env.event_name().to_string(),
+        trace_id: builder.ids.trace_id.to_string(),
+        payload,
+        priority,
+    };
+    let (store, stored_id) = persist::store_trace(
+        prepared.store.take(),
+        &prepared.store_path,
+        prepared.store_newer,
+        prepared.inflight.take(),
+        chunk,
+        prepared.config.store_max_bytes,
+        &mut prepared.problems,
+    );
+    prepared.store = store;
     if let Some(store) = prepared.store.as_mut() {
         let stored = prepared.stored_destination.take();
         let root = Some(builder.ids.root_span_id);
