@@ -7,8 +7,10 @@
 #![deny(clippy::print_stdout)]
 
 pub mod channel;
+pub mod child_env;
 pub mod cli;
 pub mod config;
+pub mod decide;
 pub mod destination;
 pub mod export;
 pub mod forward_proxy;
@@ -21,6 +23,7 @@ pub mod operator;
 pub mod otlp_json;
 pub mod own_tools;
 pub mod persist;
+pub mod prepare;
 pub mod receiver;
 pub mod relation;
 pub mod settings;

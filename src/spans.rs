@@ -192,6 +192,12 @@ pub struct TraceBuilder {
 }
 
 impl TraceBuilder {
+    /// The W3C `traceparent` of the root span (for the wrapper's own hook-tool calls, which
+    /// are children of the root).
+    pub fn root_traceparent(&self) -> String {
+        format!("00-{}-{}-01", self.ids.trace_id, self.ids.root_span_id)
+    }
+
     pub fn new(
         ids: DispatchIds,
         env: &HookEnv,
@@ -532,7 +538,64 @@ impl TraceBuilder {
         }
     }
 
-    /// Our spans, then the spans the charm's code sent (README, *Your own spans and events*), as one OTLP request.
+    /// The span model's verdict on a finished dispatch (DESIGN §4, §5): a span for every
+    /// hook-tool call (the charm's, then ours), the `charm` span, the root span with the
+    /// failure if there was one (the charm exited non-zero or died of a signal, or the target
+    /// was this program), the charm's own spans, and the priority the store keeps it by:
+    /// failed > changed something (a state-changing hook tool was called) > quiet.
+    pub fn finished(
+        &self,
+        facts: &RootFacts,
+        charm_calls: &[Record],
+        own_calls: &[Record],
+        custom: Vec<ResourceSpans>,
+        run: Option<&ChildRun>,
+        itself: Option<(String, i32)>,
+    ) -> (Vec<u8>, crate::store::Priority) {
+        use crate::store::Priority;
+        let mut spans = Vec::with_capacity(charm_calls.len() + own_calls.len() + 2);
+        let mut changed = false;
+        for record in charm_calls.iter().chain(own_calls) {
+            changed |= dispatch_shim::changes_state(&record.tool);
+            spans.push(self.tool_span(record));
+        }
+        let mut extra = vec![KeyValue::new(
+            "dispatch.tool_calls",
+            charm_calls.len() as i64,
+        )];
+        let failure = match run {
+            Some(run) => {
+                let target = facts.target.clone().unwrap_or_default();
+                spans.push(self.charm_span(run, &target));
+                match run.end {
+                    ChildEnd::Exited(code) => {
+                        extra.push(KeyValue::new("dispatch.exit_code", code as i64));
+                        (code != 0).then(|| format!("charm exited with code {code}"))
+                    }
+                    ChildEnd::Signaled(signal) => {
+                        Some(format!("charm killed by {}", signal_name(signal)))
+                    }
+                }
+            }
+            // The target was this program: refused, with this reason and exit code.
+            None => itself.map(|(reason, code)| {
+                extra.push(KeyValue::new("dispatch.exit_code", code as i64));
+                reason
+            }),
+        };
+        let priority = if failure.is_some() {
+            Priority::Failed
+        } else if changed {
+            Priority::Changed
+        } else {
+            Priority::Quiet
+        };
+        spans.push(self.root_span(facts, SystemTime::now(), failure, extra));
+        (self.encode_with_custom(spans, custom), priority)
+    }
+
+    /// Our spans, then the spans the charm's code sent (README, *Your own spans and events*),
+    /// as one OTLP request.
     pub fn encode_with_custom(&self, spans: Vec<SpanData>, custom: Vec<ResourceSpans>) -> Vec<u8> {
         let mut request = self.request(spans);
         request

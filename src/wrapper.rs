@@ -1,54 +1,41 @@
-//! Hook mode: what `dispatch` does when Juju runs it (no arguments).
+//! Hook mode: what `dispatch` does when Juju runs it (no arguments). This file is the order of
+//! work; each phase is a call into the module that owns it (README, *How it works*).
 //!
-//! Order of work, and why:
-//! 1. Decide whether to trace at all (`OPERATOR_DISPATCH`, a nested dispatch,
-//!    `OTEL_SDK_DISABLED`, `enabled: false`, `dispatch disable`): if not, exec the target so
-//!    nothing of ours stays in the process tree. Whatever the mode, never run a target that is
-//!    this program, nor anything once dispatches nest `MAX_EXEC_DEPTH` deep (README "What
-//!    runs"): either would spin forever.
-//! 2. Before the spawn, only what must precede the child: the dispatch lock and the started
-//!    record (`inflight`), the hook-tool shims, the record channel and the custom-span
-//!    listener (`loopback`; bound on the reader's thread while this one goes on, since the
-//!    child's environment needs its port). Any failure here is a problem to report, never a
-//!    reason not to run the charm.
-//! 3. While the child runs (it has the other core): open the store and import the records of
-//!    killed wrappers, off the hook's critical path; drain tool records and answer the
-//!    charm's own spans on the same thread.
-//! 4. After the child: build the trace (custom spans included), store it in one
-//!    transaction, mirror the child's end.
-//!    After the spawn our problems are warnings: everything runs inside `catch_unwind` and
-//!    cannot change the exit, the output or the signal the hook ends with.
+//! 1. Decide (`decide`): what runs, and whether to trace it. Not traced: exec the target, so
+//!    nothing of ours stays in the process tree.
+//! 2. Prepare (`prepare`): only what must come before the child: the dispatch lock and the
+//!    started record, the hook-tool shims and the thread that runs beside the child (records,
+//!    the custom-span listener, the store), the trace's ids, the relations on the events that
+//!    change them, the child's environment (`child_env`).
+//! 3. Run the child (`supervise`): signals forwarded, its end recorded; meanwhile the store is
+//!    opened off the hook's critical path (`persist`).
+//! 4. Finish: build the trace (`spans`), store it in one transaction (`persist`), ship it and
+//!    the backlog within the budget (`ship`), tell the operator (`operator`): once, at the end.
+//! 5. End as the child ended: its exit code, or death by its signal (`supervise::mirror`).
+//!
+//! After the spawn our problems are warnings: phases 2 to 4 run inside `catch_unwind` and
+//! cannot change the exit, the output or the signal the hook ends with.
 
 use std::ffi::OsString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use dispatch_shim::{changes_state, ENV_CHANNEL, ENV_LOG_TEXT, ENV_NONCE, ENV_TOOLS_DIR};
-use opentelemetry::KeyValue;
-
-use crate::channel::{self, Channel, Collected, Reader};
-use crate::config::{Config, TraceContextMode};
-use crate::destination;
-use crate::inflight::{Inflight, Started};
-use crate::juju::{EventKind, HookEnv};
-use crate::metadata::CharmMetadata;
+use crate::channel::Collected;
+use crate::decide::{self, Decision, Dispatch};
+use crate::inflight::Inflight;
+use crate::juju::EventKind;
 use crate::operator::{self, Operator, Problem};
-use crate::own_tools;
-use crate::persist;
+use crate::own_tools::{self, HookTools};
+use crate::persist::{self, OpenedStore};
+use crate::prepare::{self, Prepared};
 use crate::relation;
 use crate::settings;
-use crate::shims;
 use crate::ship;
-use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
-use crate::state_dir;
-use crate::store::{self, NewChunk, Priority, Store};
-use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
-use crate::target::{self, Target, ENV_EXEC_DEPTH, MAX_EXEC_DEPTH, REFUSED_EXIT};
-
-/// How long a dispatch waits for the dispatch lock (held by a concurrent `flush`).
-const LOCK_WAIT: Duration = Duration::from_millis(200);
+use crate::spans;
+use crate::store::NewChunk;
+use crate::supervise::{self, ChildRun, InheritedSignals, Launch};
+use crate::target::{Target, ENV_EXEC_DEPTH, REFUSED_EXIT};
 
 /// The last panic message from tracing code, so it can be reported on the trace.
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
@@ -60,262 +47,51 @@ pub fn run(argv0: OsString, inherited: InheritedSignals) -> i32 {
             *slot = Some(info.to_string().replace('\n', " "));
         }
     }));
-    let plan = catch_unwind(AssertUnwindSafe(|| plan(&argv0, start)));
-    let plan = match plan {
-        Ok(plan) => plan,
-        Err(_) => return fallback_exec(&argv0, &inherited),
+    let decision = match catch_unwind(AssertUnwindSafe(|| decide::decide(&argv0, start))) {
+        Ok(decision) => decision,
+        Err(_) => return decide::fallback_exec(&argv0, &inherited),
     };
-    match plan {
-        Plan::Refuse { reason, env } => refuse(&reason, &env),
-        Plan::Passthrough {
+    match decision {
+        Decision::Refuse { reason, env } => decide::refuse(&reason, &env),
+        Decision::PassThrough {
             target,
             env,
             nothing_at_all,
         } => {
             if let Some(charm_dir) = nothing_at_all {
-                warn_nothing_at_all(&charm_dir, &env);
+                decide::warn_nothing_at_all(&charm_dir, &env);
             }
-            passthrough(&target, &argv0, &env, &inherited)
+            decide::pass_through(&target, &argv0, &env, &inherited)
         }
-        Plan::Trace(prepared) => traced(*prepared, &argv0, &inherited),
+        Decision::Trace(dispatch) => traced(*dispatch, &argv0, &inherited),
     }
 }
 
-enum Plan {
-    /// Run nothing, exit `REFUSED_EXIT` with this reason: dispatches nested too deep.
-    Refuse {
-        reason: String,
-        env: HookEnv,
-    },
-    Passthrough {
-        target: Target,
-        env: HookEnv,
-        /// The charm dir, when the charm has nothing to run for any event.
-        nothing_at_all: Option<PathBuf>,
-    },
-    Trace(Box<Prepared>),
-}
-
-struct Prepared {
-    charm_dir: PathBuf,
-    config: Config,
-    env: HookEnv,
-    target: Target,
-    problems: Vec<Problem>,
-    state_dir: Option<PathBuf>,
-    store_path: PathBuf,
-    /// Opened while the child runs (or after, when there was no child to overlap with).
-    store: Option<Store>,
-    store_tried: bool,
-    store_newer: bool,
-    stored_destination: Option<destination::Stored>,
-    endpoints: relation::Endpoints,
-    /// Juju's real hook-tool directory, when found.
-    tools_dir: Option<PathBuf>,
-    /// The relations' answer: discovered in this dispatch, or cached in the store.
-    relation: Option<relation::Answer>,
-    relation_discovered: bool,
-    inflight: Option<Inflight>,
-    start: SystemTime,
-}
-
-fn locate_charm_dir(argv0: &OsString) -> (PathBuf, PathBuf) {
-    let exe = std::env::current_exe()
-        .or_else(|_| std::fs::canonicalize(argv0))
-        .unwrap_or_else(|_| PathBuf::from(argv0));
-    let dir = exe
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    (exe, dir)
-}
-
-fn plan(argv0: &OsString, start: SystemTime) -> Plan {
-    let env = HookEnv::from_vars(std::env::vars_os(), argv0);
-    let depth = exec_depth();
-    if depth >= MAX_EXEC_DEPTH {
-        return Plan::Refuse {
-            reason: format!(
-                "the charm's own entrypoint is missing: what dispatch runs starts dispatch \
-                 again ({ENV_EXEC_DEPTH}={depth} nested dispatches), so nothing was run; put \
-                 the charm's original dispatch back as {}",
-                target::ORIGINAL_DISPATCH
-            ),
-            env,
-        };
-    }
-    let (exe, charm_dir) = locate_charm_dir(argv0);
-    let loaded = Config::load(&charm_dir);
-    let mut said: Vec<String> = loaded.problem.into_iter().collect();
-    let target = target::resolve(&charm_dir, &loaded.config, &env, &exe, &mut said);
-    let mut problems: Vec<Problem> = said.into_iter().map(Problem::from).collect();
-    // Only a charm with no target for this event pays for looking at the others.
-    let nothing_at_all = target == Target::Nothing && target::runs_nothing_at_all(&charm_dir, &exe);
-    match &target {
-        // First in the line: it is why the hook fails.
-        Target::Itself(itself) => problems.insert(0, itself.reason().into()),
-        Target::Nothing if nothing_at_all => problems.push(target::nothing_at_all_reason().into()),
-        _ => {}
-    }
-
-    let sdk_disabled =
-        std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.trim().eq_ignore_ascii_case("true"));
-    let nested =
-        std::env::var_os("OPERATOR_DISPATCH").is_some() || std::env::var_os(ENV_NONCE).is_some();
-    let untraced = |target, env| Plan::Passthrough {
-        target,
-        env,
-        nothing_at_all: nothing_at_all.then(|| charm_dir.clone()),
-    };
-    if nested || sdk_disabled || !loaded.config.enabled {
-        return untraced(target, env);
-    }
-
-    let state_dir = state_dir::path(&charm_dir);
-    let state_dir = match state_dir::ensure_private_dir(&state_dir) {
-        Ok(()) => Some(state_dir),
-        Err(e) => {
-            problems.push(
-                format!(
-                    "cannot use {}: {e}; hook tools are not traced",
-                    state_dir.display()
-                )
-                .into(),
-            );
+fn traced(mut dispatch: Dispatch, argv0: &OsString, inherited: &InheritedSignals) -> i32 {
+    // Signals are blocked before any thread exists, so only our sigwait sees them.
+    supervise::block_signals();
+    let mut inflight: Option<Inflight> = None;
+    let prepared = catch_unwind(AssertUnwindSafe(|| {
+        prepare::prepare(&mut dispatch, &mut inflight)
+    }));
+    let mut prepared = match prepared {
+        Ok(prepared) => Some(prepared),
+        Err(_) => {
+            dispatch
+                .problems
+                .push(panic_problem("preparing the trace").into());
             None
         }
     };
-    let store_path = loaded.config.store_file(&charm_dir);
-    if store::disabled_flag(&store_path).exists() {
-        return untraced(target, env);
-    }
-    Plan::Trace(Box::new(Prepared {
-        charm_dir,
-        config: loaded.config,
-        env,
-        target,
-        problems,
-        state_dir,
-        store_path,
-        store: None,
-        store_tried: false,
-        store_newer: false,
-        stored_destination: None,
-        endpoints: relation::Endpoints::default(),
-        tools_dir: None,
-        relation: None,
-        relation_discovered: false,
-        inflight: None,
-        start,
-    }))
-}
+    let mut env_changes = prepared
+        .as_mut()
+        .map(|p| std::mem::take(&mut p.env_changes))
+        .unwrap_or_default();
+    env_changes.push((ENV_EXEC_DEPTH.into(), decide::child_exec_depth().into()));
 
-/// Exec the target with nothing of ours around it (pass-through modes).
-fn passthrough(
-    target: &Target,
-    argv0: &OsString,
-    env: &HookEnv,
-    inherited: &InheritedSignals,
-) -> i32 {
-    match target {
-        Target::Nothing => 0,
-        Target::Itself(itself) => refuse(&itself.reason(), env),
-        Target::Program(program) => {
-            if env.dispatch_path_derived {
-                std::env::set_var("JUJU_DISPATCH_PATH", &env.dispatch_path);
-            }
-            std::env::set_var(ENV_EXEC_DEPTH, child_exec_depth());
-            let error = supervise::exec(program, argv0, inherited);
-            if env.event_kind() != EventKind::Action {
-                eprintln!("dispatch: cannot run {}: {error}", program.display());
-            }
-            exec_failure_code(&error)
-        }
-    }
-}
-
-/// Runs nothing and fails the hook, saying why (every time: each failed hook must explain
-/// itself in the log), except during actions (DESIGN §2).
-fn refuse(reason: &str, env: &HookEnv) -> i32 {
-    if env.event_kind() != EventKind::Action {
-        eprintln!("dispatch: {reason}");
-    }
-    REFUSED_EXIT
-}
-
-/// An untraced charm with nothing to run for any event still earns its one line (repeats
-/// suppressed like any other), so a broken install shows even with tracing off.
-fn warn_nothing_at_all(charm_dir: &Path, env: &HookEnv) {
-    let state_dir = state_dir::path(charm_dir);
-    let memory = state_dir::ensure_private_dir(&state_dir)
-        .ok()
-        .map(|()| state_dir.join(operator::LAST_WARNING));
-    let silent = env.event_kind() == EventKind::Action;
-    Operator::new(memory.as_deref(), silent).report(&[target::nothing_at_all_reason().into()]);
-}
-
-/// How many dispatches run this one, one inside the other (`ENV_EXEC_DEPTH`).
-fn exec_depth() -> u32 {
-    std::env::var(ENV_EXEC_DEPTH)
-        .ok()
-        .and_then(|depth| depth.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The depth the child of this dispatch gets.
-fn child_exec_depth() -> String {
-    exec_depth().saturating_add(1).to_string()
-}
-
-fn exec_failure_code(error: &std::io::Error) -> i32 {
-    match error.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) => 127,
-        _ => 126,
-    }
-}
-
-/// Last resort when planning itself failed: run `dispatch.orig` beside us, untraced.
-fn fallback_exec(argv0: &OsString, inherited: &InheritedSignals) -> i32 {
-    let (_, charm_dir) = locate_charm_dir(argv0);
-    let original = charm_dir.join(target::ORIGINAL_DISPATCH);
-    let in_action = std::env::var_os("JUJU_ACTION_NAME").is_some();
-    if !in_action {
-        eprintln!("dispatch: internal error while preparing the trace; running the charm untraced");
-    }
-    std::env::set_var(ENV_EXEC_DEPTH, child_exec_depth());
-    let error = supervise::exec(&original, argv0, inherited);
-    if !in_action {
-        eprintln!("dispatch: cannot run {}: {error}", original.display());
-    }
-    exec_failure_code(&error)
-}
-
-/// What was set up before the spawn and is finished after it.
-struct Tracing {
-    builder: TraceBuilder,
-    facts: RootFacts,
-    reader: Option<Reader<persist::OpenedStore>>,
-    /// The wrapper's own hook-tool calls (relation publishing and discovery), before and
-    /// after the charm: one allowance of time and one record list for the whole dispatch.
-    own_tools: Option<own_tools::HookTools>,
-}
-
-fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals) -> i32 {
-    // Signals are blocked before any thread exists, so only our sigwait sees them.
-    supervise::block_signals();
-    let setup = catch_unwind(AssertUnwindSafe(|| set_up(&mut prepared)));
-    let (mut tracing, mut env_changes) = match setup {
-        Ok(ready) => ready,
-        Err(_) => {
-            prepared
-                .problems
-                .push(panic_problem("preparing the trace").into());
-            (None, Vec::new())
-        }
-    };
-    env_changes.push((ENV_EXEC_DEPTH.into(), child_exec_depth().into()));
-
-    let run = match prepared.target.clone() {
+    // The store is opened while the child runs: by the reader's thread, or else here.
+    let mut opened: Option<OpenedStore> = None;
+    let run = match dispatch.target.clone() {
         Target::Nothing | Target::Itself(_) => None,
         Target::Program(program) => {
             let launch = Launch {
@@ -323,18 +99,18 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
                 argv0,
                 env_changes,
             };
-            // The record reader opens the store on its thread; without one, do it here.
-            let reader_opens = tracing.as_ref().is_some_and(|t| t.reader.is_some());
+            let reader_opens = prepared.as_ref().is_some_and(|p| p.reader.is_some());
             let mut while_running = || {
                 if !reader_opens {
-                    let _ = catch_unwind(AssertUnwindSafe(|| open_store(&mut prepared)));
+                    opened =
+                        catch_unwind(AssertUnwindSafe(|| open_store(&dispatch, &inflight))).ok();
                 }
             };
             match supervise::run(&launch, inherited, &mut while_running) {
                 Ok(run) => Some(run),
                 Err(unavailable) => {
                     // Could not fork at all: the charm must still run, so become it.
-                    prepared.problems.push(
+                    dispatch.problems.push(
                         format!(
                             "cannot start the charm under the wrapper ({}); ran it untraced",
                             unavailable.0
@@ -342,24 +118,30 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
                         .into(),
                     );
                     let _ = catch_unwind(AssertUnwindSafe(|| {
-                        finish(&mut prepared, tracing.take(), None)
+                        finish(
+                            &mut dispatch,
+                            prepared.take(),
+                            inflight.take(),
+                            opened.take(),
+                            None,
+                        )
                     }));
-                    return passthrough(&prepared.target, argv0, &prepared.env, inherited);
+                    return decide::pass_through(&dispatch.target, argv0, &dispatch.env, inherited);
                 }
             }
         }
     };
 
     let finished = catch_unwind(AssertUnwindSafe(|| {
-        finish(&mut prepared, tracing, run.as_ref())
+        finish(&mut dispatch, prepared, inflight, opened, run.as_ref())
     }));
     if finished.is_err() {
-        prepared
+        dispatch
             .problems
             .push(panic_problem("recording the trace").into());
-        let _ = catch_unwind(AssertUnwindSafe(|| report(&prepared)));
+        let _ = catch_unwind(AssertUnwindSafe(|| report(&dispatch)));
     }
-    match (run, &prepared.target) {
+    match (run, &dispatch.target) {
         (Some(run), _) => supervise::mirror(run.end),
         (None, Target::Itself(_)) => REFUSED_EXIT,
         (None, _) => 0,
@@ -375,367 +157,48 @@ fn panic_problem(phase: &str) -> String {
     format!("internal error while {phase} ({message}); the charm's run was not affected")
 }
 
-fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)>) {
-    let env = prepared.env.clone();
-    let env = &env;
-
-    // First the lock and the record reader: the reader opens the store on its thread, and
-    // the sooner it starts, the more of that overlaps with the rest of the setup and the child.
-    let started_at = spans::time_to_unix_nanos(prepared.start) as i64;
-    match Inflight::lock(&prepared.store_path, LOCK_WAIT, started_at) {
-        Ok(inflight) => prepared.inflight = Some(inflight),
-        Err(e) => prepared.problems.push(
-            format!(
-                "cannot take the dispatch lock beside {}: {e}",
-                prepared.store_path.display()
-            )
-            .into(),
-        ),
-    }
-    let nonce = spans::new_nonce();
-    let mut env_changes: Vec<(OsString, OsString)> = Vec::new();
-    let mut reader = None;
-    let mut tools_dir: Option<PathBuf> = None;
-    let program = matches!(prepared.target, Target::Program(_));
-    let interception = match (&prepared.state_dir, program) {
-        (Some(state_dir), true) => {
-            intercept(&prepared.charm_dir, state_dir).unwrap_or_else(|problem| {
-                prepared.problems.push(problem.into());
-                None
-            })
-        }
-        _ => None,
-    };
-    // The listener for the charm's own spans (README, *Your own spans*), opened on the reader's thread.
-    let listen = program && prepared.config.custom_spans;
-    if interception.is_some() || listen {
-        let store_path = prepared.store_path.clone();
-        let scan = prepared.inflight.as_ref().map(Inflight::orphan_scan);
-        let max_bytes = prepared.config.store_max_bytes;
-        let open_early = move || persist::open_store_at(&store_path, scan.as_ref(), max_bytes);
-        let (channel, interception) = match interception {
-            Some(interception) => {
-                let env = interception.env(&nonce, prepared.config.record_log_messages);
-                (
-                    Some(interception.channel),
-                    Some((env, interception.tools_dir)),
-                )
-            }
-            None => (None, None),
-        };
-        match channel::start_reader(channel, listen, nonce.clone(), open_early) {
-            Ok(started) => {
-                reader = Some(started);
-                if let Some((env, tools)) = interception {
-                    env_changes.extend(env);
-                    tools_dir = Some(tools);
-                }
-            }
-            Err(e) => prepared
-                .problems
-                .push(format!("cannot start the record reader: {e}").into()),
-        }
-    }
-    if !env_changes.iter().any(|(key, _)| key == ENV_NONCE) {
-        // Still marks the environment as inside a traced dispatch, so a nested dispatch
-        // (a charm running `hooks/<event>` itself) is not traced a second time.
-        env_changes.push((ENV_NONCE.into(), nonce.into()));
-    }
-
-    let metadata = match CharmMetadata::load(&prepared.charm_dir) {
-        Ok(meta) => meta,
-        Err(problem) => {
-            prepared.problems.push(problem.into());
-            None
-        }
-    };
-    let charm_name = metadata.as_ref().and_then(|m| m.name.clone());
-    prepared.endpoints = relation::Endpoints::find(metadata.as_ref(), &prepared.config);
-    let incoming = spans::incoming_context(env);
-    let continued = incoming.is_some()
-        && (prepared.config.juju_trace_context == TraceContextMode::Continue
-            || ships_to_juju_collector(prepared));
-    let ids = DispatchIds::new(if continued { incoming.as_ref() } else { None });
-    let builder = TraceBuilder::new(
-        ids,
-        env,
-        charm_name.as_deref(),
-        prepared.config.service_name.as_deref(),
-    );
-    let mut facts = RootFacts {
-        start: Some(prepared.start),
-        target: match &prepared.target {
-            Target::Program(p) => Some(p.display().to_string()),
-            Target::Itself(itself) => Some(itself.path.display().to_string()),
-            Target::Nothing => None,
-        },
-        skipped: (prepared.target == Target::Nothing)
-            .then(|| format!("no target for {}", env.event_name())),
-        incoming,
-        continued,
-        ..RootFacts::default()
-    };
-    env_changes.push(("TRACEPARENT".into(), ids.child_traceparent().into()));
-    if env.dispatch_path_derived {
-        env_changes.push((
-            "JUJU_DISPATCH_PATH".into(),
-            env.dispatch_path.clone().into(),
-        ));
-    }
-
-    // The started record: written before the child runs, so a wrapper killed from here on
-    // still leaves a trace.
-    let provisional = builder.encode(vec![builder.root_span(
-        &facts,
-        prepared.start,
-        Some(
-            "dispatch interrupted: the wrapper was killed before the charm's run was recorded"
-                .into(),
-        ),
-        vec![KeyValue::new("dispatch.interrupted", true)],
-    )]);
-    let trace_id = ids.trace_id.to_string();
-    let started = Started {
-        started_at,
-        trace_id: &trace_id,
-        event: env.event_name(),
-        provisional: &provisional,
-    };
-    if let Some(inflight) = prepared.inflight.as_mut() {
-        if let Err(e) = inflight.record(&started) {
-            prepared.problems.push(
-                format!(
-                    "cannot record the dispatch as started beside {}: {e}",
-                    prepared.store_path.display()
-                )
-                .into(),
-            );
-        }
-    }
-    // The relations, on the events that can change them: read (and, as leader, our side
-    // published) before the charm runs, so its own writes come later and win.
-    prepared.tools_dir = tools_dir.clone();
-    let mut own_tools = None;
-    if let Some(tools_dir) = &tools_dir {
-        let trigger = relation::event_can_change_answer(
-            env.event_name(),
-            env.get("JUJU_RELATION"),
-            &prepared.endpoints,
-        );
-        if trigger {
-            let root = format!("00-{}-{}-01", ids.trace_id, ids.root_span_id);
-            let tools = own_tools.insert(own_tools::HookTools::new(tools_dir, root));
-            let broken = own_tools::broken_relation(env);
-            if prepared.config.publish_requirer_data {
-                if let Some(app) = env.application_name() {
-                    relation::publish(tools, &prepared.endpoints, app, broken.as_deref());
-                }
-            }
-            if let Some(answer) = relation::discover(tools, &prepared.endpoints, broken.as_deref())
-            {
-                prepared.relation = Some(answer);
-                prepared.relation_discovered = true;
-            }
-        }
-    }
-    // Asked for last, so that the reader's thread has long since bound it: the bind stays off
-    // the hook's critical path. Failing to bind is nothing the operator can act on: it goes
-    // on the root span, not to stderr.
-    match reader.as_mut().and_then(Reader::endpoint) {
-        Some(Ok(endpoint)) => env_changes.extend(custom_span_env(&endpoint)),
-        Some(Err(e)) => {
-            facts.custom_spans_error =
-                Some(format!("cannot listen on 127.0.0.1 for custom spans: {e}"))
-        }
-        None => {}
-    }
-    facts.problems = operator::texts(&prepared.problems);
-    (
-        Some(Tracing {
-            builder,
-            facts,
-            reader,
-            own_tools,
-        }),
-        env_changes,
-    )
-}
-
-/// Opens the store (while the child runs) and imports the started records of wrappers that
-/// were killed. Problems are reported, never fatal.
-fn open_store(prepared: &mut Prepared) {
-    if prepared.store_tried {
-        return;
-    }
-    prepared.store_tried = true;
-    let scan = prepared.inflight.as_ref().map(Inflight::orphan_scan);
-    let opened = persist::open_store_at(
-        &prepared.store_path,
+/// Opens the store and imports the started records of wrappers that were killed.
+fn open_store(dispatch: &Dispatch, inflight: &Option<Inflight>) -> OpenedStore {
+    let scan = inflight.as_ref().map(Inflight::orphan_scan);
+    persist::open_store_at(
+        &dispatch.store_path,
         scan.as_ref(),
-        prepared.config.store_max_bytes,
-    );
-    prepared.store = opened.store;
-    prepared.store_newer = opened.newer_schema;
-    prepared.stored_destination = opened.stored_destination;
-    if !prepared.relation_discovered {
-        prepared.relation = opened.relation;
-    }
-    prepared.problems.extend(opened.problems);
-}
-
-/// Whether traces go to Juju's own collector (`JUJU_CHARM_TRACE_CONFIG_HTTP`), where Juju's
-/// spans are too: then the dispatch continues Juju's trace instead of linking to it (DESIGN
-/// §4). Only asked when Juju sent both a context and a trace config (Juju 4), so only then is
-/// the store peeked at before the child, for a destination that would take precedence.
-fn ships_to_juju_collector(prepared: &Prepared) -> bool {
-    if prepared.env.get("JUJU_CHARM_TRACE_CONFIG_HTTP").is_none() {
-        return false;
-    }
-    let (stored, relation) = match Store::open_to_read(&prepared.store_path) {
-        Ok(Some(store)) => (
-            settings::destination(&store).ok().flatten(),
-            settings::relation_answer(&store),
-        ),
-        _ => (None, None),
-    };
-    destination::resolve(
-        &ship::environment(),
-        &prepared.config,
-        stored.as_ref(),
-        relation.as_ref(),
+        dispatch.config.store_max_bytes,
     )
-    .is_some_and(|d| d.source == destination::Source::JujuTraceConfig)
 }
 
-struct Interception {
-    shim_dir: PathBuf,
-    tools_dir: PathBuf,
-    channel: Channel,
-    path_var: OsString,
-}
-
-impl Interception {
-    fn env(&self, nonce: &str, log_text: bool) -> Vec<(OsString, OsString)> {
-        let mut env = vec![
-            (
-                "PATH".into(),
-                shims::child_path(&self.shim_dir, &self.path_var),
-            ),
-            (
-                ENV_TOOLS_DIR.into(),
-                self.tools_dir.clone().into_os_string(),
-            ),
-            (
-                ENV_CHANNEL.into(),
-                self.channel.path.clone().into_os_string(),
-            ),
-            (ENV_NONCE.into(), nonce.into()),
-        ];
-        if log_text {
-            env.push((ENV_LOG_TEXT.into(), "1".into()));
-        }
-        env
-    }
-}
-
-/// The child's standard OpenTelemetry variables for the custom-span listener (README, *Your own spans and events*).
-///
-/// Traces only: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (a full URL, used as is by every SDK)
-/// and `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf` (SDKs that default to gRPC, and
-/// the Python SDK's `OTEL_TRACES_EXPORTER=otlp` auto-configuration, pick OTLP/HTTP from it).
-/// Never `OTEL_EXPORTER_OTLP_ENDPOINT`, which would send metrics and logs here too, to be
-/// refused; and no `OTEL_METRICS_EXPORTER`/`OTEL_LOGS_EXPORTER`: left alone, an SDK does with
-/// metrics and logs exactly what it did before the charm was wrapped. An endpoint the hook
-/// already had (the operator's destination) is replaced for the child, since we forward
-/// everything there ourselves; the wrapper reads its own environment, which keeps it. The
-/// names go into `DISPATCH_TRACE_INJECTED`, so our tool mode run inside the hook
-/// (`dispatch status`, `dispatch flush`) never takes them for a destination.
-fn custom_span_env(endpoint: &str) -> Vec<(OsString, OsString)> {
-    const ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
-    const PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
-    vec![
-        (ENDPOINT.into(), endpoint.into()),
-        (PROTOCOL.into(), "http/protobuf".into()),
-        (
-            destination::ENV_INJECTED.into(),
-            format!("{ENDPOINT},{PROTOCOL}").into(),
-        ),
-    ]
-}
-
-/// Sets up hook-tool interception; `Ok(None)` when there are no hook tools on PATH (not a
-/// problem: `juju exec` style runs and tests without tools).
-fn intercept(charm_dir: &Path, state_dir: &Path) -> Result<Option<Interception>, String> {
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    let shim_dir_path = state_dir.join("shims");
-    let Some(tools_dir) = shims::find_tools_dir(&path_var, &shim_dir_path) else {
-        return Ok(None);
-    };
-    let shim_binary = charm_dir.join(shims::SHIM_BINARY);
-    if !shim_binary.exists() {
-        return Err(format!(
-            "{} is missing, so hook-tool calls are not traced (install it beside dispatch)",
-            shim_binary.display()
-        ));
-    }
-    let shim_dir = shims::ensure_shim_dir(state_dir, &tools_dir, &shim_binary).map_err(|e| {
-        format!(
-            "cannot prepare the hook-tool shims in {}: {e}",
-            state_dir.display()
-        )
-    })?;
-    let channel = Channel::open(state_dir).map_err(|e| {
-        format!(
-            "cannot open the record channel in {}: {e}",
-            state_dir.display()
-        )
-    })?;
-    Ok(Some(Interception {
-        shim_dir,
-        tools_dir,
-        channel,
-        path_var,
-    }))
-}
-
-fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildRun>) {
-    let Some(mut tracing) = tracing else {
-        // Setup failed half-way: there is no trace to store, and this dispatch must not be
-        // imported later as an interrupted one.
-        if let Some(inflight) = prepared.inflight.take() {
+/// Phase 4: the trace built, stored and shipped, the operator told.
+fn finish(
+    dispatch: &mut Dispatch,
+    prepared: Option<Prepared>,
+    inflight: Option<Inflight>,
+    opened: Option<OpenedStore>,
+    run: Option<&ChildRun>,
+) {
+    let Some(mut prepared) = prepared else {
+        // Preparing failed half-way: there is no trace to store, and this dispatch must not
+        // be imported later as an interrupted one.
+        if let Some(inflight) = inflight {
             inflight.finish();
         }
-        report(prepared);
+        report(dispatch);
         return;
     };
-    let collected = match tracing.reader.take() {
-        Some(reader) => {
-            let (collected, opened) = reader.finish();
-            if let Some(opened) = opened {
-                prepared.store_tried = true;
-                prepared.store_newer = opened.newer_schema;
-                prepared.stored_destination = opened.stored_destination;
-                if !prepared.relation_discovered {
-                    prepared.relation = opened.relation;
-                }
-                prepared.store = opened.store;
-                prepared.problems.extend(opened.problems);
-            }
-            collected
-        }
-        None => Collected::default(),
+    let (collected, opened) = match prepared.reader.take() {
+        Some(reader) => reader.finish(),
+        None => (Collected::default(), opened),
     };
-    if let Some(run) = run {
+    let mut opened = opened.unwrap_or_else(|| open_store(dispatch, &inflight));
+    dispatch.problems.append(&mut opened.problems);
+    if let (Some(run), Target::Program(program)) = (run, &dispatch.target) {
         if let Some(error) = &run.spawn_error {
-            if let Target::Program(program) = &prepared.target {
-                prepared
-                    .problems
-                    .push(format!("cannot run {}: {error}", program.display()).into());
-            }
+            dispatch
+                .problems
+                .push(format!("cannot run {}: {error}", program.display()).into());
         }
     }
     if collected.dropped > 0 {
-        prepared.problems.push(Problem::of_kind(
+        dispatch.problems.push(Problem::of_kind(
             "records-dropped",
             format!(
                 "{} hook-tool call records were dropped (record channel full)",
@@ -743,9 +206,30 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
             ),
         ));
     }
-    let builder = &tracing.builder;
-    let mut facts = tracing.facts;
-    facts.problems = operator::texts(&prepared.problems);
+
+    // The relations' answer: read in this dispatch, or cached. Nothing cached yet (a charm's
+    // first dispatch under us, or a new store): read them now, after the charm. (Without a
+    // store nothing could be cached or shipped: no calls then. Nor when they were read before
+    // the charm and that failed: their answers do not change within a hook.)
+    let mut discovered = prepared.discovered.take();
+    if discovered.is_none()
+        && opened.relation.is_none()
+        && prepared.own_tools.is_none()
+        && !prepared.endpoints.is_empty()
+        && opened.store.is_some()
+    {
+        if let Some(tools_dir) = &prepared.tools_dir {
+            let tools = prepared.own_tools.insert(HookTools::new(
+                tools_dir,
+                prepared.builder.root_traceparent(),
+            ));
+            let broken = own_tools::broken_relation(&dispatch.env);
+            discovered = relation::discover(tools, &prepared.endpoints, broken.as_deref());
+        }
+    }
+
+    let mut facts = prepared.facts;
+    facts.problems = operator::texts(&dispatch.problems);
     facts.records_dropped = collected.dropped;
     facts.records_ignored = collected.ignored;
     facts.custom_spans = collected.custom.spans;
@@ -756,138 +240,73 @@ fn finish(prepared: &mut Prepared, tracing: Option<Tracing>, run: Option<&ChildR
             "receiving custom spans (the listener stopped)",
         ));
     }
-
-    let mut spans = Vec::with_capacity(collected.records.len() + 2);
-    let mut changed = false;
-    let mut extra = vec![KeyValue::new(
-        "dispatch.tool_calls",
-        collected.records.len() as i64,
-    )];
-    // Nothing cached yet (a charm's first dispatch under us, or a new store): read the
-    // relations now, after the charm (publishing waits for an event that allows it first).
-    open_store(prepared);
-    // (Without a store nothing could be cached or shipped: no calls then. Nor when they were
-    // read before the charm and that failed: their answers do not change within a hook.)
-    let read_before = tracing.own_tools.is_some();
-    if prepared.relation.is_none()
-        && !read_before
-        && !prepared.endpoints.is_empty()
-        && prepared.store.is_some()
-    {
-        if let Some(tools_dir) = prepared.tools_dir.clone() {
-            let root = format!(
-                "00-{}-{}-01",
-                builder.ids.trace_id, builder.ids.root_span_id
-            );
-            let tools = tracing
-                .own_tools
-                .insert(own_tools::HookTools::new(&tools_dir, root));
-            let broken = own_tools::broken_relation(&prepared.env);
-            if let Some(answer) = relation::discover(tools, &prepared.endpoints, broken.as_deref())
-            {
-                prepared.relation = Some(answer);
-                prepared.relation_discovered = true;
-            }
-        }
-    }
-    let own_calls = tracing.own_tools.iter().flat_map(|tools| &tools.records);
-    for record in collected.records.iter().chain(own_calls) {
-        changed |= changes_state(&record.tool);
-        spans.push(builder.tool_span(record));
-    }
-    let failure = match run {
-        Some(run) => {
-            let target = facts.target.clone().unwrap_or_default();
-            spans.push(builder.charm_span(run, &target));
-            match run.end {
-                ChildEnd::Exited(0) => None,
-                ChildEnd::Exited(code) => Some(format!("charm exited with code {code}")),
-                ChildEnd::Signaled(signal) => Some(format!(
-                    "charm killed by {}",
-                    supervise::signal_name(signal)
-                )),
-            }
-        }
-        None => match &prepared.target {
-            Target::Itself(itself) => {
-                extra.push(KeyValue::new("dispatch.exit_code", REFUSED_EXIT as i64));
-                Some(itself.reason())
-            }
-            _ => None,
-        },
+    let itself = match &dispatch.target {
+        Target::Itself(itself) => Some((itself.reason(), REFUSED_EXIT)),
+        _ => None,
     };
-    if let Some(run) = run {
-        if let ChildEnd::Exited(code) = run.end {
-            extra.push(KeyValue::new("dispatch.exit_code", code as i64));
-        }
-    }
-    let failed = failure.is_some();
-    spans.push(builder.root_span(&facts, SystemTime::now(), failure, extra));
-    let payload = builder.encode_with_custom(spans, collected.custom.resource_spans);
-    let priority = if failed {
-        Priority::Failed
-    } else if changed {
-        Priority::Changed
-    } else {
-        Priority::Quiet
-    };
-
-    open_store(prepared);
+    let own_calls = prepared
+        .own_tools
+        .as_ref()
+        .map_or(&[][..], |t| &t.records[..]);
+    let (payload, priority) = prepared.builder.finished(
+        &facts,
+        &collected.records,
+        own_calls,
+        collected.custom.resource_spans,
+        run,
+        itself,
+    );
     let chunk = NewChunk {
-        started_at: spans::time_to_unix_nanos(prepared.start) as i64,
-        event: prepared.env.event_name().to_string(),
-        trace_id: builder.ids.trace_id.to_string(),
+        started_at: spans::time_to_unix_nanos(dispatch.start) as i64,
+        event: dispatch.env.event_name().to_string(),
+        trace_id: prepared.builder.ids.trace_id.to_string(),
         payload,
         priority,
     };
     let (store, stored_id) = persist::store_trace(
-        prepared.store.take(),
-        &prepared.store_path,
-        prepared.store_newer,
-        prepared.inflight.take(),
+        opened.store.take(),
+        &dispatch.store_path,
+        opened.newer_schema,
+        inflight,
         chunk,
-        prepared.config.store_max_bytes,
-        &mut prepared.problems,
+        dispatch.config.store_max_bytes,
+        &mut dispatch.problems,
     );
-    prepared.store = store;
-    if let Some(store) = prepared.store.as_mut() {
-        let stored = prepared.stored_destination.take();
-        let root = Some(builder.ids.root_span_id);
-        if prepared.relation_discovered {
-            if let Some(answer) = &prepared.relation {
-                settings::set_relation_answer(store, Some(answer));
+    if let Some(mut store) = store {
+        let relation = match &discovered {
+            Some(answer) => {
+                settings::set_relation_answer(&store, Some(answer));
+                Some(answer.clone())
             }
-        } else if prepared.endpoints.is_empty() && prepared.relation.take().is_some() {
-            // The charm no longer declares the relations (an upgrade removed them): what they
-            // said no longer holds, for this dispatch or for tool mode.
-            settings::set_relation_answer(store, None);
-        }
-        let answer = prepared.relation.clone();
+            None if prepared.endpoints.is_empty() && opened.relation.is_some() => {
+                // The charm no longer declares the relations (an upgrade removed them): what
+                // they said no longer holds, for this dispatch or for tool mode.
+                settings::set_relation_answer(&store, None);
+                None
+            }
+            None => opened.relation.take(),
+        };
         let problem = ship::after_hook(
-            store,
-            &prepared.config,
-            stored.as_ref(),
-            answer.as_ref(),
+            &mut store,
+            &dispatch.config,
+            opened.stored_destination.as_ref(),
+            relation.as_ref(),
             stored_id,
-            root,
+            Some(prepared.builder.ids.root_span_id),
         );
-        prepared.problems.extend(problem);
+        dispatch.problems.extend(problem);
     }
-    report(prepared);
+    report(dispatch);
 }
 
-fn report(prepared: &Prepared) {
-    let silent = prepared.env.event_kind() == EventKind::Action;
-    // Without a state dir, remember beside the store: an unusable state dir must not turn
-    // into the same line on every hook.
-    let memory = match &prepared.state_dir {
-        Some(dir) => dir.join(operator::LAST_WARNING),
-        None => store::with_suffix(&prepared.store_path, ".last-warning"),
-    };
-    let operator = Operator::new(Some(&memory), silent);
-    if matches!(prepared.target, Target::Itself(_)) {
-        operator.report_failure(&prepared.problems);
+/// Tells the operator, once, at the end (`operator`): a hook that fails because of us says so
+/// every time; anything else is not said again while it lasts.
+fn report(dispatch: &Dispatch) {
+    let silent = dispatch.env.event_kind() == EventKind::Action;
+    let operator = Operator::new(Some(&dispatch.warning_memory()), silent);
+    if matches!(dispatch.target, Target::Itself(_)) {
+        operator.report_failure(&dispatch.problems);
     } else {
-        operator.report(&prepared.problems);
+        operator.report(&dispatch.problems);
     }
 }
