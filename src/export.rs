@@ -9,27 +9,22 @@
 //!   dispatch (nothing is retried now) and starts a backoff for the destination that grows with
 //!   each failure, capped; `Retry-After` (429/503) sets it instead. While backing off, a
 //!   dispatch makes no request at all. A new destination or `dispatch flush` resets it.
-//! - A request the backend refuses for its content teaches us its shape: after a 413 requests
-//!   for that destination stay under half the refused size (a chunk larger than that goes in
-//!   parts), and after a 400/422 on a request that held several chunks each chunk travels
-//!   alone, so one chunk the backend cannot take holds back no other.
+//! - A request the backend refuses for its content teaches us its shape (`requests`): after a
+//!   413 requests for that destination stay under half the refused size (a chunk larger than
+//!   that goes in parts), and after a 400/422 on a request that held several chunks each chunk
+//!   travels alone, so one chunk the backend cannot take holds back no other.
+//! - What is persisted between dispatches (backoff, learnt shape, refused chunks, the last
+//!   outcome) is `settings`'; how chunks become request bodies is `requests`'.
 //! - Transport is a seam (`Transport`), so the rules are unit-tested without sockets.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
-use prost::Message;
-
 use crate::config::Protocol;
 use crate::destination::Destination;
+use crate::requests::{encode, take_batch};
 use crate::settings::{Backoff, LastExport, Refused, RequestShape};
-use crate::store::{Queued, Store};
+use crate::store::Store;
 
-/// Requests are kept under this many bytes (more chunks wait for the next request).
-pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
-/// Requests never shrink below this after a 413 (a single span larger than it still goes alone).
-const MIN_REQUEST_BYTES: usize = 16 * 1024;
 /// First backoff after a failure, doubled per consecutive failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
@@ -84,27 +79,6 @@ fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-impl RequestShape {
-    /// What was learnt about the destination with `key`, or the default shape.
-    fn for_destination(store: &Store, key: &str) -> RequestShape {
-        RequestShape::load(store, key).unwrap_or(RequestShape {
-            max_bytes: MAX_REQUEST_BYTES,
-            one_chunk_per_request: false,
-        })
-    }
-
-    /// What a refusal of a request of `body_len` bytes holding `chunks` chunks teaches.
-    fn learn(&mut self, status: u16, body_len: usize, chunks: usize) -> bool {
-        let before = self.clone();
-        match status {
-            413 => self.max_bytes = (body_len / 2).clamp(MIN_REQUEST_BYTES, self.max_bytes),
-            400 | 422 if chunks > 1 => self.one_chunk_per_request = true,
-            _ => {}
-        }
-        *self != before
-    }
 }
 
 /// Forgets any backoff (destination changed, or `dispatch flush`).
@@ -389,109 +363,16 @@ fn record(store: &Store, destination: &Destination, report: &Report, backoff: Op
     }
 }
 
-/// Takes the next chunks that fit in one request (always at least one).
-fn take_batch(pending: &mut Vec<Queued>, one_by_one: bool, max_bytes: usize) -> Vec<Queued> {
-    let mut size = 0;
-    let mut count = 0;
-    for chunk in pending.iter() {
-        if count > 0 && (one_by_one || size + chunk.size > max_bytes) {
-            break;
-        }
-        size += chunk.size;
-        count += 1;
-    }
-    pending.drain(..count).collect()
-}
-
-/// The request bodies for a batch: concatenated protobuf (or OTLP/JSON of the merged
-/// request), split into parts under `max_bytes` when a single chunk is bigger.
-fn encode(
-    payloads: &[Vec<u8>],
-    protocol: Protocol,
-    max_bytes: usize,
-) -> Result<(&'static str, Vec<Vec<u8>>), String> {
-    let body = payloads.concat();
-    if body.len() <= max_bytes && protocol == Protocol::HttpProtobuf {
-        return Ok(("application/x-protobuf", vec![body]));
-    }
-    let request = ExportTraceServiceRequest::decode(body.as_slice())
-        .map_err(|e| format!("a stored trace is not valid OTLP: {e}"))?;
-    let parts = if body.len() <= max_bytes {
-        vec![request]
-    } else {
-        split(request, max_bytes)
-    };
-    match protocol {
-        Protocol::HttpProtobuf => Ok((
-            "application/x-protobuf",
-            parts.iter().map(Message::encode_to_vec).collect(),
-        )),
-        Protocol::HttpJson => {
-            let bodies = parts
-                .iter()
-                .map(serde_json::to_vec)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            Ok(("application/json", bodies))
-        }
-    }
-}
-
-/// Splits a request into several whose encoded size stays under `max` (a single span larger
-/// than that still travels alone), keeping every span's resource and scope.
-fn split(request: ExportTraceServiceRequest, max: usize) -> Vec<ExportTraceServiceRequest> {
-    let mut parts = Vec::new();
-    let mut part = ExportTraceServiceRequest::default();
-    let mut size = 0usize;
-    // Which (resource, scope) the part's last group holds.
-    let mut origin: Option<(usize, usize)> = None;
-    for (ri, resource_spans) in request.resource_spans.into_iter().enumerate() {
-        for (si, scope_spans) in resource_spans.scope_spans.into_iter().enumerate() {
-            for span in scope_spans.spans {
-                // The span plus its framing inside the request.
-                let cost = span.encoded_len() + 16;
-                if size > 0 && size + cost > max {
-                    parts.push(std::mem::take(&mut part));
-                    size = 0;
-                    origin = None;
-                }
-                if origin != Some((ri, si)) {
-                    let group = ResourceSpans {
-                        resource: resource_spans.resource.clone(),
-                        scope_spans: vec![ScopeSpans {
-                            scope: scope_spans.scope.clone(),
-                            spans: Vec::new(),
-                            schema_url: scope_spans.schema_url.clone(),
-                        }],
-                        schema_url: resource_spans.schema_url.clone(),
-                    };
-                    size += group.encoded_len() + 16;
-                    part.resource_spans.push(group);
-                    origin = Some((ri, si));
-                }
-                size += cost;
-                if let Some(scope) = part
-                    .resource_spans
-                    .last_mut()
-                    .and_then(|group| group.scope_spans.last_mut())
-                {
-                    scope.spans.push(span);
-                }
-            }
-        }
-    }
-    if !part.resource_spans.is_empty() {
-        parts.push(part);
-    }
-    parts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::destination::{Ca, Source};
+    use crate::requests::{split, MAX_REQUEST_BYTES};
     use crate::store::{NewChunk, Priority};
     use crate::test_support::Scratch;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
+    use prost::Message;
     use std::cell::RefCell;
 
     struct Scripted {

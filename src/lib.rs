@@ -26,6 +26,7 @@ pub mod persist;
 pub mod prepare;
 pub mod receiver;
 pub mod relation;
+pub mod requests;
 pub mod settings;
 pub mod shims;
 pub mod ship;
