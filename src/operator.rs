@@ -15,13 +15,26 @@ use std::path::{Path, PathBuf};
 /// The file in the state directory that remembers the last line said.
 pub const LAST_WARNING: &str = "last-warning";
 
-/// One of our own problems in a dispatch, for the operator's one line and the root span.
+/// One of our own problems in a dispatch. Every phase adds its own to the dispatch's list;
+/// they are reported once, at the end (`Operator::report`), and go on the root span.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub text: String,
     /// What makes it the same problem as last time: its kind, for a problem whose words change
     /// from hook to hook with the same cause; else (`None`) the words themselves.
     pub kind: Option<&'static str>,
+    pub audience: Audience,
+}
+
+/// Who a problem is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Something the operator can act on: their one stderr line (DESIGN §2), and the trace
+    /// (`dispatch.problems`).
+    Operator,
+    /// Only the trace, under its own attribute: nothing to act on (a loopback listener that
+    /// could not be opened in a network namespace without one, say).
+    Trace(&'static str),
 }
 
 impl Problem {
@@ -30,6 +43,16 @@ impl Problem {
         Problem {
             text: text.into(),
             kind: Some(kind),
+            audience: Audience::Operator,
+        }
+    }
+
+    /// A problem for the trace only, as the root span's attribute `attribute`.
+    pub fn for_the_trace(attribute: &'static str, text: impl Into<String>) -> Problem {
+        Problem {
+            text: text.into(),
+            kind: None,
+            audience: Audience::Trace(attribute),
         }
     }
 
@@ -40,13 +63,29 @@ impl Problem {
 
 impl From<String> for Problem {
     fn from(text: String) -> Problem {
-        Problem { text, kind: None }
+        Problem {
+            text,
+            kind: None,
+            audience: Audience::Operator,
+        }
     }
 }
 
-/// The words of problems, for the root span's `dispatch.problems`.
+/// The words of the operator's problems, for the root span's `dispatch.problems`.
 pub fn texts(problems: &[Problem]) -> Vec<String> {
-    problems.iter().map(|p| p.text.clone()).collect()
+    operators(problems).map(|p| p.text.clone()).collect()
+}
+
+/// The words of the trace-only problem kept as the root span's `attribute`, if any.
+pub fn for_the_trace(problems: &[Problem], attribute: &str) -> Option<String> {
+    problems
+        .iter()
+        .find(|p| matches!(p.audience, Audience::Trace(name) if name == attribute))
+        .map(|p| p.text.clone())
+}
+
+fn operators(problems: &[Problem]) -> impl Iterator<Item = &Problem> {
+    problems.iter().filter(|p| p.audience == Audience::Operator)
 }
 
 pub struct Operator {
@@ -77,6 +116,8 @@ impl Operator {
     }
 
     fn say(&self, problems: &[Problem], suppress_repeat: bool) {
+        let problems: Vec<Problem> = operators(problems).cloned().collect();
+        let problems = &problems[..];
         if problems.is_empty() {
             if let Some(memory) = &self.memory {
                 let _ = std::fs::remove_file(memory);
@@ -140,5 +181,25 @@ mod tests {
         operator.report(&[]);
         assert!(!memory.exists(), "a clean dispatch forgets");
         assert!(said(&[dropped(1)]), "back again after a clean dispatch");
+    }
+
+    #[test]
+    fn a_problem_for_the_trace_never_reaches_the_operators_line() {
+        let scratch = Scratch::new("operator-trace");
+        let memory = scratch.path("last-warning");
+        let operator = Operator::new(Some(&memory), false);
+        let trace_only = Problem::for_the_trace("dispatch.x_error", "cannot listen");
+        operator.report(std::slice::from_ref(&trace_only));
+        assert!(
+            !memory.exists(),
+            "nothing was said, so nothing is remembered"
+        );
+        let problems = [trace_only, "the config file is bad".to_string().into()];
+        assert_eq!(texts(&problems), ["the config file is bad"]);
+        assert_eq!(
+            for_the_trace(&problems, "dispatch.x_error").as_deref(),
+            Some("cannot listen")
+        );
+        assert_eq!(for_the_trace(&problems, "dispatch.other"), None);
     }
 }

@@ -29,7 +29,7 @@ use crate::decide::Dispatch;
 use crate::destination;
 use crate::inflight::{Inflight, Started};
 use crate::metadata::CharmMetadata;
-use crate::operator;
+use crate::operator::{self, Problem};
 use crate::own_tools::{self, HookTools};
 use crate::persist::{self, OpenedStore};
 use crate::relation::{self, Answer, Endpoints};
@@ -38,6 +38,10 @@ use crate::ship;
 use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
 use crate::store::Store;
 use crate::target::Target;
+
+/// The root span's attribute for a custom-span listener that could not be opened or stopped:
+/// for the trace only, nothing the operator can act on (README, *Your own spans and events*).
+pub const CUSTOM_SPANS_ERROR: &str = "dispatch.custom_spans_error";
 
 /// How long a dispatch waits for the dispatch lock (held by a concurrent `flush`).
 const LOCK_WAIT: Duration = Duration::from_millis(200);
@@ -226,13 +230,14 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
     // on the root span, not to stderr.
     match reader.as_mut().and_then(Reader::endpoint) {
         Some(Ok(endpoint)) => env_changes.extend(child_env::custom_span_env(&endpoint)),
-        Some(Err(e)) => {
-            facts.custom_spans_error =
-                Some(format!("cannot listen on 127.0.0.1 for custom spans: {e}"))
-        }
+        Some(Err(e)) => dispatch.problems.push(Problem::for_the_trace(
+            CUSTOM_SPANS_ERROR,
+            format!("cannot listen on 127.0.0.1 for custom spans: {e}"),
+        )),
         None => {}
     }
     facts.problems = operator::texts(&dispatch.problems);
+    facts.custom_spans_error = operator::for_the_trace(&dispatch.problems, CUSTOM_SPANS_ERROR);
     Prepared {
         builder,
         facts,

@@ -28,7 +28,7 @@ use crate::juju::EventKind;
 use crate::operator::{self, Operator, Problem};
 use crate::own_tools::{self, HookTools};
 use crate::persist::{self, OpenedStore};
-use crate::prepare::{self, Prepared};
+use crate::prepare::{self, Prepared, CUSTOM_SPANS_ERROR};
 use crate::relation;
 use crate::settings;
 use crate::ship;
@@ -228,18 +228,20 @@ fn finish(
         }
     }
 
+    if collected.custom_failed {
+        dispatch.problems.push(Problem::for_the_trace(
+            CUSTOM_SPANS_ERROR,
+            panic_problem("receiving custom spans (the listener stopped)"),
+        ));
+    }
     let mut facts = prepared.facts;
     facts.problems = operator::texts(&dispatch.problems);
+    facts.custom_spans_error = operator::for_the_trace(&dispatch.problems, CUSTOM_SPANS_ERROR);
     facts.records_dropped = collected.dropped;
     facts.records_ignored = collected.ignored;
     facts.custom_spans = collected.custom.spans;
     facts.custom_spans_dropped = collected.custom.dropped;
     facts.custom_requests_refused = collected.custom.refused;
-    if collected.custom_failed {
-        facts.custom_spans_error = Some(panic_problem(
-            "receiving custom spans (the listener stopped)",
-        ));
-    }
     let itself = match &dispatch.target {
         Target::Itself(itself) => Some((itself.reason(), REFUSED_EXIT)),
         _ => None,
