@@ -336,15 +336,16 @@ pub fn choose_proxy(url: &str, env: &BTreeMap<String, String>) -> Option<String>
     Some(proxy)
 }
 
+/// The host of a destination URL, lower-cased, without the brackets of an IPv6 address
+/// (parsed with `http::Uri`, which ureq links: the URL was checked by `destination::usable`).
 fn host_of(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let host = if let Some(bracketed) = authority.strip_prefix('[') {
-        bracketed.split(']').next()?
-    } else {
-        authority.split(':').next()?
-    };
+    let uri: http::Uri = url.parse().ok()?;
+    uri.scheme()?;
+    let host = uri.host()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     Some(host.to_ascii_lowercase())
 }
 
