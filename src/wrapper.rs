@@ -8,7 +8,7 @@
 //!    runs"): either would spin forever.
 //! 2. Before the spawn, only what must precede the child: the dispatch lock and the started
 //!    record (`inflight`), the hook-tool shims, the record channel and the custom-span
-//!    listener (`loopback`; bound on the reader's thread while this one goes on, since the
+//!    listener (`listen`; bound on the reader's thread while this one goes on, since the
 //!    child's environment needs its port). Any failure here is a problem to report, never a
 //!    reason not to run the charm.
 //! 3. While the child runs (it has the other core): open the store and import the records of
