@@ -28,6 +28,7 @@ pub mod supervise;
 pub mod target;
 #[cfg(test)]
 mod test_support;
+pub mod trace_context;
 pub mod transport;
 pub mod view;
 pub mod wrapper;

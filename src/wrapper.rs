@@ -39,11 +39,12 @@ use crate::metadata::CharmMetadata;
 use crate::operator::{self, Operator, Problem};
 use crate::relation;
 use crate::shims;
-use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
+use crate::spans::{self, RootFacts, TraceBuilder};
 use crate::state_dir;
 use crate::store::{self, NewChunk, Priority, Store};
 use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
 use crate::target::{self, Target, ENV_EXEC_DEPTH, MAX_EXEC_DEPTH, REFUSED_EXIT};
+use crate::trace_context::{self, DispatchIds};
 use crate::transport::Http;
 
 /// How long a dispatch waits for the dispatch lock (held by a concurrent `flush`).
@@ -391,7 +392,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
             .into(),
         ),
     }
-    let nonce = spans::new_nonce();
+    let nonce = trace_context::new_nonce();
     let mut env_changes: Vec<(OsString, OsString)> = Vec::new();
     let mut reader = None;
     let mut tools_dir: Option<PathBuf> = None;
@@ -450,7 +451,7 @@ fn set_up(prepared: &mut Prepared) -> (Option<Tracing>, Vec<(OsString, OsString)
     };
     let charm_name = metadata.as_ref().and_then(|m| m.name.clone());
     prepared.endpoints = relation::Endpoints::find(metadata.as_ref(), &prepared.config);
-    let incoming = spans::incoming_context(env);
+    let incoming = trace_context::incoming_context(env);
     let continued = incoming.is_some()
         && (prepared.config.juju_trace_context == TraceContextMode::Continue
             || ships_to_juju_collector(prepared));
