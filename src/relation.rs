@@ -106,17 +106,14 @@ pub fn traces_url(receivers: &str) -> Option<String> {
 
 /// Only the `CERTIFICATE` blocks of a PEM text, each written back as one PEM block
 /// (base64 in 64-column lines): whatever else a provider put there (a private key, by
-/// mistake) is never kept, and neither is a block that does not decode. Read with the PEM
-/// parser the TLS setup reads the stored CA with (`transport::load_roots`: ureq's, from
+/// mistake) is never kept, and neither is a block that does not decode. Read as the TLS
+/// setup reads the stored CA (`transport::pem_certificates`: ureq's PEM parser, from
 /// rustls-pki-types), so what is kept is what will be trusted, and the same certificate
 /// written differently (CRLF, other line lengths) is kept once.
 fn certificate_blocks(text: &str) -> Vec<String> {
-    ureq::tls::parse_pem(text.as_bytes())
-        .filter_map(Result::ok)
-        .filter_map(|item| match item {
-            ureq::tls::PemItem::Certificate(certificate) => Some(pem_block(certificate.der())),
-            _ => None,
-        })
+    crate::transport::pem_certificates(text.as_bytes())
+        .iter()
+        .map(|certificate| pem_block(certificate.der()))
         .collect()
 }
 
@@ -125,26 +122,26 @@ fn pem_block(der: &[u8]) -> String {
     let base64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = String::with_capacity(base64.len() + base64.len() / 64 + 56);
     pem.push_str("-----BEGIN CERTIFICATE-----\n");
-    for (i, digit) in base64.chars().enumerate() {
-        if i > 0 && i % 64 == 0 {
-            pem.push('\n');
-        }
-        pem.push(digit);
+    for line in base64.as_bytes().chunks(64) {
+        // Base64 is ASCII: every chunk is text.
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
     }
-    pem.push_str("\n-----END CERTIFICATE-----");
+    pem.push_str("-----END CERTIFICATE-----");
     pem
 }
 
 /// Drops repeated certificates, keeping the first of each in order (a v0 `chain` usually
 /// repeats `ca` or `certificate`, and every unit of the provider publishes the same CA).
 fn keep_first_of_each(pems: &mut Vec<String>) {
-    let mut kept: Vec<String> = Vec::with_capacity(pems.len());
-    for pem in pems.drain(..) {
-        if !kept.contains(&pem) {
-            kept.push(pem);
+    let mut at = 0;
+    while at < pems.len() {
+        if pems[..at].contains(&pems[at]) {
+            pems.remove(at);
+        } else {
+            at += 1;
         }
     }
-    *pems = kept;
 }
 
 /// PEM certificates from a v1 provider app databag (`certificates`).
@@ -266,15 +263,12 @@ mod tests {
         made.cert.pem().trim_end().to_string()
     }
 
-    /// The DER of each certificate a PEM text holds, read as `transport::load_roots` reads
-    /// the stored CA.
+    /// The DER of each certificate a PEM text holds, read as the TLS setup reads the
+    /// stored CA.
     fn loaded(pem: &str) -> Vec<Vec<u8>> {
-        ureq::tls::parse_pem(pem.as_bytes())
-            .filter_map(Result::ok)
-            .filter_map(|item| match item {
-                ureq::tls::PemItem::Certificate(cert) => Some(cert.der().to_vec()),
-                _ => None,
-            })
+        crate::transport::pem_certificates(pem.as_bytes())
+            .iter()
+            .map(|cert| cert.der().to_vec())
             .collect()
     }
 

@@ -140,13 +140,7 @@ fn load_roots(ca: &Ca) -> Result<Vec<Certificate<'static>>, Failure> {
         })?,
         Ca::Pem { pem, .. } => pem.as_bytes().to_vec(),
     };
-    let roots: Vec<Certificate<'static>> = parse_pem(&pem)
-        .filter_map(Result::ok)
-        .filter_map(|item| match item {
-            PemItem::Certificate(cert) => Some(cert),
-            _ => None,
-        })
-        .collect();
+    let roots = pem_certificates(&pem);
     if roots.is_empty() {
         return Err(tls_failure(format!(
             "{} holds no PEM certificate",
@@ -154,6 +148,19 @@ fn load_roots(ca: &Ca) -> Result<Vec<Certificate<'static>>, Failure> {
         )));
     }
     Ok(roots)
+}
+
+/// The certificates in a PEM text, as TLS trusts them: other blocks (keys) and blocks that
+/// do not decode are skipped. The relation reader keeps a provider's CA with this too
+/// (`relation`), so what it keeps is what is trusted.
+pub fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
+    parse_pem(pem)
+        .filter_map(Result::ok)
+        .filter_map(|item| match item {
+            PemItem::Certificate(cert) => Some(cert),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Transport for Http {
