@@ -7,7 +7,9 @@
 //! - ureq's own proxy lookup is off: Juju hands charms their proxy settings as
 //!   `JUJU_CHARM_HTTP_PROXY`/`JUJU_CHARM_HTTPS_PROXY`/`JUJU_CHARM_NO_PROXY` (the standard
 //!   `http_proxy`/`https_proxy`/`no_proxy` are the fallback). NO_PROXY entries match a host
-//!   exactly, as a domain suffix, or as a CIDR; loopback is always direct.
+//!   exactly, as a domain suffix, or as a CIDR; loopback is always direct. The matching is
+//!   ours (`bypassed`): ureq's takes no CIDRs, which `JUJU_CHARM_NO_PROXY` may hold (DESIGN
+//!   §2), and `example.com` there covers no subdomain.
 //! - Proxies get what proxies expect: an http destination is sent to the proxy in absolute
 //!   form (`forward_proxy`, since ureq would tunnel it), an https one through a `CONNECT`
 //!   tunnel (ureq's). Every request says `User-Agent: dispatch/<version>`, `CONNECT` included.

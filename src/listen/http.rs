@@ -16,9 +16,10 @@
 //! other than chunked. The body's meaning and its answer are `otlp`'s.
 //!
 //! Heads are parsed by httparse (ureq links it for responses); the framing around them is
-//! ours: ureq compiles in only the client half of its protocol crate, and what this receiver
-//! answers before reading a body, and how much it buffers, are its contract with untrusted
-//! clients (bounded, pinned by the tests below and by fuzzing).
+//! ours: the sans-IO server in ureq's protocol crate (ureq-proto) is a feature ureq leaves
+//! off, so using it would add its code rather than reuse it, and what this receiver answers
+//! before reading a body, and how much it buffers, are its contract with untrusted clients,
+//! pinned by the tests below and by fuzzing.
 
 use super::inflate::{self, Encoding};
 use super::otlp::{self, Content};
