@@ -15,6 +15,7 @@
 //! Only `server` does I/O. Everything that reads untrusted input (any process in the unit can
 //! connect) is pure, bytes in and bytes out, so it is unit-tested here and fuzzed by
 //! `fuzz/fuzz_targets/receiver_http.rs` and `otlp_body.rs` (README *Tests and benchmarks*).
+//! The caps every layer keeps ([`LIMITS`]) and the refusal they answer with are here.
 
 mod http;
 mod inflate;
