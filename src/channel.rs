@@ -8,7 +8,7 @@
 //! the child has ended; it then drains what is left and returns. A shim finishes its write
 //! before it exits, so everything written by the child's own tool calls is in the FIFO by then.
 //!
-//! The same thread serves the loopback listener for custom spans (`loopback`), polling its
+//! The same thread serves the loopback listener for custom spans (`listen`), polling its
 //! sockets with the FIFO, so that a dispatch costs one thread however it is traced.
 
 use std::io;
@@ -22,8 +22,7 @@ use std::thread::JoinHandle;
 use dispatch_shim::Record;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::loopback::{self, Server, GRACE};
-use crate::receiver::Received;
+use crate::listen::{self, Received, Server, GRACE};
 
 const FIFO_NAME: &str = "records";
 /// Ask for a roomy pipe so bursts of tool calls never find it full (Linux's default
@@ -82,7 +81,7 @@ impl Channel {
 }
 
 /// Starts the thread that works while the child runs: with `listen`, it first opens the
-/// custom-span listener (`loopback`; its endpoint is then waiting in `Reader::endpoint`), so
+/// custom-span listener (`listen`; its endpoint is then waiting in `Reader::endpoint`), so
 /// that binding overlaps with the rest of the setup rather than delaying the child; then it
 /// runs `prelude` (work that should overlap with the child, such as opening the store; the
 /// FIFO's buffer and the listen backlog hold what arrives meanwhile); then it drains the
@@ -228,7 +227,7 @@ fn serve_until_stopped(
             if let Some(server) = server.as_ref() {
                 fds.extend(server.poll_fds());
                 if let Some(due) = server.timeout() {
-                    timeout = loopback::poll_timeout(due);
+                    timeout = listen::poll_timeout(due);
                 }
             }
             match poll(&mut fds, timeout) {

@@ -35,9 +35,10 @@ use crate::persist::{self, OpenedStore};
 use crate::relation::{self, Answer, Endpoints};
 use crate::settings;
 use crate::ship;
-use crate::spans::{self, DispatchIds, RootFacts, TraceBuilder};
+use crate::spans::{self, RootFacts, TraceBuilder};
 use crate::store::Store;
 use crate::target::Target;
+use crate::trace_context::{self, DispatchIds};
 
 /// The root span's attribute for a custom-span listener that could not be opened or stopped:
 /// for the trace only, nothing the operator can act on (README, *Your own spans and events*).
@@ -84,7 +85,7 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
             None
         }
     };
-    let nonce = spans::new_nonce();
+    let nonce = trace_context::new_nonce();
     let mut env_changes: Vec<(OsString, OsString)> = Vec::new();
     let mut reader = None;
     let mut tools_dir: Option<PathBuf> = None;
@@ -143,7 +144,7 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
     };
     let charm_name = metadata.as_ref().and_then(|m| m.name.clone());
     let endpoints = Endpoints::find(metadata.as_ref(), &dispatch.config);
-    let incoming = spans::incoming_context(env);
+    let incoming = trace_context::incoming_context(env);
     let continued = incoming.is_some()
         && (dispatch.config.juju_trace_context == TraceContextMode::Continue
             || ships_to_juju_collector(dispatch));

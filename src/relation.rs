@@ -9,6 +9,8 @@
 //!   publishes `receivers='["otlp_http"]'`, merged into whatever list is there.
 //! - `certificate_transfer` v1: the provider app's `certificates`, a JSON-encoded list of PEM
 //!   strings; v0 fallback: provider units' `ca`, `certificate` and `chain` (raw PEM, or JSON).
+//!   Only certificates are kept, each once, read by the PEM parser the TLS setup uses
+//!   (ureq's) and stored as PEM text.
 //! - Several relations on one endpoint: the lowest id wins (and `dispatch status` says so).
 
 use serde::Deserialize;
@@ -102,22 +104,44 @@ pub fn traces_url(receivers: &str) -> Option<String> {
     })
 }
 
-/// Only the `CERTIFICATE` blocks of a PEM text: whatever else a provider put there (a private
-/// key, by mistake) is never kept.
+/// Only the `CERTIFICATE` blocks of a PEM text, each written back as one PEM block
+/// (base64 in 64-column lines): whatever else a provider put there (a private key, by
+/// mistake) is never kept, and neither is a block that does not decode. Read as the TLS
+/// setup reads the stored CA (`transport::pem_certificates`: ureq's PEM parser, from
+/// rustls-pki-types), so what is kept is what will be trusted, and the same certificate
+/// written differently (CRLF, other line lengths) is kept once.
 fn certificate_blocks(text: &str) -> Vec<String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let mut blocks = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find(BEGIN) {
-        let Some(end) = rest[start..].find(END) else {
-            break;
-        };
-        let stop = start + end + END.len();
-        blocks.push(rest[start..stop].to_string());
-        rest = &rest[stop..];
+    crate::transport::pem_certificates(text.as_bytes())
+        .iter()
+        .map(|certificate| pem_block(certificate.der()))
+        .collect()
+}
+
+fn pem_block(der: &[u8]) -> String {
+    use base64::Engine;
+    let base64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::with_capacity(base64.len() + base64.len() / 64 + 56);
+    pem.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        // Base64 is ASCII: every chunk is text.
+        pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+        pem.push('\n');
     }
-    blocks
+    pem.push_str("-----END CERTIFICATE-----");
+    pem
+}
+
+/// Drops repeated certificates, keeping the first of each in order (a v0 `chain` usually
+/// repeats `ca` or `certificate`, and every unit of the provider publishes the same CA).
+fn keep_first_of_each(pems: &mut Vec<String>) {
+    let mut at = 0;
+    while at < pems.len() {
+        if pems[..at].contains(&pems[at]) {
+            pems.remove(at);
+        } else {
+            at += 1;
+        }
+    }
 }
 
 /// PEM certificates from a v1 provider app databag (`certificates`).
@@ -146,7 +170,7 @@ pub fn certificates_v0(databag: &serde_json::Map<String, serde_json::Value>) -> 
             Err(_) => pems.extend(certificate_blocks(&decoded)),
         }
     }
-    pems.dedup();
+    keep_first_of_each(&mut pems);
     pems
 }
 
@@ -219,7 +243,7 @@ mod tests {
 
     #[test]
     fn certificates_are_read_from_v1_and_v0_databags() {
-        let pem = "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----";
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
         let v1 = map(
             &serde_json::json!({"certificates": serde_json::to_string(&[pem]).unwrap()})
                 .to_string(),
@@ -233,13 +257,80 @@ mod tests {
         assert_eq!(certificates_v0(&encoded), [pem]);
     }
 
+    /// A real self-signed certificate, as PEM (64-column lines, LF, as most tools write it).
+    fn certificate(name: &str) -> String {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        made.cert.pem().trim_end().to_string()
+    }
+
+    /// The DER of each certificate a PEM text holds, read as the TLS setup reads the
+    /// stored CA.
+    fn loaded(pem: &str) -> Vec<Vec<u8>> {
+        crate::transport::pem_certificates(pem.as_bytes())
+            .iter()
+            .map(|cert| cert.der().to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn a_v0_chain_that_repeats_the_ca_keeps_each_certificate_once() {
+        let (ca, leaf) = (certificate("ca"), certificate("leaf"));
+        let chain = serde_json::to_string(&[&leaf, &ca]).unwrap();
+        let bag =
+            map(&serde_json::json!({"ca": ca, "certificate": leaf, "chain": chain}).to_string());
+        assert_eq!(certificates_v0(&bag), [ca, leaf]);
+    }
+
+    #[test]
+    fn the_same_certificate_written_differently_is_kept_once() {
+        let ca = certificate("ca");
+        let crlf = ca.replace('\n', "\r\n");
+        let bag = map(&serde_json::json!({"ca": ca, "chain": crlf}).to_string());
+        assert_eq!(certificates_v0(&bag).len(), 1);
+    }
+
+    #[test]
+    fn what_is_kept_is_pem_the_tls_setup_loads_and_nothing_it_cannot() {
+        let ca = certificate("ca");
+        let der = loaded(&ca);
+        // CRLF line ends and 76-column lines (as some tools write PEM), JSON-encoded.
+        let body: String = ca.lines().filter(|l| !l.starts_with("-----")).collect();
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let rewrapped = format!(
+            "-----BEGIN CERTIFICATE-----\r\n{}\r\n-----END CERTIFICATE-----\r\n",
+            lines.join("\r\n")
+        );
+        let broken = "-----BEGIN CERTIFICATE-----\nnot*base64\n-----END CERTIFICATE-----";
+        let bag = map(&serde_json::json!({
+            "ca": serde_json::to_string(&rewrapped).unwrap(),
+            "certificate": broken,
+        })
+        .to_string());
+        let kept = certificates_v0(&bag);
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(loaded(&kept[0]), der);
+        assert!(kept[0].starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(kept[0].ends_with("\n-----END CERTIFICATE-----"));
+    }
+
     #[test]
     fn only_certificate_blocks_are_kept() {
-        let pem = "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----";
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
         let mixed =
             format!("-----BEGIN PRIVATE KEY-----\nSECRET\n-----END PRIVATE KEY-----\n{pem}");
         let bag = map(&serde_json::json!({"ca": mixed}).to_string());
         assert_eq!(certificates_v0(&bag), [pem]);
+        // A real key, which decodes, is not kept either.
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let v1 = map(
+            &serde_json::json!({"certificates": serde_json::to_string(&[format!("{key}{pem}")]).unwrap()})
+                .to_string(),
+        );
+        assert_eq!(certificates_v1(&v1), [pem]);
     }
 
     /// Hook tools that answer from a script (`tool args` -> stdout; unscripted: the tool
@@ -338,6 +429,54 @@ mod tests {
         publish(&mut follower, &both_endpoints(), "myapp", None);
         assert_eq!(follower.calls[..3], leader.calls[..3]);
         assert_eq!(follower.calls.len(), 3, "{:?}", follower.calls);
+    }
+
+    #[test]
+    fn v0_certificates_of_several_units_are_kept_once_each() {
+        let pem =
+            |b64: &str| format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----");
+        let mut tools = Scripted {
+            answers: vec![
+                (
+                    "relation-ids receive-ca-cert --format=json",
+                    r#"["receive-ca-cert:4"]"#,
+                ),
+                (
+                    "relation-list -r receive-ca-cert:4 --app --format=json",
+                    r#""ca-provider""#,
+                ),
+                (
+                    "relation-get -r receive-ca-cert:4 --app - ca-provider --format=json",
+                    "{}",
+                ),
+                (
+                    "relation-list -r receive-ca-cert:4 --format=json",
+                    r#"["ca-provider/0","ca-provider/1"]"#,
+                ),
+                (
+                    "relation-get -r receive-ca-cert:4 - ca-provider/0 --format=json",
+                    r#"{"ca":"-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----",
+                        "certificate":"-----BEGIN CERTIFICATE-----\nMIIBAQ==\n-----END CERTIFICATE-----"}"#,
+                ),
+                (
+                    "relation-get -r receive-ca-cert:4 - ca-provider/1 --format=json",
+                    r#"{"ca":"-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----",
+                        "certificate":"-----BEGIN CERTIFICATE-----\nMIIBAg==\n-----END CERTIFICATE-----"}"#,
+                ),
+            ],
+            ..Scripted::default()
+        };
+        let endpoints = Endpoints {
+            tracing: None,
+            ..both_endpoints()
+        };
+        let answer = discover(&mut tools, &endpoints, None).unwrap();
+        assert_eq!(
+            answer.ca,
+            [pem("MIIBAA=="), pem("MIIBAQ=="), pem("MIIBAg==")],
+            "{:?}",
+            tools.calls
+        );
     }
 
     #[test]
@@ -460,7 +599,7 @@ pub fn discover(
                         .ca
                         .extend(certificates_v0(&databag(tools, &id, false, &unit)?));
                 }
-                answer.ca.dedup();
+                keep_first_of_each(&mut answer.ca);
             }
         }
     }

@@ -1,7 +1,10 @@
 //! Helpers shared by the unit tests.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::juju::HookEnv;
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -26,4 +29,14 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A hook's environment with just these variables, run as `dispatch`.
+pub fn hook_env(pairs: &[(&str, &str)]) -> HookEnv {
+    HookEnv::from_vars(
+        pairs
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v))),
+        &OsString::from("dispatch"),
+    )
 }

@@ -7,7 +7,9 @@
 //! - ureq's own proxy lookup is off: Juju hands charms their proxy settings as
 //!   `JUJU_CHARM_HTTP_PROXY`/`JUJU_CHARM_HTTPS_PROXY`/`JUJU_CHARM_NO_PROXY` (the standard
 //!   `http_proxy`/`https_proxy`/`no_proxy` are the fallback). NO_PROXY entries match a host
-//!   exactly, as a domain suffix, or as a CIDR; loopback is always direct.
+//!   exactly, as a domain suffix, or as a CIDR; loopback is always direct. The matching is
+//!   ours (`bypassed`): ureq's takes no CIDRs, which `JUJU_CHARM_NO_PROXY` may hold (DESIGN
+//!   §2), and `example.com` there covers no subdomain.
 //! - Proxies get what proxies expect: an http destination is sent to the proxy in absolute
 //!   form (`forward_proxy`, since ureq would tunnel it), an https one through a `CONNECT`
 //!   tunnel (ureq's). Every request says `User-Agent: dispatch/<version>`, `CONNECT` included.
@@ -140,13 +142,7 @@ fn load_roots(ca: &Ca) -> Result<Vec<Certificate<'static>>, Failure> {
         })?,
         Ca::Pem { pem, .. } => pem.as_bytes().to_vec(),
     };
-    let roots: Vec<Certificate<'static>> = parse_pem(&pem)
-        .filter_map(Result::ok)
-        .filter_map(|item| match item {
-            PemItem::Certificate(cert) => Some(cert),
-            _ => None,
-        })
-        .collect();
+    let roots = pem_certificates(&pem);
     if roots.is_empty() {
         return Err(tls_failure(format!(
             "{} holds no PEM certificate",
@@ -154,6 +150,19 @@ fn load_roots(ca: &Ca) -> Result<Vec<Certificate<'static>>, Failure> {
         )));
     }
     Ok(roots)
+}
+
+/// The certificates in a PEM text, as TLS trusts them: other blocks (keys) and blocks that
+/// do not decode are skipped. The relation reader keeps a provider's CA with this too
+/// (`relation`), so what it keeps is what is trusted.
+pub fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
+    parse_pem(pem)
+        .filter_map(Result::ok)
+        .filter_map(|item| match item {
+            PemItem::Certificate(cert) => Some(cert),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Transport for Http {

@@ -1,6 +1,6 @@
 //! Custom-span request bodies once the HTTP layer is done with them: OTLP protobuf (prost)
-//! and OTLP/JSON (`otlp_json::decode`, by hand), the dispatch's bounds on what is kept
-//! (`receiver::Received::accept`), the store chunk they end up in
+//! and OTLP/JSON (`listen::otlp_json::decode`, by hand), the dispatch's bounds on what is kept
+//! (`listen::Received::accept`), the store chunk they end up in
 //! (`spans::TraceBuilder::encode_with_custom`), and `dispatch traces` showing that chunk
 //! (`view::tree`, `view::json`, `view::otlp_json`), since the spans are the charm's.
 //!
@@ -10,10 +10,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use dispatch::receiver::{Received, LIMITS};
+use dispatch::listen::{otlp_json, Received, LIMITS};
 use dispatch::spans::RootFacts;
 use dispatch::store::StoredChunk;
-use dispatch::{otlp_json, view};
+use dispatch::view;
 use dispatch_fuzz::{builder, SMALL_LIMITS, TRACE_ID};
 use libfuzzer_sys::fuzz_target;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

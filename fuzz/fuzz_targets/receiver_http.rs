@@ -1,4 +1,4 @@
-//! The loopback OTLP/HTTP receiver for custom spans (`receiver::Conversation::feed`): any
+//! The loopback OTLP/HTTP receiver for custom spans (`listen::Conversation::feed`): any
 //! process in the unit can connect to it, so every byte of the connection is outside input
 //! (request line, headers, framing, chunking, gzip/deflate, protobuf and JSON bodies).
 //!
@@ -7,7 +7,7 @@
 //! the answers must not depend on how the reads split the stream, and the bounds must hold.
 #![no_main]
 
-use dispatch::receiver::{Conversation, Limits, Received, LIMITS};
+use dispatch::listen::{Conversation, Limits, Received, LIMITS};
 use dispatch_fuzz::{SMALL_LIMITS, TRACES_PATH};
 use libfuzzer_sys::fuzz_target;
 

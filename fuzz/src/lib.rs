@@ -5,8 +5,9 @@
 use std::ffi::OsString;
 
 use dispatch::juju::HookEnv;
-use dispatch::receiver::Limits;
-use dispatch::spans::{DispatchIds, TraceBuilder};
+use dispatch::listen::Limits;
+use dispatch::spans::TraceBuilder;
+use dispatch::trace_context::DispatchIds;
 use opentelemetry::trace::{SpanId, TraceId};
 
 /// The trace of the fixed dispatch; seeds use it in `TRACEPARENT`s that belong to it.
@@ -15,7 +16,7 @@ pub const ROOT_SPAN_ID: &str = "00f067aa0ba902b7";
 pub const CHARM_SPAN_ID: &str = "b7ad6b7169203331";
 /// The record channel's nonce the seeds were written with.
 pub const NONCE: &str = "5f1c0e9a7d3b2468";
-/// The custom-span path the receiver seeds post to (`receiver::traces_path(NONCE)`).
+/// The custom-span path the receiver seeds post to (`listen::traces_path(NONCE)`).
 pub const TRACES_PATH: &str = "/5f1c0e9a7d3b2468/v1/traces";
 
 /// The ids of the fixed dispatch.

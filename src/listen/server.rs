@@ -1,6 +1,6 @@
-//! The loopback listener for custom spans (README, *Your own spans and events*): during a traced dispatch, charm code
-//! in any language exports its own spans with a standard OpenTelemetry SDK to
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, which points here.
+//! The sockets of the loopback receiver for custom spans (README, *Your own spans and
+//! events*): a listener on 127.0.0.1 and its connections, each served by an
+//! `http::Conversation`.
 //!
 //! Cost, because most charms send nothing: binding is a few system calls, made on the thread
 //! that already drains the record channel (`channel`) while the main thread prepares the
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::receiver::{self, Conversation, Limits, Received, State};
+use super::{traces_path, Conversation, Limits, Received, State, LIMITS};
 
 /// The longest a dispatch waits, after the child ended, for requests still on their way.
 pub const GRACE: Duration = Duration::from_millis(100);
@@ -59,12 +59,12 @@ impl Server {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
-        let path = receiver::traces_path(nonce);
+        let path = traces_path(nonce);
         Ok(Server {
             endpoint: format!("http://127.0.0.1:{port}{path}"),
             listener,
             path,
-            limits: receiver::LIMITS,
+            limits: LIMITS,
             connections: Vec::new(),
             received: Received::default(),
         })
