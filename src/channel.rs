@@ -8,21 +8,18 @@
 //! the child has ended; it then drains what is left and returns. A shim finishes its write
 //! before it exits, so everything written by the child's own tool calls is in the FIFO by then.
 //!
-//! The same thread serves the loopback listener for custom spans (`listen`), polling its
-//! sockets with the FIFO, so that a dispatch costs one thread however it is traced.
+//! The thread that drains it (and serves the loopback listener for custom spans, and opens the
+//! store) is `beside_child`.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 
 use dispatch_shim::Record;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::listen::{self, Received, Server, GRACE};
+use crate::listen::Received;
 
 const FIFO_NAME: &str = "records";
 /// Ask for a roomy pipe so bursts of tool calls never find it full (Linux's default
@@ -80,97 +77,20 @@ impl Channel {
     }
 }
 
-/// Starts the thread that works while the child runs: with `listen`, it first opens the
-/// custom-span listener (`listen`; its endpoint is then waiting in `Reader::endpoint`), so
-/// that binding overlaps with the rest of the setup rather than delaying the child; then it
-/// runs `prelude` (work that should overlap with the child, such as opening the store; the
-/// FIFO's buffer and the listen backlog hold what arrives meanwhile); then it drains the
-/// record channel (records of this dispatch's `nonce`) and serves the listener, whichever of
-/// the two there is, until `Reader::finish`. One thread for both: a dispatch whose charm
-/// sends no spans pays for no thread of its own.
-pub fn start_reader<T: Send + 'static>(
-    channel: Option<Channel>,
-    listen: bool,
-    nonce: String,
-    prelude: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<Reader<T>> {
-    let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let endpoint = Arc::new(Endpoint::default());
-    let endpoint_slot = endpoint.clone();
-    let thread = std::thread::Builder::new()
-        .name("records".into())
-        .spawn(move || {
-            let mut server = None;
-            if listen {
-                let bound = std::panic::catch_unwind(|| Server::bind(&nonce));
-                let answer = match &bound {
-                    Ok(Ok(bound)) => Ok(bound.endpoint().to_string()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("internal error while opening the listener".to_string()),
-                };
-                endpoint_slot.set(answer);
-                server = bound.ok().and_then(Result::ok);
-            }
-            let early = std::panic::catch_unwind(std::panic::AssertUnwindSafe(prelude)).ok();
-            let mut collector = Collector::new(nonce);
-            let mut custom_failed = false;
-            serve_until_stopped(
-                channel.as_ref(),
-                &stop_read,
-                &mut collector,
-                &mut server,
-                &mut custom_failed,
-            );
-            let custom = server.map(|server| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.finish(GRACE)))
-            });
-            let dropped = channel.as_ref().map(|c| dropped_path(&c.path));
-            let mut collected = collector.finish(dropped.as_deref());
-            match custom {
-                Some(Ok(received)) => collected.custom = received,
-                Some(Err(_)) => custom_failed = true,
-                None => {}
-            }
-            collected.custom_failed = custom_failed;
-            (collected, early)
-        })?;
-    Ok(Reader {
-        thread: Some(thread),
-        stop: Some(stop_write),
-        endpoint: listen.then_some(endpoint),
-    })
-}
-
-/// The listener's URL (or why there is none), handed from the reader's thread to the main
-/// thread once. (A Mutex and a Condvar: std's channels cost more binary for one message.)
-#[derive(Default)]
-struct Endpoint {
-    answer: Mutex<Option<Result<String, String>>>,
-    ready: Condvar,
-}
-
-impl Endpoint {
-    fn set(&self, answer: Result<String, String>) {
-        if let Ok(mut slot) = self.answer.lock() {
-            *slot = Some(answer);
-        }
-        self.ready.notify_one();
+impl Channel {
+    /// The FIFO's read end, to poll.
+    pub fn read_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.read_end.as_fd()
     }
 
-    fn take(&self) -> Result<String, String> {
-        let lost = || Err("internal error while opening the listener".to_string());
-        let Ok(mut slot) = self.answer.lock() else {
-            return lost();
-        };
-        loop {
-            if let Some(answer) = slot.take() {
-                return answer;
-            }
-            slot = match self.ready.wait(slot) {
-                Ok(slot) => slot,
-                Err(_) => return lost(),
-            };
-        }
+    /// Reads what is in the FIFO (at most `limit` bytes) into `collector`.
+    pub fn read_into(&self, buffer: &mut [u8], collector: &mut Collector, limit: usize) {
+        read_available(&self.read_end, buffer, collector, limit);
+    }
+
+    /// Where shims count the records they could not deliver.
+    pub fn dropped_path(&self) -> PathBuf {
+        dropped_path(&self.path)
     }
 }
 
@@ -209,66 +129,9 @@ fn discard(fd: &OwnedFd) {
     }
 }
 
-fn serve_until_stopped(
-    channel: Option<&Channel>,
-    stop: &OwnedFd,
-    collector: &mut Collector,
-    server: &mut Option<Server>,
-    custom_failed: &mut bool,
-) {
-    let mut buffer = vec![0u8; if channel.is_some() { 64 * 1024 } else { 0 }];
-    loop {
-        let revents: Vec<PollFlags> = {
-            let mut fds = vec![PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
-            if let Some(channel) = channel {
-                fds.push(PollFd::new(channel.read_end.as_fd(), PollFlags::POLLIN));
-            }
-            let mut timeout = PollTimeout::NONE;
-            if let Some(server) = server.as_ref() {
-                fds.extend(server.poll_fds());
-                if let Some(due) = server.timeout() {
-                    timeout = listen::poll_timeout(due);
-                }
-            }
-            match poll(&mut fds, timeout) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return,
-            }
-            fds.iter()
-                .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
-                .collect()
-        };
-        let stopping = !revents[0].is_empty();
-        let mut next = 1;
-        if let Some(channel) = channel {
-            if stopping || !revents[1].is_empty() {
-                // Once the child has ended, what is in the FIFO was written before (a pipe holds
-                // at most 1 MiB): read that much and no more, so a process the charm left
-                // writing into our channel cannot hold the end of the hook.
-                read_available(&channel.read_end, &mut buffer, collector, MAX_READ_AT_ONCE);
-            }
-            next = 2;
-        }
-        if let Some(serving) = server.as_mut() {
-            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                serving.ready(&revents[next..])
-            }));
-            // A bug in the receiver costs the custom spans, never the tool records.
-            if served.is_err() {
-                *server = None;
-                *custom_failed = true;
-            }
-        }
-        if stopping {
-            return;
-        }
-    }
-}
-
 /// The most read from the channel before looking at the stop pipe again (and, when stopping,
 /// at all): the largest a pipe's buffer can be made (`/proc/sys/fs/pipe-max-size`).
-const MAX_READ_AT_ONCE: usize = 1024 * 1024;
+pub const MAX_READ_AT_ONCE: usize = 1024 * 1024;
 
 /// A record line is shorter than this (a shim writes each in one atomic write).
 pub const MAX_LINE: usize = libc::PIPE_BUF;
@@ -355,32 +218,6 @@ impl Collector {
     }
 }
 
-/// The running reader; `finish` stops it and returns what it collected.
-pub struct Reader<T> {
-    thread: Option<JoinHandle<(Collected, Option<T>)>>,
-    stop: Option<OwnedFd>,
-    endpoint: Option<Arc<Endpoint>>,
-}
-
-impl<T> Reader<T> {
-    /// The custom-span listener's URL, or why there is none; `None` if it was not asked
-    /// for (or was already taken). Waits for the thread to have tried, which it does first.
-    pub fn endpoint(&mut self) -> Option<Result<String, String>> {
-        Some(self.endpoint.take()?.take())
-    }
-
-    /// Stops the reader; returns the records and the prelude's result (`None` if it panicked).
-    pub fn finish(mut self) -> (Collected, Option<T>) {
-        if let Some(stop) = self.stop.take() {
-            let _ = nix::unistd::write(&stop, b"x");
-        }
-        match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(done)) => done,
-            _ => (Collected::default(), None),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -416,29 +253,6 @@ mod tests {
         let collected = collector.finish(None);
         assert_eq!(collected.records.len(), 2);
         assert_eq!(collected.ignored, 2);
-    }
-
-    #[test]
-    fn reader_drains_records_written_to_the_fifo() {
-        let dir = std::env::temp_dir().join(format!("dispatch-channel-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let channel = Channel::open(&dir).unwrap();
-        let path = channel.path.clone();
-        let reader = start_reader(Some(channel), false, "n1".into(), || 7).unwrap();
-        let writer = open_fifo(&path, libc::O_WRONLY).unwrap();
-        for _ in 0..500 {
-            nix::unistd::write(&writer, &record("n1").encode()).unwrap();
-        }
-        nix::unistd::write(&writer, &record("n0").encode()).unwrap();
-        std::fs::write(dropped_path(&path), "n1\nn0\nn1\n").unwrap();
-        let (collected, early) = reader.finish();
-        assert_eq!(early, Some(7));
-        assert_eq!(collected.records.len(), 500);
-        assert_eq!(collected.ignored, 1);
-        assert_eq!(collected.dropped, 2);
-        assert!(!dropped_path(&path).exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

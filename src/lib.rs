@@ -6,6 +6,7 @@
 //! `supervise::mirror`) by the child's signal.
 #![deny(clippy::print_stdout)]
 
+pub mod beside_child;
 pub mod channel;
 pub mod child_env;
 pub mod cli;

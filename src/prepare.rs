@@ -5,7 +5,7 @@
 //! 1. the dispatch lock and the started record (`inflight`), so that a wrapper killed from
 //!    here on still leaves a trace;
 //! 2. the hook-tool interception (`child_env::intercept`) and the thread that runs while the
-//!    child runs (`channel::start_reader`): it opens the store (`persist::open_store_at`),
+//!    child runs (`beside_child`): it opens the store (`persist::open_store_at`),
 //!    drains tool records and answers the charm's own spans. Started first, so that as much
 //!    as possible of its work overlaps with the rest of this phase and with the child;
 //! 3. the charm's metadata (which relation endpoints to read), the trace's ids (continuing
@@ -22,7 +22,7 @@ use std::time::Duration;
 use dispatch_shim::ENV_NONCE;
 use opentelemetry::KeyValue;
 
-use crate::channel::{self, Reader};
+use crate::beside_child::{self, BesideChild};
 use crate::child_env;
 use crate::config::TraceContextMode;
 use crate::decide::Dispatch;
@@ -52,7 +52,7 @@ pub struct Prepared {
     pub builder: TraceBuilder,
     pub facts: RootFacts,
     /// The thread that runs while the child runs; it opens the store.
-    pub reader: Option<Reader<OpenedStore>>,
+    pub beside: Option<BesideChild<OpenedStore>>,
     /// The wrapper's own hook-tool calls, when the relations were read before the charm.
     pub own_tools: Option<HookTools>,
     pub endpoints: Endpoints,
@@ -116,7 +116,7 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
             }
             None => (None, None),
         };
-        match channel::start_reader(channel, listen, nonce.clone(), open_early) {
+        match beside_child::start(channel, listen, nonce.clone(), open_early) {
             Ok(started) => {
                 reader = Some(started);
                 if let Some((env, tools)) = interception {
@@ -229,7 +229,7 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
     // Asked for last, so that the reader's thread has long since bound it: the bind stays off
     // the hook's critical path. Failing to bind is nothing the operator can act on: it goes
     // on the root span, not to stderr.
-    match reader.as_mut().and_then(Reader::endpoint) {
+    match reader.as_mut().and_then(BesideChild::endpoint) {
         Some(Ok(endpoint)) => env_changes.extend(child_env::custom_span_env(&endpoint)),
         Some(Err(e)) => dispatch.problems.push(Problem::for_the_trace(
             CUSTOM_SPANS_ERROR,
@@ -242,7 +242,7 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
     Prepared {
         builder,
         facts,
-        reader,
+        beside: reader,
         own_tools,
         endpoints,
         tools_dir,

@@ -99,7 +99,7 @@ fn traced(mut dispatch: Dispatch, argv0: &OsString, inherited: &InheritedSignals
                 argv0,
                 env_changes,
             };
-            let reader_opens = prepared.as_ref().is_some_and(|p| p.reader.is_some());
+            let reader_opens = prepared.as_ref().is_some_and(|p| p.beside.is_some());
             let mut while_running = || {
                 if !reader_opens {
                     opened =
@@ -184,7 +184,7 @@ fn finish(
         report(dispatch);
         return;
     };
-    let (collected, opened) = match prepared.reader.take() {
+    let (collected, opened) = match prepared.beside.take() {
         Some(reader) => reader.finish(),
         None => (Collected::default(), opened),
     };
