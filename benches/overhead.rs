@@ -10,7 +10,7 @@
 //! The floor is a minimal statically linked C program that posix_spawns its argument, waits
 //! and mirrors the exit: the unavoidable cost of any extra process layer.
 
-#[path = "../tests/util/receiver.rs"]
+#[path = "../tests/it/util/receiver.rs"]
 mod receiver;
 
 use std::io::Read;

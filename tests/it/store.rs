@@ -2,15 +2,15 @@
 //! protected, one chunk per dispatch, crash recovery after SIGKILL, what happens to a corrupt,
 //! newer, locked or planted store (the hook's outcome never changes), the size cap and the
 //! priorities that decide what the cap keeps.
-mod util;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::util;
+use crate::util::{assert_same_outcome, code, is_dead, our_lines, root, text, Charm, NOISY};
 use serde_json::Value;
-use util::{assert_same_outcome, code, is_dead, our_lines, root, text, Charm, NOISY};
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

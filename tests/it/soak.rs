@@ -4,8 +4,8 @@
 //! does not drift.
 //!
 //! `DISPATCH_SOAK=N` sets the number of dispatches (default 1000: about 35 s in a debug build
-//! on a 2-core machine; `DISPATCH_SOAK=3000 cargo test --test soak -- --nocapture` takes about
-//! 3 minutes). The figures are printed; run with `--nocapture` to see them.
+//! on a 2-core machine; `DISPATCH_SOAK=3000 cargo test --test it soak:: -- --nocapture` takes
+//! about 3 minutes). The figures are printed; run with `--nocapture` to see them.
 //!
 //! The backend, by dispatch number (one third each):
 //! - down: the first sixth finds nothing listening (connection refused, and the backoff that
@@ -29,16 +29,15 @@
 //! run does (compared every tenth dispatch), and the wrapper's own count of open descriptors
 //! stays within a small band from the first dispatch to the last.
 
-mod util;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::util;
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{code, our_lines, text, Charm};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use util::receiver::{Answer, Receiver};
-use util::{code, our_lines, text, Charm};
 
 const DEFAULT_DISPATCHES: usize = 1000;
 /// The store's size cap per thousand dispatches (so a longer soak overflows it in the same

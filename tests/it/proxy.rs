@@ -3,16 +3,15 @@
 //! does, and destinations whose names never resolve (`receiver.invalid`), so only the proxy
 //! can reach them.
 
-mod util;
-
 use std::net::TcpListener;
 use std::process::Output;
 
+use crate::util;
+use crate::util::proxy::{Behaviour, Proxy};
+use crate::util::receiver::{Answer, Receiver, TestPki};
+use crate::util::{code, our_lines, text, Charm};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use util::proxy::{Behaviour, Proxy};
-use util::receiver::{Answer, Receiver, TestPki};
-use util::{code, our_lines, text, Charm};
 
 const DESTINATION: &str = "http://receiver.invalid:4318/v1/traces";
 const USER_AGENT: &str = concat!("dispatch/", env!("CARGO_PKG_VERSION"));

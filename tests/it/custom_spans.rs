@@ -9,14 +9,14 @@
 //! clients cover what SDKs do not send: OTLP/JSON shaped by hand, requests a collector
 //! refuses, and processes the charm leaves behind. What a user sees is checked: the hook's
 //! outcome, the answers the clients got, and the trace in `dispatch traces`.
-mod util;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::util;
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{code, our_lines, root, span, spans_named, text, Charm};
 use serde_json::Value;
-use util::receiver::{Answer, Receiver};
-use util::{code, our_lines, root, span, spans_named, text, Charm};
 
 /// The otel fixture charm, with the test venv's `python3` (and its OpenTelemetry packages)
 /// on the hooks' PATH.

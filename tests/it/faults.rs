@@ -37,8 +37,6 @@
 //! a read-only filesystem; as any other user it just chmods. A store path under a regular file
 //! (ENOTDIR) and one in /proc (nothing can be created there) need no such trick.
 
-mod util;
-
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -47,14 +45,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
-use serde_json::Value;
-use util::receiver::{Answer, Receiver};
-use util::{
+use crate::util;
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{
     charm_stderr, code, give_to_nobody, is_dead, our_lines, root, span, spans_named, text,
     traces_unprivileged, unprivileged, Charm, NOISY,
 };
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use serde_json::Value;
 
 /// Added on top of every budget: scheduling noise on a loaded 2-core machine, not a target.
 const SLACK: Duration = Duration::from_secs(2);
@@ -155,9 +154,11 @@ fn assert_hook_unchanged(traced: &Timed, bare: &Timed, budget: Duration, says: S
         bare.took
     );
     // One line per fault case that passed, for `tests/guarantees` to count (--nocapture).
+    // The thread is named after the test's path (`faults::<name>`): the name alone is printed.
+    let test = std::thread::current().name().unwrap_or("?").to_string();
     println!(
         "fault case: {}: hook unchanged, {} line(s) of ours, {:+.1} ms against bare",
-        std::thread::current().name().unwrap_or("?"),
+        test.rsplit("::").next().unwrap_or("?"),
         ours.len(),
         traced.took.as_secs_f64() * 1e3 - bare.took.as_secs_f64() * 1e3
     );

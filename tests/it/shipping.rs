@@ -2,14 +2,13 @@
 //! how a hook ends or makes later hooks slow. The scripted receiver (`util::receiver`) plays
 //! the failure modes.
 
-mod util;
-
 use std::time::{Duration, Instant};
 
+use crate::util;
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{code, our_lines, text, Charm};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use util::receiver::{Answer, Receiver};
-use util::{code, our_lines, text, Charm};
 
 fn trace_ids(body: &[u8]) -> Vec<String> {
     let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf request");

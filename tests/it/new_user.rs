@@ -4,15 +4,15 @@
 //! typo or a path that names someone else's file, a URL that cannot work, a copy of the
 //! binary run from the wrong place, another user, `./dispatch` typed at a terminal). Each case
 //! asserts what the person sees: the exit code, the one line, and that nothing was destroyed.
-mod util;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use util::receiver::{Answer, Receiver};
-use util::{code, our_lines, text, Charm, Scratch};
+use crate::util;
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{code, our_lines, text, Charm, Scratch};
 
 /// A fixture charm as charmcraft packs it (its entrypoint named `dispatch`), with fake hook
 /// tools, and the built binaries at hand, before anything of ours is installed.

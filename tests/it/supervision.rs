@@ -1,15 +1,14 @@
 //! The charm cannot tell it is wrapped: exit codes, signals, stdio, environment, argv and the
 //! target it runs are the ones a bare run would have, and the span tree tells what happened.
 
-mod util;
-
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::util;
+use crate::util::{code, root, span, text, Charm};
 use serde_json::Value;
-use util::{code, root, span, text, Charm};
 
 fn parse_env_dump(path: &std::path::Path) -> BTreeMap<String, String> {
     let dump = std::fs::read_to_string(path).unwrap();

@@ -1,11 +1,9 @@
-mod util;
+//! Shipping to a real OTLP receiver that nobody here wrote: rotel's collector with its debug
+//! exporter (`util::rotel`). What the scripted receiver in `shipping` cannot tell us, this
+//! does: that a real implementation decodes our protobuf and our OTLP/JSON.
 
-// Shipping to a real OTLP receiver that nobody here wrote: rotel's collector with its debug
-// exporter (tests/util/rotel.rs). What the scripted receiver in shipping.rs cannot tell us,
-// this does: that a real implementation decodes our protobuf and our OTLP/JSON.
-
-use util::rotel::{assert_received_exactly_once, names_in, Rotel};
-use util::{code, text, Charm};
+use crate::util::rotel::{assert_received_exactly_once, names_in, Rotel};
+use crate::util::{code, text, Charm};
 
 fn set_destination(charm: &Charm, url: &str) {
     let out = charm.tool(&["set-destination", url]);

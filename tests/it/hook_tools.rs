@@ -9,16 +9,15 @@
 //! it leaked through a tool call. `$OUT` is a scratch directory outside the charm dir where the
 //! snippet leaves its observations.
 
-mod util;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::util;
+use crate::util::{code, root, span, text, Charm, UNIT};
 use serde_json::{json, Value};
-use util::{code, root, span, text, Charm, UNIT};
 
 const HOOK: &str = "hooks/config-changed";
 const FOREIGN_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";

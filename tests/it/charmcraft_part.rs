@@ -14,7 +14,6 @@
 //! in sequence what a charm author meets next (the part primed again, the charm changed). The
 //! failures of override-prime are tested with the build swapped for the debug binaries (the
 //! `dump` plugin instead of `rust`, the rest of the part as shipped), which takes a second.
-mod util;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -22,9 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
+use crate::util;
+use crate::util::{code, span, text, Charm, Scratch};
 use serde_json::Value;
 use serde_yaml::{Mapping, Value as Yaml};
-use util::{code, span, text, Charm, Scratch};
 
 /// The part's name in charmcraft-part.yaml.
 const PART: &str = "dispatch-trace";

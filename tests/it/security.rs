@@ -47,8 +47,6 @@
 //! refused when someone else owns them, but `<store>.inflight/` is checked, not held open, so
 //! a swap between the check and the write of a started record is not defended against.
 
-mod util;
-
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -57,14 +55,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
-use serde_json::{json, Value};
-use util::receiver::{Answer, Receiver, TestPki};
-use util::{
+use crate::util::receiver::{Answer, Receiver, TestPki};
+use crate::util::{
     assert_same_outcome, code, give_to_nobody, is_root, our_lines, root, spans_named, text,
     traces_unprivileged, unprivileged, Charm, NOBODY, NOISY, UNIT,
 };
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use serde_json::{json, Value};
 
 const HOOK: &str = "hooks/config-changed";
 

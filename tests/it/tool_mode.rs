@@ -3,15 +3,15 @@
 //! their filters, finding the store from the binary's own directory, the production switches
 //! (`disable`, `enabled: false`, and the pass-through environment), `check-config`, the one
 //! operator line a bad config file earns, and `status`.
-mod util;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use crate::util;
+use crate::util::{assert_same_outcome, code, our_lines, root, text, Charm, NOISY};
 use serde_json::Value;
-use util::{assert_same_outcome, code, our_lines, root, text, Charm, NOISY};
 
 /// Runs `dispatch <args>` from `cwd` with a minimal environment, through `program`.
 fn run_tool(program: &Path, cwd: &Path, args: &[&str]) -> Output {
