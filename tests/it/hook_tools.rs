@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::util;
 use crate::util::{
     charm_running, code, contains, env_file, out_dir, path_str, read, read_text, root, span, text,
-    wait_for, Charm, UNIT,
+    wait_for, Charm, AWAIT, UNIT,
 };
 use serde_json::{json, Value};
 
@@ -1032,11 +1032,9 @@ fn a_daemon_left_behind_can_still_call_hook_tools_after_the_dispatch_ended() {
     // test for long): its first call happens between dispatches, its second during the next
     // dispatch, which waits for it.
     let charm = charm_running(
-        r#"
-await() {
-    i=0
-    while [ ! -e "$1" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done
-}
+        &[
+            AWAIT,
+            r#"
 call_later() {
     await "$OUT/go-$1"
     is-leader > "$OUT/answer-$1"
@@ -1054,6 +1052,8 @@ next)
     ;;
 esac
 "#,
+        ]
+        .concat(),
     );
     let out = out_dir(&charm);
     dispatch_ok(&charm, HOOK, &[("PHASE", "start")]);

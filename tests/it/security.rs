@@ -60,7 +60,7 @@ use crate::util::receiver::{Answer, Receiver, TestPki};
 use crate::util::{
     charm_running, chmod, code, contains, events, give_to_nobody, is_root, mode, our_lines,
     out_dir, path_str, post_json, read_text, require_root, root, set_destination, spans_named,
-    text, traces_unprivileged, unprivileged, wait_for, Charm, NOBODY, NOISY, UNIT,
+    text, traces_unprivileged, unprivileged, wait_for, Charm, AWAIT, NOBODY, NOISY, UNIT,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -69,14 +69,6 @@ use serde_json::{json, Value};
 const HOOK: &str = "hooks/config-changed";
 
 // ---- helpers ---------------------------------------------------------------------------------
-
-/// Shell: `await FILE` waits (at most 20 s) for a file the test creates.
-const AWAIT: &str = r#"
-await() {
-    i=0
-    while [ ! -e "$1" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done
-}
-"#;
 
 fn owner(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).unwrap().uid()

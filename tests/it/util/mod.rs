@@ -521,6 +521,15 @@ pub fn charm_running(script: &str) -> Charm {
     charm
 }
 
+/// Shell, for a `charm_running` script: `await FILE` waits (at most 20 s) for a file the test
+/// creates.
+pub const AWAIT: &str = r#"
+await() {
+    i=0
+    while [ ! -e "$1" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done
+}
+"#;
+
 /// A scratch directory outside the charm dir for the charm's observations (`$OUT`).
 pub fn out_dir(charm: &Charm) -> PathBuf {
     let out = charm.scratch.path("out");
