@@ -10,7 +10,10 @@
 //! The floor is a minimal statically linked C program that posix_spawns its argument, waits
 //! and mirrors the exit: the unavoidable cost of any extra process layer.
 
-#[path = "../tests/util/receiver.rs"]
+// The integration tests' scripted receiver, for its healthy and its hanging answers; the rest of
+// it serves the tests (tests/it), where all of it is used.
+#[allow(dead_code)]
+#[path = "../tests/it/util/receiver.rs"]
 mod receiver;
 
 use std::io::Read;

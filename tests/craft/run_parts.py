@@ -1,5 +1,5 @@
 """Runs a parts file to the prime step with craft-parts, the library charmcraft builds charms
-with, for tests/charmcraft_part.rs.
+with, for tests/it/charmcraft_part.rs.
 
     run_parts.py --parts FILE --work-dir DIR [--rerun PART]
 

@@ -1,16 +1,9 @@
-mod util;
+//! Shipping to a real OTLP receiver that nobody here wrote: rotel's collector with its debug
+//! exporter (`util::rotel`). What the scripted receiver in `shipping` cannot tell us, this
+//! does: that a real implementation decodes our protobuf and our OTLP/JSON.
 
-// Shipping to a real OTLP receiver that nobody here wrote: rotel's collector with its debug
-// exporter (tests/util/rotel.rs). What the scripted receiver in shipping.rs cannot tell us,
-// this does: that a real implementation decodes our protobuf and our OTLP/JSON.
-
-use util::rotel::{assert_received_exactly_once, names_in, Rotel};
-use util::{code, text, Charm};
-
-fn set_destination(charm: &Charm, url: &str) {
-    let out = charm.tool(&["set-destination", url]);
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-}
+use crate::util::rotel::{assert_received_exactly_once, names_in, Rotel};
+use crate::util::{code, set_destination, text, Charm};
 
 fn assert_all_shipped(charm: &Charm) {
     let traces = charm.traces();
@@ -28,7 +21,7 @@ fn assert_all_shipped(charm: &Charm) {
 /// whole, and the hooks end as they would without us.
 fn two_dispatches_arrive(charm: &Charm) {
     let rotel = Rotel::start(&charm.scratch.path("rotel"));
-    set_destination(charm, &rotel.url());
+    set_destination(charm, &[&rotel.url()]);
 
     let out = charm.dispatch(
         "hooks/install",
@@ -95,7 +88,7 @@ fn a_backlog_buffered_without_a_destination_is_flushed_to_a_real_receiver_once()
         "nothing can be shipped without a destination: {traces:#?}"
     );
 
-    set_destination(&charm, &rotel.url());
+    set_destination(&charm, &[&rotel.url()]);
     let flush = charm.tool(&["flush"]);
     assert_eq!(code(&flush), 0, "{}", text(&flush.stderr));
     assert!(

@@ -4,15 +4,15 @@
 //! typo or a path that names someone else's file, a URL that cannot work, a copy of the
 //! binary run from the wrong place, another user, `./dispatch` typed at a terminal). Each case
 //! asserts what the person sees: the exit code, the one line, and that nothing was destroyed.
-mod util;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use util::receiver::{Answer, Receiver};
-use util::{code, our_lines, text, Charm, Scratch};
+use crate::util;
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{code, fingerprint, listing, our_lines, text, Charm, Scratch};
 
 /// A fixture charm as charmcraft packs it (its entrypoint named `dispatch`), with fake hook
 /// tools, and the built binaries at hand, before anything of ours is installed.
@@ -82,28 +82,6 @@ fn stdout(out: &Output) -> String {
 
 fn stderr(out: &Output) -> String {
     text(&out.stderr)
-}
-
-/// The file's bytes, mode, inode and modification time: all that "untouched" means.
-fn fingerprint(path: &Path) -> (Vec<u8>, u32, u64, i64, i64) {
-    let meta = std::fs::metadata(path).unwrap();
-    (
-        std::fs::read(path).unwrap(),
-        meta.mode(),
-        meta.ino(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-    )
-}
-
-/// Names in a directory, sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 const SHORT: Duration = Duration::from_secs(30);
@@ -584,10 +562,7 @@ fn dispatch_typed_at_a_terminal_outside_a_hook_says_what_it_is_and_runs_nothing(
 
 #[test]
 fn another_user_running_tool_mode_is_told_to_run_as_the_hooks_user_and_nothing_changes() {
-    assert!(
-        util::is_root(),
-        "this test acts as another local user and needs root (CI runs the suite as root)"
-    );
+    util::require_root("acting as another local user (`nobody`)");
     let fresh = packed_charm();
     fresh.install_by_hand();
     let charm = &fresh.charm;
@@ -696,7 +671,7 @@ fn every_config_mistake_is_one_clear_problem_for_check_config_and_one_line_in_a_
         assert_eq!(stderr(&check), "dispatch: 1 problem(s) found\n");
 
         let hook = charm.dispatch("hooks/config-changed", util::NOISY);
-        util::assert_same_outcome(&hook, &charm.bare("hooks/config-changed", util::NOISY));
+        util::outcome::assert_same_outcome(&hook, &charm.bare("hooks/config-changed", util::NOISY));
         let lines = our_lines(&hook.stderr);
         assert_eq!(lines.len(), 1, "{config}: {}", stderr(&hook));
         assert!(

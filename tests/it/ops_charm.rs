@@ -12,14 +12,13 @@
 //! The second test does all this again with ops[tracing] switched on in the charm, which
 //! keeps its own buffer and ships its own traces beside ours.
 
-mod util;
-
 use std::path::PathBuf;
 use std::process::Output;
 
+use crate::util;
+use crate::util::rotel::{self, Rotel, SeenSpan};
+use crate::util::{charm_stderr, code, our_lines, text, Charm, UNIT};
 use serde_json::{json, Value};
-use util::rotel::{self, Rotel, SeenSpan};
-use util::{charm_stderr, code, our_lines, text, Charm, UNIT};
 
 /// Which charm: plain ops, or ops with `ops.tracing.Tracing` on (and `ops_tracing` in its venv).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,7 +1,6 @@
 //! A scripted OTLP/HTTP receiver for failure modes (the real one, rotel, covers the happy
 //! path): it listens on 127.0.0.1 (port 0), answers each request as scripted, records what it
 //! got (bodies framed by Content-Length or chunked), and stops when dropped.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -19,8 +18,6 @@ pub enum Answer {
     Hang,
     /// Read the request, wait, then answer 200.
     Slow(Duration),
-    /// Close the connection without answering.
-    Close,
     /// Read the head and half of the body, then reset the connection (RST, not FIN), as a
     /// crashing backend or a middlebox does. Plain HTTP only.
     ResetMidBody,
@@ -35,7 +32,7 @@ impl Answer {
         match self {
             Answer::Status(code, _, _) | Answer::HugeBody(code, _) => Some(*code),
             Answer::Slow(_) => Some(200),
-            Answer::Hang | Answer::Close | Answer::ResetMidBody => None,
+            Answer::Hang | Answer::ResetMidBody => None,
         }
     }
 
@@ -275,7 +272,7 @@ fn serve<S: Read + Write>(
                 std::thread::sleep(*delay);
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
             }
-            Answer::Close | Answer::ResetMidBody => return,
+            Answer::ResetMidBody => return,
             Answer::HugeBody(code, size) => {
                 let head = format!("HTTP/1.1 {code} Scripted\r\nContent-Length: {size}\r\n\r\n");
                 if stream.write_all(head.as_bytes()).is_err() {

@@ -16,20 +16,27 @@
 //! ```
 //!
 //! ids in lowercase hex, as `dispatch traces --format json` prints them.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use super::{free_port, post_json, wait_until};
 
 /// How long rotel may take to listen, and to print what it was sent.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const OUTPUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The trace of the barrier spans `Rotel::spans_once` sends (never one of ours: ours are
+/// random), and how many it sent.
+const BARRIER_TRACE: &str = "0000000000000000000000000ba77e55";
+static BARRIERS: AtomicU64 = AtomicU64::new(0);
 
 pub fn rotel_agent() -> PathBuf {
     let path = super::repo_root().join("target/test-venv/bin/rotel-agent");
@@ -40,12 +47,6 @@ pub fn rotel_agent() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A port nobody listens on right now (rotel wants real ports, not 0).
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// A running rotel-agent with both outputs in a file; killed on drop.
@@ -102,18 +103,17 @@ impl Rotel {
     /// longer than START_TIMEOUT.
     fn wait_listening(&mut self) -> bool {
         let address = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                eprintln!("rotel-agent exited early ({status})");
-                return false;
-            }
-            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let mut exited = None;
+        let listening = wait_until(START_TIMEOUT, || {
+            exited = self.child.try_wait().unwrap();
+            exited.is_some()
+                || TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+        });
+        if let Some(status) = exited {
+            eprintln!("rotel-agent exited early ({status})");
+            return false;
         }
-        false
+        listening
     }
 
     /// The OTLP/HTTP traces URL.
@@ -133,7 +133,7 @@ impl Rotel {
     }
 
     /// The spans rotel printed, once every span of `traces` is among them (bounded wait), and
-    /// after a short settle so that a late duplicate would be seen too.
+    /// once it printed the barrier sent after them, so that a late duplicate would be seen.
     pub fn spans_once_all_of(&self, traces: &[Value]) -> Vec<SeenSpan> {
         let wanted: Vec<String> = traces
             .iter()
@@ -150,23 +150,41 @@ impl Rotel {
         )
     }
 
-    /// The spans rotel printed, once `done` holds for them (bounded wait, `what` names the
-    /// wait in the failure), and after a short settle so that a late duplicate would be seen.
+    /// The spans rotel printed (but the barriers), once `done` holds for them (bounded wait,
+    /// `what` names the wait in the failure) and rotel printed a barrier span this sends it
+    /// then: rotel prints what it accepted in the order it accepted it (one pipeline reads
+    /// the requests from one queue), so a duplicate of anything sent before is printed before
+    /// the barrier.
     pub fn spans_once(&self, what: &str, done: impl Fn(&[SeenSpan]) -> bool) -> Vec<SeenSpan> {
-        let deadline = Instant::now() + OUTPUT_TIMEOUT;
-        loop {
-            if done(&parse_spans(&self.output())) {
-                std::thread::sleep(Duration::from_millis(500));
-                return parse_spans(&self.output());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rotel did not print {what} within {OUTPUT_TIMEOUT:?}; its output ({}):\n{}",
+        let failed = |waiting_for: &str| {
+            format!(
+                "rotel did not print {waiting_for} within {OUTPUT_TIMEOUT:?}; its output ({}):\n{}",
                 self.output.display(),
                 self.output()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            )
+        };
+        assert!(
+            wait_until(OUTPUT_TIMEOUT, || done(&parse_spans(&self.output()))),
+            "{}",
+            failed(what)
+        );
+        let barrier = format!("{:016x}", BARRIERS.fetch_add(1, Ordering::SeqCst) + 1);
+        let body = json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
+            "traceId": BARRIER_TRACE, "spanId": barrier, "name": "test-barrier",
+            "startTimeUnixNano": "1", "endTimeUnixNano": "2"
+        }]}]}]});
+        assert_eq!(post_json(self.port, "/v1/traces", &body.to_string()), 200);
+        assert!(
+            wait_until(OUTPUT_TIMEOUT, || parse_spans(&self.output())
+                .iter()
+                .any(|s| s.span_id == barrier)),
+            "{}",
+            failed("the barrier span")
+        );
+        parse_spans(&self.output())
+            .into_iter()
+            .filter(|s| s.trace_id != BARRIER_TRACE)
+            .collect()
     }
 }
 

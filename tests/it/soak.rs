@@ -4,8 +4,8 @@
 //! does not drift.
 //!
 //! `DISPATCH_SOAK=N` sets the number of dispatches (default 1000: about 35 s in a debug build
-//! on a 2-core machine; `DISPATCH_SOAK=3000 cargo test --test soak -- --nocapture` takes about
-//! 3 minutes). The figures are printed; run with `--nocapture` to see them.
+//! on a 2-core machine; `DISPATCH_SOAK=3000 cargo test --test it soak:: -- --nocapture` takes
+//! about 3 minutes). The figures are printed; run with `--nocapture` to see them.
 //!
 //! The backend, by dispatch number (one third each):
 //! - down: the first sixth finds nothing listening (connection refused, and the backoff that
@@ -29,24 +29,21 @@
 //! run does (compared every tenth dispatch), and the wrapper's own count of open descriptors
 //! stays within a small band from the first dispatch to the last.
 
-mod util;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
-use util::receiver::{Answer, Receiver};
-use util::{code, our_lines, text, Charm};
+use crate::util;
+use crate::util::outcome::SLACK;
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{
+    code, free_port, hex, listing, otlp_spans, our_lines, set_destination, text, Charm,
+};
 
 const DEFAULT_DISPATCHES: usize = 1000;
 /// The store's size cap per thousand dispatches (so a longer soak overflows it in the same
 /// proportion, and its failed dispatches still fit).
 const CAP_PER_THOUSAND: u64 = 393_216;
 const BUDGET_MS: u64 = 300;
-/// Scheduling noise on a loaded CI machine, on top of the export budget.
-const SLACK: Duration = Duration::from_secs(2);
 /// A bare run of the same hook every this many dispatches, for the overhead figures.
 const BARE_EVERY: usize = 10;
 
@@ -156,15 +153,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn listing(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_thousand_dispatches_through_an_outage_a_flaky_backend_and_recovery_lose_only_evictions() {
     let n = dispatches();
@@ -186,13 +174,9 @@ fn a_thousand_dispatches_through_an_outage_a_flaky_backend_and_recovery_lose_onl
     );
 
     // Down: a port with nothing on it.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}/v1/traces");
-    let set = charm.tool(&["set-destination", &url]);
-    assert_eq!(code(&set), 0, "{}", text(&set.stderr));
+    set_destination(&charm, &[&url]);
     let before = listing(&charm.dir);
     let unavailable = || {
         Answer::Status(
@@ -332,15 +316,10 @@ fn a_thousand_dispatches_through_an_outage_a_flaky_backend_and_recovery_lose_onl
         .iter()
         .filter(|r| r.answered.is_some_and(|s| (200..300).contains(&s)))
     {
-        let decoded = ExportTraceServiceRequest::decode(request.body.as_slice()).unwrap();
-        for span in decoded
-            .resource_spans
-            .iter()
-            .flat_map(|r| r.scope_spans.iter())
-            .flat_map(|s| s.spans.iter())
-        {
-            let trace: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-            *arrivals.entry((trace, span.span_id.clone())).or_default() += 1;
+        for span in otlp_spans(&request.body) {
+            *arrivals
+                .entry((hex(&span.trace_id), span.span_id))
+                .or_default() += 1;
         }
     }
     let delivered: BTreeSet<&str> = arrivals.keys().map(|(t, _)| t.as_str()).collect();
@@ -409,6 +388,8 @@ fn a_thousand_dispatches_through_an_outage_a_flaky_backend_and_recovery_lose_onl
         ]
         .map(String::from),
     );
+    expected_dir.sort();
+    expected_dir.dedup();
     let after = listing(&charm.dir);
     let left_over = charm.processes();
     let parent: Vec<usize> = std::fs::read_to_string(&parent_fds)
@@ -513,11 +494,7 @@ fn a_thousand_dispatches_through_an_outage_a_flaky_backend_and_recovery_lose_onl
         "the store file grew to {max_file_bytes} bytes under a {cap}-byte cap"
     );
     assert!(inflight.is_empty(), "started records left: {inflight:?}");
-    assert_eq!(
-        state_dir,
-        ["records", "shims"].map(String::from).into_iter().collect(),
-        "left in the state dir"
-    );
+    assert_eq!(state_dir, ["records", "shims"], "left in the state dir");
     assert_eq!(after, expected_dir, "files left in the charm dir");
     assert!(left_over.is_empty(), "processes left: {left_over:?}");
     assert!(

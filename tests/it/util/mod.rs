@@ -3,22 +3,24 @@
 //! hook tools (`fixtures/fake-juju`) with their state directory, and helpers to run a
 //! dispatch the way Juju does (environment built from scratch, cwd = charm dir, stdin
 //! /dev/null) or to run the charm bare for comparison.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod outcome;
 pub mod proxy;
 pub mod receiver;
 pub mod rotel;
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
 use serde_json::Value;
 
 pub const UNIT: &str = "myapp/0";
@@ -229,26 +231,24 @@ impl Charm {
             // Its own group, so that the test can kill all of it (never done by dispatch).
             .process_group(0);
         let mut child = command.spawn().unwrap();
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
+        let mut status = None;
+        if !wait_until(timeout, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }) {
+            // SAFETY: killing the process group this test just started.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+            for pid in self.processes() {
+                // SAFETY: a process this test started (it carries the charm's state dir).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            if Instant::now() >= deadline {
-                // SAFETY: killing the process group this test just started.
-                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-                let _ = child.wait();
-                for pid in self.processes() {
-                    // SAFETY: a process this test started (it carries the charm's state dir).
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-                panic!(
-                    "dispatch still running after {timeout:?} (a loop?); stderr so far: {}",
-                    text(&std::fs::read(&stderr_path).unwrap_or_default())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+            panic!(
+                "dispatch still running after {timeout:?} (a loop?); stderr so far: {}",
+                text(&std::fs::read(&stderr_path).unwrap_or_default())
+            );
+        }
+        let status = status.unwrap();
         Output {
             status,
             stdout: std::fs::read(&stdout_path).unwrap(),
@@ -280,27 +280,26 @@ impl Charm {
             .unwrap()
     }
 
-    /// Runs `dispatch <args>` in tool mode from an unrelated cwd.
-    pub fn tool(&self, args: &[&str]) -> Output {
-        Command::new(self.dir.join("dispatch"))
+    /// `dispatch <args>` in tool mode from an unrelated cwd, with a minimal environment.
+    pub fn tool_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(self.dir.join("dispatch"));
+        command
             .args(args)
             .current_dir("/")
             .env_clear()
             .env("PATH", "/usr/bin:/bin")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `dispatch <args>` in tool mode (`tool_command`).
+    pub fn tool(&self, args: &[&str]) -> Output {
+        self.tool_command(args).output().unwrap()
     }
 
     /// All stored dispatches, oldest first, from `dispatch traces --format json`.
     pub fn traces(&self) -> Vec<Value> {
-        let out = self.tool(&["traces", "--last", "0", "--format", "json"]);
-        assert!(out.status.success(), "traces failed: {}", text(&out.stderr));
-        serde_json::from_slice::<Value>(&out.stdout)
-            .unwrap_or_else(|e| panic!("bad json ({e}): {}", text(&out.stdout)))
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        all_traces(self.tool(TRACES_JSON))
     }
 
     /// The only (or last) stored dispatch.
@@ -328,9 +327,7 @@ impl Charm {
     }
 
     pub fn chmod(&self, rel: &str, mode: u32) {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(self.dir.join(rel), std::fs::Permissions::from_mode(mode))
-            .unwrap();
+        chmod(&self.path(rel), mode);
     }
 
     /// Makes the charm's target this very dispatch, in one of the ways of `SELF_TARGETS`.
@@ -366,6 +363,19 @@ impl Charm {
     pub fn store_file(&self) -> PathBuf {
         self.dir.join(".dispatch-trace.db")
     }
+}
+
+/// `dispatch traces` for every stored dispatch, as JSON.
+const TRACES_JSON: &[&str] = &["traces", "--last", "0", "--format", "json"];
+
+/// The dispatches `dispatch traces --format json` printed, oldest first.
+fn all_traces(out: Output) -> Vec<Value> {
+    assert_eq!(code(&out), 0, "traces failed: {}", text(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad json ({e}): {}", text(&out.stdout)))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Dead, or a zombie nobody reaped yet.
@@ -428,17 +438,6 @@ pub fn root(trace: &Value) -> &Value {
         .unwrap_or_else(|| panic!("no root span in {trace:#}"))
 }
 
-/// Writes a file with `contents` and returns its path as a string.
-pub fn write_file(path: &Path, contents: &[u8]) -> String {
-    let mut f = std::fs::File::create(path).unwrap();
-    f.write_all(contents).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
-pub fn os(s: &str) -> OsString {
-    OsString::from(s)
-}
-
 /// Our own lines on stderr: everything we write starts with `dispatch:`.
 pub fn our_lines(stderr: &[u8]) -> Vec<String> {
     text(stderr)
@@ -454,23 +453,6 @@ pub fn charm_stderr(stderr: &[u8]) -> String {
         .split_inclusive('\n')
         .filter(|l| !l.starts_with("dispatch:"))
         .collect()
-}
-
-/// The hook ends exactly as the bare charm does: same exit code, same stdout, and the
-/// charm's own stderr passed through untouched (our line, if any, comes on top).
-pub fn assert_same_outcome(traced: &Output, bare: &Output) {
-    assert_eq!(
-        code(traced),
-        code(bare),
-        "exit code differs; stderr: {}",
-        text(&traced.stderr)
-    );
-    assert_eq!(text(&traced.stdout), text(&bare.stdout), "stdout differs");
-    assert_eq!(
-        charm_stderr(&traced.stderr),
-        text(&bare.stderr),
-        "the charm's stderr differs"
-    );
 }
 
 /// A charm run that writes to all three channels and fails, so any interference shows.
@@ -519,6 +501,220 @@ fn parse_size(number: &str, unit: &str) -> f64 {
     }
 }
 
+// ---- a charm running a script ------------------------------------------------------------------
+
+/// A shell-charm whose `CHARM_RUN` sources `script`; `$OUT` (`out_dir`) is a scratch directory
+/// outside the charm dir for what the script observes. Secrets and paths stay out of the
+/// environment.
+pub fn charm_running(script: &str) -> Charm {
+    let mut charm = Charm::new("shell");
+    let out = out_dir(&charm);
+    let script_path = charm.scratch.path("script.sh");
+    std::fs::write(&script_path, script).unwrap();
+    charm.env.insert("OUT".into(), path_str(&out).into());
+    charm
+        .env
+        .insert("SCRIPT".into(), path_str(&script_path).into());
+    charm
+        .env
+        .insert("CHARM_RUN".into(), r#". "$SCRIPT""#.into());
+    charm
+}
+
+/// Shell, for a `charm_running` script: `await FILE` waits (at most 20 s) for a file the test
+/// creates.
+pub const AWAIT: &str = r#"
+await() {
+    i=0
+    while [ ! -e "$1" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done
+}
+"#;
+
+/// A scratch directory outside the charm dir for the charm's observations (`$OUT`).
+pub fn out_dir(charm: &Charm) -> PathBuf {
+    let out = charm.scratch.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    out
+}
+
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `dispatch set-destination <args>`, which must succeed.
+pub fn set_destination(charm: &Charm, args: &[&str]) {
+    let mut all = vec!["set-destination"];
+    all.extend_from_slice(args);
+    let out = charm.tool(&all);
+    assert_eq!(code(&out), 0, "{all:?}: {}", text(&out.stderr));
+}
+
+/// The names of what `traces` holds, in order.
+pub fn events(traces: &[Value]) -> Vec<String> {
+    traces
+        .iter()
+        .map(|t| t["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Kills (by pid) whatever this test started for the charm and left running, also when the
+/// test fails.
+pub struct Reaper<'a>(pub &'a Charm);
+
+impl Drop for Reaper<'_> {
+    fn drop(&mut self) {
+        for pid in self.0.processes() {
+            // SAFETY: signalling a process this test started (it carries our state dir).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+// ---- waiting ---------------------------------------------------------------------------------
+
+/// How often `wait_until` looks again.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Whether `done` came to hold within `timeout`, looking every few milliseconds. A test waits
+/// for the condition it needs, never for a fixed time: a fixed sleep is too short on a loaded
+/// machine and wasted on an idle one.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until `done` holds; fails the test, naming `what`, after `timeout`.
+pub fn wait_for(what: impl std::fmt::Display, timeout: Duration, done: impl FnMut() -> bool) {
+    assert!(
+        wait_until(timeout, done),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+// ---- files and sockets -----------------------------------------------------------------------
+
+pub fn read(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+pub fn read_text(path: &Path) -> String {
+    text(&read(path))
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+/// The `KEY=VALUE` lines of a file, as the fixtures dump an environment.
+pub fn env_file(path: &Path) -> BTreeMap<String, String> {
+    read_text(path)
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Permission bits of `path` itself (a symlink is not followed).
+pub fn mode(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .mode()
+        & 0o7777
+}
+
+pub fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `path` with `suffix` appended to its name (`.dispatch-trace.db` -> `.dispatch-trace.db-wal`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// The names in a directory, sorted; none for a directory that does not exist.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        entries => entries.unwrap_or_else(|e| panic!("{}: {e}", dir.display())),
+    };
+    let mut names: Vec<String> = entries
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A file's bytes, mode, inode and modification time: all that "untouched" means.
+pub fn fingerprint(path: &Path) -> (Vec<u8>, u32, u64, i64, i64) {
+    let meta = std::fs::metadata(path).unwrap();
+    (
+        read(path),
+        meta.mode(),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    )
+}
+
+/// A port of 127.0.0.1 where nothing listens right now.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// POSTs an OTLP/JSON `body` to `path` on 127.0.0.1:`port`; returns the answer's status.
+pub fn post_json(port: u16, path: &str, body: &str) -> u16 {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = text(&answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{path}: no status in {answer:?}"))
+}
+
+// ---- what reached a receiver ------------------------------------------------------------------
+
+/// The spans of an OTLP/HTTP protobuf request body, in order.
+pub fn otlp_spans(body: &[u8]) -> Vec<Span> {
+    ExportTraceServiceRequest::decode(body)
+        .expect("an OTLP protobuf request")
+        .resource_spans
+        .into_iter()
+        .flat_map(|r| r.scope_spans)
+        .flat_map(|s| s.spans)
+        .collect()
+}
+
+/// Lowercase hex, as `dispatch traces --format json` prints ids.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 // ---- another local user ----------------------------------------------------------------------
 
 /// uid and gid of `nobody`: the other local user of the tests that need one.
@@ -527,6 +723,16 @@ pub const NOBODY: u32 = 65534;
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// For a test that acts as another local user, which takes root: without it the test fails at
+/// once and says so, rather than pass without doing its work (CI runs the suite as root; see
+/// the header of main.rs).
+pub fn require_root(why: &str) {
+    assert!(
+        is_root(),
+        "needs root: {why}; run the suite as root, as CI does (tests/run)"
+    );
 }
 
 /// As root, hands the whole scratch tree to `nobody` (the binaries become private copies, not
@@ -540,7 +746,7 @@ pub fn give_to_nobody(charm: &Charm) {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, bytes).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chmod(&path, 0o755);
     }
     fn walk(path: &Path) {
         std::os::unix::fs::lchown(path, Some(NOBODY), Some(NOBODY)).unwrap();
@@ -564,24 +770,12 @@ pub fn unprivileged(command: &mut Command) {
 /// `dispatch <args>` in tool mode, unprivileged too: run by the user the hooks run as, which
 /// is who the store belongs to.
 pub fn tool_unprivileged(charm: &Charm, args: &[&str]) -> Output {
-    let mut command = Command::new(charm.path("dispatch"));
-    command
-        .args(args)
-        .current_dir("/")
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .stdin(Stdio::null());
+    let mut command = charm.tool_command(args);
     unprivileged(&mut command);
     command.output().unwrap()
 }
 
 /// All stored dispatches, read as `nobody` (see `tool_unprivileged`).
 pub fn traces_unprivileged(charm: &Charm) -> Vec<Value> {
-    let out = tool_unprivileged(charm, &["traces", "--last", "0", "--format", "json"]);
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    all_traces(tool_unprivileged(charm, TRACES_JSON))
 }

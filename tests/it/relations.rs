@@ -3,11 +3,10 @@
 //! found and used, quiet events make no relation calls, the charm's own writes win, and a
 //! broken relation stops the shipping.
 
-mod util;
-
+use crate::util;
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{code, spans_named, text, Charm, UNIT};
 use serde_json::{json, Value};
-use util::receiver::{Answer, Receiver};
-use util::{code, spans_named, text, Charm, UNIT};
 
 /// Declares the recommended endpoints (the plain fixture declares none, so it makes no
 /// relation calls) and relates the charm to a provider whose receiver is `receiver`.

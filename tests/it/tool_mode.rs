@@ -3,15 +3,18 @@
 //! their filters, finding the store from the binary's own directory, the production switches
 //! (`disable`, `enabled: false`, and the pass-through environment), `check-config`, the one
 //! operator line a bad config file earns, and `status`.
-mod util;
 
-use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use crate::util;
+use crate::util::outcome::assert_same_outcome;
+use crate::util::{
+    code, events, fingerprint, free_port, listing, our_lines, root, set_destination, text, Charm,
+    NOISY,
+};
 use serde_json::Value;
-use util::{assert_same_outcome, code, our_lines, root, text, Charm, NOISY};
 
 /// Runs `dispatch <args>` from `cwd` with a minimal environment, through `program`.
 fn run_tool(program: &Path, cwd: &Path, args: &[&str]) -> Output {
@@ -40,21 +43,6 @@ fn traces_json(charm: &Charm, args: &[&str]) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-fn events(traces: &[Value]) -> Vec<String> {
-    traces
-        .iter()
-        .map(|t| t["event"].as_str().unwrap().to_string())
-        .collect()
-}
-
-/// Every entry of the charm dir (names only), to see that nothing was created.
-fn listing(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
 }
 
 #[test]
@@ -410,7 +398,7 @@ fn tool_mode_finds_the_store_beside_the_real_binary_from_any_cwd_and_through_a_s
     );
     assert_eq!(
         listing(&bin),
-        BTreeSet::from(["dispatch".to_string()]),
+        ["dispatch"],
         "nothing is created beside the link"
     );
     assert_eq!(
@@ -757,19 +745,6 @@ fn status_names_the_store_counts_the_stored_dispatches_and_says_there_is_no_dest
     );
 }
 
-/// (mode, bytes, inode, mtime) of a file, to see that nothing touched it.
-fn fingerprint(path: &Path) -> (u32, Vec<u8>, u64, i64, i64) {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).unwrap();
-    (
-        meta.mode(),
-        std::fs::read(path).unwrap(),
-        meta.ino(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-    )
-}
-
 #[test]
 fn a_store_path_naming_someone_elses_file_is_refused_everywhere_and_the_file_is_never_touched() {
     let charm = Charm::new("shell");
@@ -1098,12 +1073,9 @@ fn status_speaks_utc_and_its_counts_and_sizes_agree() {
         "{empty}"
     );
     // A destination that refuses the connection: a backoff to show.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}/v1/traces");
-    assert_eq!(code(&charm.tool(&["set-destination", &url])), 0);
+    set_destination(&charm, &[&url]);
     assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
     let status = ok_stdout(&charm.tool(&["status"]));
     let line = |prefix: &str| -> String {

@@ -3,27 +3,16 @@
 //! does, and destinations whose names never resolve (`receiver.invalid`), so only the proxy
 //! can reach them.
 
-mod util;
-
-use std::net::TcpListener;
 use std::process::Output;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
-use util::proxy::{Behaviour, Proxy};
-use util::receiver::{Answer, Receiver, TestPki};
-use util::{code, our_lines, text, Charm};
+use crate::util;
+use crate::util::proxy::{Behaviour, Proxy};
+use crate::util::receiver::{Answer, Receiver, TestPki};
+use crate::util::{code, free_port, otlp_spans, our_lines, set_destination, text, Charm};
 
 const DESTINATION: &str = "http://receiver.invalid:4318/v1/traces";
 const USER_AGENT: &str = concat!("dispatch/", env!("CARGO_PKG_VERSION"));
 const SECRET: &str = "pr0xy-s3cret-canary";
-
-fn set_destination(charm: &Charm, args: &[&str]) {
-    let mut all = vec!["set-destination"];
-    all.extend(args);
-    let out = charm.tool(&all);
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-}
 
 /// `dispatch flush` as a person runs it through `juju exec` (with the hook's environment).
 fn flush(charm: &Charm, env: &[(&str, &str)]) -> Output {
@@ -32,22 +21,6 @@ fn flush(charm: &Charm, env: &[(&str, &str)]) -> Output {
         .arg("flush")
         .output()
         .unwrap()
-}
-
-fn span_count(body: &[u8]) -> usize {
-    ExportTraceServiceRequest::decode(body)
-        .expect("an OTLP protobuf request")
-        .resource_spans
-        .iter()
-        .flat_map(|r| r.scope_spans.iter())
-        .map(|s| s.spans.len())
-        .sum()
-}
-
-/// A port of 127.0.0.1 where nothing listens.
-fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 fn ships_in_absolute_form_through(variable: &str) {
@@ -70,7 +43,7 @@ fn ships_in_absolute_form_through(variable: &str) {
     assert_eq!(request.header("host"), Some("receiver.invalid:4318"));
     assert_eq!(request.header("user-agent"), Some(USER_AGENT));
     assert_eq!(request.header("proxy-authorization"), None);
-    assert!(span_count(&request.body) > 0);
+    assert!(!otlp_spans(&request.body).is_empty());
     let status = text(&charm.tool(&["status"]).stdout);
     assert!(
         status.contains("last export: ok: 1 dispatches sent"),
@@ -219,7 +192,7 @@ fn a_proxy_asking_for_credentials_gives_the_one_stderr_line_naming_it_without_th
 #[test]
 fn a_dead_proxy_is_named_as_the_failure_with_its_credentials_redacted_everywhere() {
     let charm = Charm::new("shell");
-    let port = closed_port();
+    let port = free_port();
     let with_secret = format!("http://ops:{SECRET}@127.0.0.1:{port}");
     let shown = format!("http://<credentials>@127.0.0.1:{port}");
     for (variable, destination) in [

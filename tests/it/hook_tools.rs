@@ -9,16 +9,18 @@
 //! it leaked through a tool call. `$OUT` is a scratch directory outside the charm dir where the
 //! snippet leaves its observations.
 
-mod util;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::util;
+use crate::util::{
+    charm_running, code, contains, env_file, out_dir, path_str, read, read_text, root, span, text,
+    wait_for, Charm, AWAIT, UNIT,
+};
 use serde_json::{json, Value};
-use util::{code, root, span, text, Charm, UNIT};
 
 const HOOK: &str = "hooks/config-changed";
 const FOREIGN_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -26,44 +28,12 @@ const FOREIGN_SPAN: &str = "b7ad6b7169203331";
 
 // ---- helpers -------------------------------------------------------------------------------
 
-fn path_str(path: &Path) -> String {
-    path.to_str().unwrap().to_string()
-}
-
-/// A shell-charm whose `CHARM_RUN` sources `script`; `$OUT` is a scratch directory for what the
-/// script observes.
-fn charm_running(script: &str) -> Charm {
-    let mut charm = Charm::new("shell");
-    let out = charm.scratch.path("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let script_path = charm.scratch.path("script.sh");
-    std::fs::write(&script_path, script).unwrap();
-    charm.env.insert("OUT".into(), path_str(&out));
-    charm.env.insert("SCRIPT".into(), path_str(&script_path));
-    charm
-        .env
-        .insert("CHARM_RUN".into(), r#". "$SCRIPT""#.into());
-    charm
-}
-
-fn out_dir(charm: &Charm) -> PathBuf {
-    charm.scratch.path("out")
-}
-
 /// A fresh output directory for one run (bare and traced runs must not share files).
 fn fresh_out(charm: &Charm, name: &str) -> PathBuf {
     let dir = charm.scratch.path(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-fn read_text(path: &Path) -> String {
-    text(&read(path))
 }
 
 /// The fake model: our unit is the leader and has one `db` relation to `remote`.
@@ -153,63 +123,6 @@ fn traces_output(charm: &Charm, format: &str) -> Vec<u8> {
     out.stdout
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
-}
-
-/// Polls for `path` to exist.
-fn wait_for(path: &Path, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if path.exists() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    path.exists()
-}
-
-/// Runs `command` with stdout/stderr captured in files; kills it and fails the test if it is
-/// still running after `timeout` (a hang must fail, not stall the suite).
-fn output_within(mut command: Command, scratch: &Path, timeout: Duration) -> Output {
-    let stdout_path = scratch.join("timed.stdout");
-    let stderr_path = scratch.join("timed.stderr");
-    command
-        .stdout(std::fs::File::create(&stdout_path).unwrap())
-        .stderr(std::fs::File::create(&stderr_path).unwrap());
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "still running after {timeout:?} (a hang); stderr so far: {}",
-                read_text(&stderr_path)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: read(&stdout_path),
-        stderr: read(&stderr_path),
-    }
-}
-
-fn env_file(path: &Path) -> BTreeMap<String, String> {
-    read_text(path)
-        .lines()
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn env_of_call(call: &Value) -> BTreeMap<String, String> {
     call["env"]
         .as_object()
@@ -297,7 +210,6 @@ fn transparency_run(charm: &Charm, traced: bool) -> (Output, PathBuf, Vec<Value>
 
     let out = fresh_out(charm, if traced { "traced" } else { "bare" });
     let extra = [("OUT", path_str(&out)), ("IN", path_str(&input))];
-    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let output = if traced {
         charm.dispatch(HOOK, &extra)
     } else {
@@ -416,7 +328,7 @@ echo $? > "$OUT/pipe.code"
     for traced in [false, true] {
         let out = fresh_out(&charm, if traced { "traced" } else { "bare" });
         let out_arg = path_str(&out);
-        let extra = [("OUT", out_arg.as_str()), ("IN", input_arg.as_str())];
+        let extra = [("OUT", out_arg), ("IN", input_arg)];
         let output = if traced {
             dispatch_ok(&charm, HOOK, &extra)
         } else {
@@ -478,7 +390,8 @@ config-get > /dev/null
     );
     set_state(&charm, &model());
     let out = out_dir(&charm);
-    let cwd = path_str(&std::fs::canonicalize(&out).unwrap());
+    let cwd = std::fs::canonicalize(&out).unwrap();
+    let cwd = path_str(&cwd);
 
     for traced in [false, true] {
         let _ = std::fs::remove_file(charm.state.join("calls.jsonl"));
@@ -492,7 +405,7 @@ config-get > /dev/null
         let tools: Vec<&str> = calls.iter().map(|c| c["tool"].as_str().unwrap()).collect();
         assert_eq!(tools, ["config-get", "is-leader"], "traced: {traced}");
         for call in &calls {
-            assert_eq!(call["cwd"], cwd.as_str(), "traced: {traced}");
+            assert_eq!(call["cwd"], cwd, "traced: {traced}");
             let diff = env_diff(&charm_env, &env_of_call(call));
             let expected = if traced {
                 vec![(
@@ -507,7 +420,7 @@ config-get > /dev/null
         }
         if traced {
             // The charm itself runs with the shims in front (so the comparison is meaningful).
-            assert!(charm_env["PATH"].starts_with(&path_str(&charm.path(".dispatch-trace/shims"))));
+            assert!(charm_env["PATH"].starts_with(path_str(&charm.path(".dispatch-trace/shims"))));
         }
     }
 }
@@ -1119,11 +1032,9 @@ fn a_daemon_left_behind_can_still_call_hook_tools_after_the_dispatch_ended() {
     // test for long): its first call happens between dispatches, its second during the next
     // dispatch, which waits for it.
     let charm = charm_running(
-        r#"
-await() {
-    i=0
-    while [ ! -e "$1" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done
-}
+        &[
+            AWAIT,
+            r#"
 call_later() {
     await "$OUT/go-$1"
     is-leader > "$OUT/answer-$1"
@@ -1141,6 +1052,8 @@ next)
     ;;
 esac
 "#,
+        ]
+        .concat(),
     );
     let out = out_dir(&charm);
     dispatch_ok(&charm, HOOK, &[("PHASE", "start")]);
@@ -1149,9 +1062,10 @@ esac
         "the dispatch waited for the daemon"
     );
     std::fs::write(out.join("go-1"), "").unwrap();
-    assert!(
-        wait_for(&out.join("code-1"), Duration::from_secs(10)),
-        "the daemon's hook-tool call never finished"
+    wait_for(
+        "the daemon's hook-tool call to finish",
+        Duration::from_secs(10),
+        || out.join("code-1").exists(),
     );
     assert_eq!(read_text(&out.join("code-1")), "0\n");
     assert_eq!(read_text(&out.join("answer-1")), "True\n");
@@ -1195,7 +1109,7 @@ echo $? > "$OUT/missing.code"
     std::fs::write(charm.tools.join("jujud"), "#!/bin/sh\n").unwrap();
 
     let bare_out = fresh_out(&charm, "bare");
-    let bare = charm.bare(HOOK, &[("OUT", &path_str(&bare_out))]);
+    let bare = charm.bare(HOOK, &[("OUT", path_str(&bare_out))]);
     dispatch_ok(&charm, HOOK, &[]);
     assert_eq!(code(&bare), 0);
     let out = out_dir(&charm);
@@ -1253,7 +1167,7 @@ echo $? > "$OUT/code"
     let bare_out = fresh_out(&charm, "bare");
     let bare_out_arg = path_str(&bare_out);
     let mut bare_env = path.to_vec();
-    bare_env.push(("OUT", &bare_out_arg));
+    bare_env.push(("OUT", bare_out_arg));
     let bare = charm.bare(HOOK, &bare_env);
     let traced = charm.dispatch(HOOK, &path);
     assert_eq!(code(&bare), 3);
@@ -1299,8 +1213,7 @@ DISPATCH_TRACE_TOOLS=$(dirname "$(command -v is-leader)") is-leader > "$OUT/out"
 echo $? > "$OUT/code"
 "#,
     );
-    let command = charm.command("dispatch", HOOK, &[]);
-    let run = output_within(command, &charm.scratch.root, Duration::from_secs(20));
+    let run = charm.dispatch_within(HOOK, &[], Duration::from_secs(20));
     assert_eq!(code(&run), 0, "{}", text(&run.stderr));
     let out = out_dir(&charm);
     let exit = read_text(&out.join("code"));

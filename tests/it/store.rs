@@ -2,23 +2,19 @@
 //! protected, one chunk per dispatch, crash recovery after SIGKILL, what happens to a corrupt,
 //! newer, locked or planted store (the hook's outcome never changes), the size cap and the
 //! priorities that decide what the cap keeps.
-mod util;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::util;
+use crate::util::outcome::assert_same_outcome;
+use crate::util::{
+    code, fingerprint, is_dead, mode, our_lines, root, text, wait_for, with_suffix, Charm, Reaper,
+    NOISY,
+};
 use serde_json::Value;
-use util::{assert_same_outcome, code, is_dead, our_lines, root, text, Charm, NOISY};
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// Runs one SQL statement against a store file with the `sqlite3` CLI, or with python3's
 /// sqlite3 module where the CLI is missing; returns the output rows as text.
@@ -70,16 +66,6 @@ fn events_and_priorities(charm: &Charm) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    name.into()
 }
 
 #[test]
@@ -137,19 +123,6 @@ fn the_store_is_a_private_wal_file_in_the_charm_dir_with_one_chunk_per_dispatch_
     assert_eq!(trace_ids.len(), 3, "each dispatch is its own trace");
 }
 
-struct KillOnDrop(Option<i32>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            // SAFETY: signalling a pid this test started.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-}
-
 #[test]
 fn a_wrapper_killed_with_sigkill_takes_its_charm_along_and_leaves_an_interrupted_trace_for_the_next_dispatch(
 ) {
@@ -171,7 +144,7 @@ fn a_wrapper_killed_with_sigkill_takes_its_charm_along_and_leaves_an_interrupted
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut guard = KillOnDrop(None);
+    let _reaper = Reaper(&charm);
     wait_for("the charm to start", Duration::from_secs(10), || {
         std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
     });
@@ -181,7 +154,6 @@ fn a_wrapper_killed_with_sigkill_takes_its_charm_along_and_leaves_an_interrupted
         .trim()
         .parse()
         .unwrap();
-    guard.0 = Some(charm_pid);
     assert!(!is_dead(charm_pid), "the charm should be running");
 
     // Action cancel / `juju-reboot --now`: SIGKILL to the dispatch process only.
@@ -194,7 +166,6 @@ fn a_wrapper_killed_with_sigkill_takes_its_charm_along_and_leaves_an_interrupted
         Duration::from_secs(5),
         || is_dead(charm_pid),
     );
-    guard.0 = None;
 
     let next = charm.dispatch("hooks/start", &[("CHARM_STDOUT", "started\n")]);
     let bare = charm.bare("hooks/start", &[("CHARM_STDOUT", "started\n")]);
@@ -256,7 +227,7 @@ fn a_file_at_the_store_path_that_is_not_ours_is_left_untouched_and_the_trace_wai
     let precious: Vec<u8> = (0..16384u32).map(|i| (i * 7 + 13) as u8).collect();
     std::fs::write(charm.store_file(), &precious).unwrap();
     charm.chmod(".dispatch-trace.db", 0o644);
-    let before = std::fs::metadata(charm.store_file()).unwrap();
+    let before = fingerprint(&charm.store_file());
 
     let traced = charm.dispatch("hooks/config-changed", NOISY);
     let bare = charm.bare("hooks/config-changed", NOISY);
@@ -270,16 +241,10 @@ fn a_file_at_the_store_path_that_is_not_ours_is_left_untouched_and_the_trace_wai
         "{}",
         ours[0]
     );
-    let after = std::fs::metadata(charm.store_file()).unwrap();
     assert_eq!(std::fs::read(charm.store_file()).unwrap(), precious);
     assert_eq!(
-        (after.ino(), after.mode(), after.mtime(), after.mtime_nsec()),
-        (
-            before.ino(),
-            before.mode(),
-            before.mtime(),
-            before.mtime_nsec()
-        ),
+        fingerprint(&charm.store_file()),
+        before,
         "the file was touched"
     );
     assert!(moved_aside(&charm).is_empty());
@@ -510,7 +475,14 @@ fn a_store_from_a_newer_dispatch_is_left_untouched_and_the_charm_runs_as_usual()
     let before = std::fs::read(&store).unwrap();
     let mtime_before = std::fs::metadata(&store).unwrap().mtime_nsec();
     let secs_before = std::fs::metadata(&store).unwrap().mtime();
-    std::thread::sleep(Duration::from_millis(20));
+    // A write from now on must show in the modification time, whose clock ticks coarsely:
+    // wait until a file written now gets a later one than the store has.
+    let probe = charm.scratch.path("mtime-probe");
+    wait_for("a write to show in mtime", Duration::from_secs(5), || {
+        std::fs::write(&probe, b"").unwrap();
+        let probe = std::fs::metadata(&probe).unwrap();
+        (probe.mtime(), probe.mtime_nsec()) > (secs_before, mtime_before)
+    });
 
     let traced = charm.dispatch("hooks/config-changed", NOISY);
     let bare = charm.bare("hooks/config-changed", NOISY);

@@ -9,14 +9,16 @@
 //! clients cover what SDKs do not send: OTLP/JSON shaped by hand, requests a collector
 //! refuses, and processes the charm leaves behind. What a user sees is checked: the hook's
 //! outcome, the answers the clients got, and the trace in `dispatch traces`.
-mod util;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::util;
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{
+    code, env_file, our_lines, root, span, spans_named, text, wait_for, Charm, Reaper,
+};
 use serde_json::Value;
-use util::receiver::{Answer, Receiver};
-use util::{code, our_lines, root, span, spans_named, text, Charm};
 
 /// The otel fixture charm, with the test venv's `python3` (and its OpenTelemetry packages)
 /// on the hooks' PATH.
@@ -272,11 +274,8 @@ fn spans_over_the_dispatch_bound_are_dropped_counted_and_reported_to_the_client(
 }
 
 /// Runs the background fixture in `mode`; returns the output, the wall time of the dispatch,
-/// and the files the background process writes (its pid, its result).
-fn background(
-    charm: &Charm,
-    mode: &str,
-) -> (std::process::Output, Duration, PathBuf, PathBuf, PathBuf) {
+/// the file the background process writes its result to, and the one it waits for.
+fn background(charm: &Charm, mode: &str) -> (std::process::Output, Duration, PathBuf, PathBuf) {
     let pid = charm.scratch.path("background.pid");
     let result = charm.scratch.path("background.result");
     let go = charm.scratch.path("background.go");
@@ -291,41 +290,26 @@ fn background(
             ("OTEL_CHARM_GO", go.to_str().unwrap()),
         ],
     );
-    (out, started.elapsed(), pid, result, go)
+    (out, started.elapsed(), result, go)
 }
 
-fn wait_for(path: &PathBuf) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            return text;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{} never appeared", path.display());
-}
-
-/// Kills the process whose pid the background fixture wrote.
-struct Reap(PathBuf);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.0) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                // SAFETY: signalling a process this test started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
+/// What the background process wrote to `path`, once it did.
+fn result(path: &Path) -> String {
+    let mut written = None;
+    wait_for(path.display(), Duration::from_secs(20), || {
+        written = std::fs::read_to_string(path).ok();
+        written.is_some()
+    });
+    written.unwrap_or_default()
 }
 
 #[test]
 fn a_span_sent_the_moment_the_charm_exited_is_kept() {
     let charm = otel_charm();
-    let (out, _, pid, result, _) = background(&charm, "late");
-    let _reap = Reap(pid);
+    let _reaper = Reaper(&charm);
+    let (out, _, result_path, _) = background(&charm, "late");
     succeeded(&out);
-    assert_eq!(wait_for(&result), "status 200");
+    assert_eq!(result(&result_path), "status 200");
     let trace = charm.last_trace();
     let late = span(&trace, "late-span");
     assert_eq!(
@@ -337,8 +321,8 @@ fn a_span_sent_the_moment_the_charm_exited_is_kept() {
 #[test]
 fn a_silent_connection_left_behind_does_not_hold_the_hook() {
     let charm = otel_charm();
-    let (out, took, pid, _, _) = background(&charm, "hang");
-    let _reap = Reap(pid);
+    let _reaper = Reaper(&charm);
+    let (out, took, _, _) = background(&charm, "hang");
     succeeded(&out);
     assert_eq!(text(&out.stdout), "background hang\n");
     // The process holds its connection for 30 s; the dispatch waits for it at most the
@@ -350,11 +334,11 @@ fn a_silent_connection_left_behind_does_not_hold_the_hook() {
 #[test]
 fn a_process_left_behind_is_refused_once_the_dispatch_is_over() {
     let charm = otel_charm();
-    let (out, _, pid, result, go) = background(&charm, "leftover");
-    let _reap = Reap(pid);
+    let _reaper = Reaper(&charm);
+    let (out, _, result_path, go) = background(&charm, "leftover");
     succeeded(&out);
     std::fs::write(&go, "").unwrap();
-    assert_eq!(wait_for(&result), "refused");
+    assert_eq!(result(&result_path), "refused");
     let trace = charm.last_trace();
     assert!(spans_named(&trace, "leftover-span").is_empty());
 }
@@ -366,12 +350,7 @@ fn dumped_env(charm: &Charm, extra: &[(&str, &str)]) -> std::collections::BTreeM
     env.extend_from_slice(extra);
     let out = charm.dispatch("hooks/install", &env);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    std::fs::read_to_string(&dump)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    env_file(&dump)
 }
 
 #[test]

@@ -14,7 +14,6 @@
 //! in sequence what a charm author meets next (the part primed again, the charm changed). The
 //! failures of override-prime are tested with the build swapped for the debug binaries (the
 //! `dump` plugin instead of `rust`, the rest of the part as shipped), which takes a second.
-mod util;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -22,9 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
+use crate::util;
+use crate::util::{code, listing, mode, read, span, text, Charm, Scratch};
 use serde_json::Value;
 use serde_yaml::{Mapping, Value as Yaml};
-use util::{code, span, text, Charm, Scratch};
 
 /// The part's name in charmcraft-part.yaml.
 const PART: &str = "dispatch-trace";
@@ -267,23 +267,6 @@ fn copy_tree(from: &Path, to: &Path) {
     );
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    names
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
-}
-
-fn read(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// Replaces a file by a new one (a new inode, as an editor saves), never writing into the old
 /// one: craft-parts hard-links the charm part's files from its source all the way to prime.
 fn replace_file(path: &Path, contents: &[u8]) {
@@ -336,7 +319,7 @@ impl Elf {
 /// `dispatch.orig` holding `original`, executable; nothing else added, nothing staged.
 fn assert_wrapped(project: &Project, original: &[u8]) {
     let prime = project.prime("");
-    assert_eq!(entries(&prime), WRAPPED, "the primed charm's root");
+    assert_eq!(listing(&prime), WRAPPED, "the primed charm's root");
     assert!(
         !project.work("stage/bin").exists(),
         "the binaries went through stage (stage/bin)"
@@ -508,7 +491,7 @@ fn a_charm_without_a_dispatch_fails_the_build_and_says_why() {
     );
     assert!(text(&out.stderr).contains("'override-prime' in part 'dispatch-trace' failed"));
     assert_eq!(
-        entries(&project.prime("")),
+        listing(&project.prime("")),
         ["hooks", "metadata.yaml", "src"]
     );
 }

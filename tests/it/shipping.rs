@@ -2,39 +2,25 @@
 //! how a hook ends or makes later hooks slow. The scripted receiver (`util::receiver`) plays
 //! the failure modes.
 
-mod util;
-
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
-use util::receiver::{Answer, Receiver};
-use util::{code, our_lines, text, Charm};
+use crate::util;
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{code, free_port, hex, otlp_spans, our_lines, set_destination, text, Charm};
 
+/// The trace ids of the spans in a protobuf request, each once, sorted.
 fn trace_ids(body: &[u8]) -> Vec<String> {
-    let request = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf request");
-    let mut ids: Vec<String> = request
-        .resource_spans
-        .iter()
-        .flat_map(|r| r.scope_spans.iter())
-        .flat_map(|s| s.spans.iter())
-        .map(|s| s.trace_id.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
+    let mut ids: Vec<String> = otlp_spans(body).iter().map(|s| hex(&s.trace_id)).collect();
     ids.sort();
     ids.dedup();
     ids
-}
-
-fn set_destination(charm: &Charm, url: &str) {
-    let out = charm.tool(&["set-destination", url]);
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
 }
 
 #[test]
 fn a_dispatch_ships_its_trace_as_otlp_protobuf_to_the_destination() {
     let charm = Charm::new("shell");
     let receiver = Receiver::start(vec![Answer::ok()]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     let out = charm.dispatch("hooks/install", &[("CHARM_RUN", "status-set active")]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
@@ -59,7 +45,7 @@ fn a_dispatch_ships_its_trace_as_otlp_protobuf_to_the_destination() {
 fn requests_name_dispatch_and_its_version_as_their_user_agent() {
     let charm = Charm::new("shell");
     let receiver = Receiver::start(vec![Answer::ok()]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
     let requests = receiver.requests();
     assert_eq!(requests.len(), 1);
@@ -74,7 +60,7 @@ fn json_is_sent_when_the_config_or_the_environment_asks_for_it() {
     let charm = Charm::new("shell");
     charm.write("dispatch-trace.yaml", "protocol: http/json\n");
     let receiver = Receiver::start(vec![Answer::ok()]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     assert_eq!(code(&charm.dispatch("hooks/start", &[])), 0);
     let requests = receiver.requests();
     assert_eq!(requests.len(), 1);
@@ -108,7 +94,7 @@ fn json_is_sent_when_the_config_or_the_environment_asks_for_it() {
 fn an_outage_changes_nothing_for_the_hook_and_everything_arrives_once_after_recovery() {
     let charm = Charm::new("shell");
     let receiver = Receiver::start(vec![Answer::Status(500, vec![], vec![])]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     let bare = charm.bare(
         "hooks/update-status",
         &[("CHARM_STDOUT", "out"), ("CHARM_EXIT", "3")],
@@ -159,7 +145,7 @@ fn an_outage_changes_nothing_for_the_hook_and_everything_arrives_once_after_reco
 fn a_rejection_is_told_to_the_operator_once() {
     let charm = Charm::new("shell");
     let receiver = Receiver::start(vec![Answer::Status(400, vec![], b"bad".to_vec())]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     let out = charm.dispatch("hooks/install", &[]);
     assert_eq!(code(&out), 0);
     let lines = our_lines(&out.stderr);
@@ -186,7 +172,7 @@ fn a_hanging_backend_costs_at_most_the_budget_and_then_nothing() {
     let charm = Charm::new("shell");
     charm.write("dispatch-trace.yaml", "export_budget_ms: 300\n");
     let receiver = Receiver::start(vec![Answer::Hang]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     let started = Instant::now();
     let out = charm.dispatch("hooks/install", &[("CHARM_EXIT", "5")]);
     let first = started.elapsed();
@@ -208,11 +194,8 @@ fn a_hanging_backend_costs_at_most_the_budget_and_then_nothing() {
 #[test]
 fn a_refused_connection_and_retry_after_are_backed_off() {
     let charm = Charm::new("shell");
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
-    set_destination(&charm, &format!("http://127.0.0.1:{port}/v1/traces"));
+    let port = free_port();
+    set_destination(&charm, &[&format!("http://127.0.0.1:{port}/v1/traces")]);
     let out = charm.dispatch("hooks/install", &[]);
     assert_eq!(code(&out), 0);
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
@@ -224,7 +207,7 @@ fn a_refused_connection_and_retry_after_are_backed_off() {
         vec![("Retry-After".into(), "600".into())],
         vec![],
     )]);
-    set_destination(&charm, &busy.url());
+    set_destination(&charm, &[&busy.url()]);
     assert_eq!(code(&charm.dispatch("hooks/install", &[])), 0);
     let status = text(&charm.tool(&["status"]).stdout);
     assert!(status.contains("answered 429"), "{status}");
@@ -243,7 +226,7 @@ fn set_destination_validates_and_clear_destination_forgets() {
         "/nonexistent.pem",
     ]);
     assert_eq!(code(&missing_ca), 1);
-    set_destination(&charm, "http://127.0.0.1:9/v1/traces");
+    set_destination(&charm, &["http://127.0.0.1:9/v1/traces"]);
     let again = charm.tool(&["set-destination", "http://127.0.0.1:9/v1/traces"]);
     assert_eq!(text(&again.stdout), "destination unchanged\n");
     let status = text(&charm.tool(&["status"]).stdout);
@@ -325,7 +308,7 @@ fn juju_proxy_settings_are_used_and_no_proxy_is_honoured() {
     let proxy = Receiver::start(vec![Answer::ok()]);
     let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
     // A host only the proxy can reach.
-    set_destination(&charm, "http://tempo.invalid:4318/v1/traces");
+    set_destination(&charm, &["http://tempo.invalid:4318/v1/traces"]);
     let out = charm.dispatch("hooks/install", &[("JUJU_CHARM_HTTP_PROXY", &proxy_url)]);
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
     let requests = proxy.requests();
@@ -378,7 +361,7 @@ fn shipping_to_jujus_own_collector_continues_jujus_trace_and_elsewhere_links_to_
 
     // Another destination takes precedence: a new trace that links to Juju's.
     let other = Receiver::start(vec![Answer::ok()]);
-    set_destination(&charm, &other.url());
+    set_destination(&charm, &[&other.url()]);
     assert_eq!(code(&charm.dispatch("hooks/start", &env)), 0);
     assert_eq!(other.requests().len(), 1);
     let trace = charm.last_trace();
@@ -394,7 +377,7 @@ fn a_slow_backend_within_the_budget_is_waited_for_and_beyond_it_is_not() {
     let charm = Charm::new("shell");
     charm.write("dispatch-trace.yaml", "export_budget_ms: 600\n");
     let receiver = Receiver::start(vec![Answer::Slow(Duration::from_millis(150))]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     let out = charm.dispatch("hooks/install", &[]);
     assert_eq!(code(&out), 0);
     assert_eq!(

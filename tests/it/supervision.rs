@@ -1,23 +1,13 @@
 //! The charm cannot tell it is wrapped: exit codes, signals, stdio, environment, argv and the
 //! target it runs are the ones a bare run would have, and the span tree tells what happened.
 
-mod util;
-
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::util;
+use crate::util::{code, env_file, root, span, text, wait_for, Charm};
 use serde_json::Value;
-use util::{code, root, span, text, Charm};
-
-fn parse_env_dump(path: &std::path::Path) -> BTreeMap<String, String> {
-    let dump = std::fs::read_to_string(path).unwrap();
-    dump.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 #[test]
 fn every_exit_code_is_mirrored() {
@@ -139,8 +129,8 @@ fn the_child_environment_differs_only_by_the_documented_additions() {
     );
     assert_eq!(code(&bare), 0);
     assert_eq!(code(&wrapped), 0);
-    let bare = parse_env_dump(&bare_dump);
-    let wrapped = parse_env_dump(&wrapped_dump);
+    let bare = env_file(&bare_dump);
+    let wrapped = env_file(&wrapped_dump);
 
     let mut added: Vec<&String> = wrapped.keys().filter(|k| !bare.contains_key(*k)).collect();
     added.sort();
@@ -519,7 +509,7 @@ fn a_legacy_hook_symlink_run_exports_the_derived_dispatch_path() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-    let env = parse_env_dump(&dump);
+    let env = env_file(&dump);
     assert_eq!(env["JUJU_DISPATCH_PATH"], "hooks/upgrade-charm");
     let trace = charm.last_trace();
     assert_eq!(trace["event"], "upgrade-charm");
@@ -549,18 +539,6 @@ fn an_ops_style_redispatch_through_the_hook_symlink_yields_one_trace() {
     assert_eq!(util::spans_named(&traces[0], "is-leader").len(), 1);
 }
 
-fn wait_for(path: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn a_signal_sent_to_the_wrapper_reaches_the_charm_once() {
     let charm = Charm::new("shell");
@@ -585,7 +563,7 @@ fn a_signal_sent_to_the_wrapper_reaches_the_charm_once() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for(&ready);
+        wait_for(ready.display(), Duration::from_secs(10), || ready.exists());
         // SAFETY: signalling the wrapper we started.
         unsafe { libc::kill(child.id() as i32, signal) };
         let out = child.wait_with_output().unwrap();
@@ -637,7 +615,7 @@ fn ctrl_c_in_a_terminal_reaches_the_charm_exactly_once() {
         });
     }
     let mut child = command.spawn().unwrap();
-    wait_for(&ready);
+    wait_for(ready.display(), Duration::from_secs(10), || ready.exists());
     // Typing the interrupt character into the terminal: the line discipline signals the
     // foreground process group with SI_KERNEL.
     nix::unistd::write(&pty.master, b"\x03").unwrap();

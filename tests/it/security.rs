@@ -30,8 +30,9 @@
 //! `relations.rs`, `an_https_provider_is_trusted_through_the_certificate_transfer_relation`).
 //!
 //! "Another local user" is `nobody` (uid/gid 65534, `Command::uid`): the tests that need one
-//! run only as root (as CI does) and say so when skipped. What an attacker plants the test
-//! plants as root and hands to `nobody`, which is what the attacker could have made.
+//! need root (as CI has) and fail without it, saying so (`util::require_root`). What an
+//! attacker plants the test plants as root and hands to `nobody`, which is what the attacker
+//! could have made.
 //!
 //! Five cases found bugs, fixed with them: under umask 000 the shim stamp and the last-warning
 //! memory were 0666; a store opened up stayed so (and its -wal/-shm); a shim directory (with a
@@ -47,94 +48,30 @@
 //! refused when someone else owns them, but `<store>.inflight/` is checked, not held open, so
 //! a swap between the check and the write of a started record is not defended against.
 
-mod util;
-
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::util::outcome::assert_same_outcome;
+use crate::util::receiver::{Answer, Receiver, TestPki};
+use crate::util::{
+    charm_running, chmod, code, contains, events, give_to_nobody, is_root, mode, our_lines,
+    out_dir, path_str, post_json, read_text, require_root, root, set_destination, spans_named,
+    text, traces_unprivileged, unprivileged, wait_for, Charm, AWAIT, NOBODY, NOISY, UNIT,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::{json, Value};
-use util::receiver::{Answer, Receiver, TestPki};
-use util::{
-    assert_same_outcome, code, give_to_nobody, is_root, our_lines, root, spans_named, text,
-    traces_unprivileged, unprivileged, Charm, NOBODY, NOISY, UNIT,
-};
 
 const HOOK: &str = "hooks/config-changed";
 
 // ---- helpers ---------------------------------------------------------------------------------
 
-fn path_str(path: &Path) -> String {
-    path.to_str().unwrap().to_string()
-}
-
-/// A shell-charm whose `CHARM_RUN` sources `script`; `$OUT` is a scratch directory outside
-/// the charm dir for what the script observes. Secrets and paths stay out of the environment.
-fn charm_running(script: &str) -> Charm {
-    let mut charm = Charm::new("shell");
-    let out = charm.scratch.path("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let script_path = charm.scratch.path("script.sh");
-    std::fs::write(&script_path, script).unwrap();
-    charm.env.insert("OUT".into(), path_str(&out));
-    charm.env.insert("SCRIPT".into(), path_str(&script_path));
-    charm
-        .env
-        .insert("CHARM_RUN".into(), r#". "$SCRIPT""#.into());
-    charm
-}
-
-fn out_dir(charm: &Charm) -> PathBuf {
-    charm.scratch.path("out")
-}
-
-/// Shell: `await FILE` waits (at most 20 s) for a file the test creates.
-const AWAIT: &str = r#"
-await() {
-    i=0
-    while [ ! -e "$1" ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i + 1)); done
-}
-"#;
-
-fn wait_for(path: &Path) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn read_text(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn skipped_without_root(test: &str) -> bool {
-    if !is_root() {
-        eprintln!("{test}: skipped, acting as another local user needs root");
-    }
-    !is_root()
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
-}
-
 fn owner(path: &Path) -> u32 {
     std::fs::symlink_metadata(path).unwrap().uid()
-}
-
-fn chmod(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn chown_to_nobody(path: &Path) {
@@ -146,13 +83,6 @@ fn mkfifo(path: &Path, mode: u32) {
     // SAFETY: mkfifo with a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), mode) }, 0);
     chmod(path, mode);
-}
-
-fn events(traces: &[Value]) -> Vec<String> {
-    traces
-        .iter()
-        .map(|t| t["event"].as_str().unwrap().to_string())
-        .collect()
 }
 
 /// A well-formed record line for an `is-leader` call by `pid`, with `nonce`.
@@ -397,9 +327,7 @@ is-leader > /dev/null
 
 #[test]
 fn another_user_cannot_reach_the_channel_the_shims_or_the_store_even_knowing_the_nonce() {
-    if skipped_without_root("another_user_cannot_reach_the_channel") {
-        return;
-    }
+    require_root("acting as another local user (`nobody`)");
     let charm = charm_running(
         &[
             AWAIT,
@@ -424,7 +352,8 @@ is-leader > /dev/null
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(&out.join("ready"));
+    let ready = out.join("ready");
+    wait_for(ready.display(), Duration::from_secs(20), || ready.exists());
     let channel = read_text(&out.join("channel"));
     let state = Path::new(&channel).parent().unwrap().to_path_buf();
     let shims = read_text(&out.join("shims"));
@@ -497,9 +426,7 @@ attempt "plant a started record" sh -c 'printf x > "$CHARM/.dispatch-trace.db.in
 
 #[test]
 fn a_state_dir_another_user_planted_is_refused_and_nothing_in_it_is_run_or_used() {
-    if skipped_without_root("a_state_dir_another_user_planted_is_refused") {
-        return;
-    }
+    require_root("acting as another local user (`nobody`)");
     let charm = charm_running("is-leader > /dev/null\n");
     assert_eq!(code(&charm.dispatch(HOOK, &[])), 0);
     let stamp = shim_stamp(&charm);
@@ -536,9 +463,7 @@ fn a_state_dir_another_user_planted_is_refused_and_nothing_in_it_is_run_or_used(
 
 #[test]
 fn a_state_dir_opened_to_others_is_closed_again_and_nothing_they_left_in_it_is_used() {
-    if skipped_without_root("a_state_dir_opened_to_others") {
-        return;
-    }
+    require_root("acting as another local user (`nobody`)");
     let charm = charm_running("is-leader > /dev/null\n");
     assert_eq!(code(&charm.dispatch(HOOK, &[])), 0);
     let stamp = shim_stamp(&charm);
@@ -593,9 +518,7 @@ fn a_state_dir_opened_to_others_is_closed_again_and_nothing_they_left_in_it_is_u
 
 #[test]
 fn files_another_user_planted_beside_a_shared_store_are_never_used() {
-    if skipped_without_root("files_another_user_planted_beside_a_shared_store") {
-        return;
-    }
+    require_root("acting as another local user (`nobody`)");
     // The store moved into a directory others may write (charm storage set up loosely): what
     // `nobody` creates there under our names must not be taken for ours.
     for planted in ["traces.db", "traces.db.lock", "traces.db.inflight"] {
@@ -805,25 +728,7 @@ fn post_span(port: u16, path: &str, traceparent: &str, name: &str, span_id: u64)
         "name": name, "startTimeUnixNano": "1", "endTimeUnixNano": "2"
     }]}]}]})
     .to_string();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let answer = text(&answer);
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{path}: no status in {answer:?}"))
+    post_json(port, path, &body)
 }
 
 #[test]
@@ -854,7 +759,10 @@ exit 0
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(&out.join("endpoint-second"));
+    let endpoint = out.join("endpoint-second");
+    wait_for(endpoint.display(), Duration::from_secs(20), || {
+        endpoint.exists()
+    });
     let seen = read_text(&out.join("endpoint-second"));
     let lines: Vec<&str> = seen.lines().collect();
     let (endpoint, n, traceparent) = (lines[0], lines[1], lines[2]);
@@ -1104,12 +1012,6 @@ fn encodings(canary: &str) -> Vec<String> {
     forms
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
-}
-
 /// The tool-mode commands that show what is stored or shipped, searched for secrets.
 const SHOWING_COMMANDS: &[&[&str]] = &[
     &["status"],
@@ -1123,8 +1025,7 @@ const SHOWING_COMMANDS: &[&[&str]] = &[
 fn no_secret_reaches_the_wire_status_flush_or_any_file_of_ours_in_any_encoding() {
     let charm = secrets_charm();
     let receiver = Receiver::start(vec![Answer::ok()]);
-    let set = charm.tool(&["set-destination", &receiver.url()]);
-    assert_eq!(code(&set), 0, "{}", text(&set.stderr));
+    set_destination(&charm, &[&receiver.url()]);
 
     // Shipped once as protobuf, once as OTLP/JSON.
     let mut places: Vec<(String, Vec<u8>)> = Vec::new();
@@ -1279,7 +1180,7 @@ fn a_credential_in_the_destination_is_never_shown_and_no_copy_outlives_its_use()
 
     // Replaced: no file of ours holds the old one any more, the WAL included.
     let other = format!("http://127.0.0.1:{}/v1/traces", receiver.port);
-    assert_eq!(code(&charm.tool(&["set-destination", &other])), 0);
+    set_destination(&charm, &[&other]);
     for canary in [USER, PASSWORD, TOKEN] {
         assert_eq!(
             found_in(&files_of_ours(&charm), canary),
@@ -1288,7 +1189,7 @@ fn a_credential_in_the_destination_is_never_shown_and_no_copy_outlives_its_use()
         );
     }
     // Set again, used by a hook, then cleared: gone again.
-    assert_eq!(code(&charm.tool(&["set-destination", &url])), 0);
+    set_destination(&charm, &[&url]);
     assert_eq!(code(&charm.dispatch("hooks/update-status", &[])), 0);
     assert!(
         !found_in(&files_of_ours(&charm), PASSWORD).is_empty(),
@@ -1366,13 +1267,6 @@ fn with_endpoint(receiver: &Receiver, pairs: &[(&str, &str)]) -> Vec<(String, St
     all
 }
 
-fn set_destination(charm: &Charm, args: &[&str]) {
-    let mut all = vec!["set-destination"];
-    all.extend_from_slice(args);
-    let out = charm.tool(&all);
-    assert_eq!(code(&out), 0, "{all:?}: {}", text(&out.stderr));
-}
-
 #[test]
 fn no_input_from_the_operator_juju_or_a_relation_turns_tls_verification_off() {
     let pki = TestPki::new();
@@ -1381,7 +1275,7 @@ fn no_input_from_the_operator_juju_or_a_relation_turns_tls_verification_off() {
     let file = |charm: &Charm, name: &str, contents: &str| -> String {
         let path = charm.scratch.path(name);
         std::fs::write(&path, contents).unwrap();
-        path_str(&path)
+        path_str(&path).to_string()
     };
     // (case, what our one line must say (`None`: nothing to say, traces wait for a CA),
     // set-up).

@@ -37,142 +37,30 @@
 //! a read-only filesystem; as any other user it just chmods. A store path under a regular file
 //! (ENOTDIR) and one in /proc (nothing can be created there) need no such trick.
 
-mod util;
-
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use serde_json::Value;
-use util::receiver::{Answer, Receiver};
-use util::{
-    charm_stderr, code, give_to_nobody, is_dead, our_lines, root, span, spans_named, text,
-    traces_unprivileged, unprivileged, Charm, NOISY,
+
+use crate::util;
+use crate::util::outcome::{
+    assert_hook_unchanged, no_tweak, pair, timed, timed_to_files, Says, Timed, SLACK,
+};
+use crate::util::receiver::{Answer, Receiver};
+use crate::util::{
+    chmod, code, give_to_nobody, hex, is_dead, listing, otlp_spans, our_lines, out_dir, path_str,
+    root, set_destination, span, spans_named, text, traces_unprivileged, unprivileged, wait_for,
+    wait_until, with_suffix, Charm, Reaper, NOISY,
 };
 
-/// Added on top of every budget: scheduling noise on a loaded 2-core machine, not a target.
-const SLACK: Duration = Duration::from_secs(2);
 /// What all of our own hook-tool calls in one dispatch may take (README, *Relations*).
 const OWN_CALLS: Duration = Duration::from_secs(5);
 
 // ---- harness ---------------------------------------------------------------------------------
-
-struct Timed {
-    out: Output,
-    took: Duration,
-}
-
-fn timed(mut command: Command) -> Timed {
-    let started = Instant::now();
-    let out = command.output().unwrap();
-    Timed {
-        out,
-        took: started.elapsed(),
-    }
-}
-
-/// Runs with stdout and stderr in files rather than pipes: for hooks that leave a process
-/// holding them open, whose end we time without waiting for that process.
-fn timed_to_files(mut command: Command, dir: &Path, name: &str) -> Timed {
-    let out_path = dir.join(format!("{name}.stdout"));
-    let err_path = dir.join(format!("{name}.stderr"));
-    command
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap());
-    let started = Instant::now();
-    let status = command.status().unwrap();
-    let took = started.elapsed();
-    Timed {
-        out: Output {
-            status,
-            stdout: std::fs::read(&out_path).unwrap(),
-            stderr: std::fs::read(&err_path).unwrap(),
-        },
-        took,
-    }
-}
-
-/// The same run bare and traced (bare first), each adjusted by `tweak`: (traced, bare).
-fn pair(
-    charm: &Charm,
-    dispatch_path: &str,
-    env: &[(&str, &str)],
-    tweak: &dyn Fn(&mut Command),
-) -> (Timed, Timed) {
-    let mut bare = charm.command("dispatch.orig", dispatch_path, env);
-    tweak(&mut bare);
-    let bare = timed(bare);
-    let mut traced = charm.command("dispatch", dispatch_path, env);
-    tweak(&mut traced);
-    (timed(traced), bare)
-}
-
-fn no_tweak(_: &mut Command) {}
-
-/// What the operator may read from us on stderr in a case.
-#[derive(Debug, Clone, Copy)]
-enum Says {
-    /// Nothing: there is nothing for the operator to act on.
-    Nothing,
-    /// Exactly one line, holding this text.
-    OneLine(&'static str),
-}
-
-/// The hook ends as bare: same exit status or signal, same stdout, the charm's own stderr
-/// untouched, our stderr as `says`, and no more added time than `budget` (+ `SLACK`).
-fn assert_hook_unchanged(traced: &Timed, bare: &Timed, budget: Duration, says: Says) {
-    let (t, b) = (&traced.out, &bare.out);
-    assert_eq!(
-        (t.status.code(), t.status.signal()),
-        (b.status.code(), b.status.signal()),
-        "the hook ended differently; our stderr: {}",
-        text(&t.stderr)
-    );
-    assert_eq!(text(&t.stdout), text(&b.stdout), "stdout differs");
-    assert_eq!(
-        charm_stderr(&t.stderr),
-        text(&b.stderr),
-        "the charm's stderr differs"
-    );
-    let ours = our_lines(&t.stderr);
-    match says {
-        Says::Nothing => assert!(ours.is_empty(), "unexpected operator lines: {ours:?}"),
-        Says::OneLine(fragment) => {
-            assert_eq!(ours.len(), 1, "one operator line expected: {ours:?}");
-            assert!(ours[0].contains(fragment), "{fragment:?} not in {ours:?}");
-        }
-    }
-    assert!(
-        traced.took <= bare.took + budget + SLACK,
-        "traced run took {:?}, bare {:?}, budget {budget:?}",
-        traced.took,
-        bare.took
-    );
-    // One line per fault case that passed, for `tests/guarantees` to count (--nocapture).
-    println!(
-        "fault case: {}: hook unchanged, {} line(s) of ours, {:+.1} ms against bare",
-        std::thread::current().name().unwrap_or("?"),
-        ours.len(),
-        traced.took.as_secs_f64() * 1e3 - bare.took.as_secs_f64() * 1e3
-    );
-}
-
-/// A scratch directory outside the charm dir for the charm's observations (`$OUT`).
-fn out_dir(charm: &Charm) -> PathBuf {
-    let out = charm.scratch.path("out");
-    std::fs::create_dir_all(&out).unwrap();
-    out
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// `CHARM_RUN` that first writes down the trace id it was given (nothing when bare).
 fn noting_trace(run: &str) -> String {
@@ -210,27 +98,8 @@ fn stored_once(charm: &Charm, id: &str) -> Value {
     trace
 }
 
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 fn inflight(charm: &Charm) -> Vec<String> {
-    files_in(&charm.path(".dispatch-trace.db.inflight"))
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    listing(&charm.path(".dispatch-trace.db.inflight"))
 }
 
 fn read_pid(path: &Path) -> i32 {
@@ -251,26 +120,9 @@ fn tool_processes(charm: &Charm) -> Vec<i32> {
         .collect()
 }
 
-/// Kills (by pid) whatever this test started for `charm` and left running, also on failure.
-struct Reaper<'a>(&'a Charm);
-
-impl Drop for Reaper<'_> {
-    fn drop(&mut self) {
-        for pid in self.0.processes() {
-            // SAFETY: signalling a process this test started (it carries our state dir).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
-
 fn signal(child: &Child, signal: i32) {
     // SAFETY: signalling a process this test spawned.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-}
-
-fn set_destination(charm: &Charm, url: &str) {
-    let out = charm.tool(&["set-destination", url]);
-    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
 }
 
 /// How many times the trace `id` reached `receiver` in requests it answered 2xx: 1 when each
@@ -282,16 +134,9 @@ fn delivered(receiver: &Receiver, id: &str) -> usize {
         if !request.answered.is_some_and(|s| (200..300).contains(&s)) {
             continue;
         }
-        let decoded = ExportTraceServiceRequest::decode(request.body.as_slice()).unwrap();
-        for span in decoded
-            .resource_spans
-            .iter()
-            .flat_map(|r| r.scope_spans.iter())
-            .flat_map(|s| s.spans.iter())
-        {
-            let trace: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-            if trace == id {
-                *seen.entry(span.span_id.clone()).or_default() += 1;
+        for span in otlp_spans(&request.body) {
+            if hex(&span.trace_id) == id {
+                *seen.entry(span.span_id).or_default() += 1;
             }
         }
     }
@@ -346,12 +191,6 @@ fn over_the_limit_then(calls: usize) -> String {
          ulimit -f unlimited\n\
          i=0; while [ $i -lt {calls} ]; do status-get > /dev/null; i=$((i + 1)); done"
     ))
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    name.into()
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -459,10 +298,6 @@ fn a_disk_too_full_even_for_the_finished_trace_never_reports_a_completed_hook_as
     assert!(inflight(&charm).is_empty(), "{:?}", inflight(&charm));
 }
 
-fn chmod(path: &Path, mode: u32) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 #[test]
 fn a_store_in_a_read_only_directory_costs_at_most_the_trace_and_never_the_hook() {
     let charm = Charm::new("shell");
@@ -492,7 +327,7 @@ fn a_store_in_a_read_only_directory_costs_at_most_the_trace_and_never_the_hook()
         Duration::ZERO,
         Says::OneLine("ro/traces.db"),
     );
-    assert_eq!(files_in(&ro), Vec::<String>::new(), "something was written");
+    assert_eq!(listing(&ro), Vec::<String>::new(), "something was written");
 
     // 2. Writable again: the next dispatch is stored, and no phantom of the first one.
     chmod(&ro, 0o755);
@@ -527,7 +362,7 @@ fn a_store_in_a_read_only_directory_costs_at_most_the_trace_and_never_the_hook()
         Says::OneLine("ro/traces.db"),
     );
     let kept = last_trace_id(&charm);
-    assert_eq!(files_in(&ro.join("traces.db.inflight")).len(), 1);
+    assert_eq!(listing(&ro.join("traces.db.inflight")).len(), 1);
     chmod(&ro.join("traces.db"), 0o600);
     let (traced, bare) = pair(&charm, "hooks/stop", &env, &unprivileged);
     assert_hook_unchanged(&traced, &bare, Duration::ZERO, Says::Nothing);
@@ -538,7 +373,7 @@ fn a_store_in_a_read_only_directory_costs_at_most_the_trace_and_never_the_hook()
         .iter()
         .all(|t| root(t)["attributes"].get("dispatch.interrupted").is_none()));
     assert_eq!(
-        files_in(&ro.join("traces.db.inflight")),
+        listing(&ro.join("traces.db.inflight")),
         Vec::<String>::new()
     );
 }
@@ -974,16 +809,13 @@ fn a_hanging_hook_tool_the_charm_kills_by_pid_is_gone_as_it_would_be_bare() {
         ));
         let env = [("OUT", path_str(&out)), ("CHARM_RUN", run.as_str())];
         let bare = timed(charm.command("dispatch.orig", "hooks/update-status", &env));
-        std::thread::sleep(Duration::from_millis(100));
+        // A killed process is gone once the kernel has reaped it: a moment, but not at once.
+        let bare_gone = wait_until(SLACK, || tool_processes(&charm).is_empty());
         let bare_left = tool_processes(&charm);
         let traced = timed(charm.command("dispatch", "hooks/update-status", &env));
         assert_hook_unchanged(&traced, &bare, Duration::ZERO, Says::Nothing);
-        assert_eq!(
-            bare_left,
-            Vec::<i32>::new(),
-            "bare {sig}: the tool survived"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(bare_gone, "bare {sig}: the tool survived: {bare_left:?}");
+        wait_until(SLACK, || tool_processes(&charm).is_empty());
         let left = tool_processes(&charm);
         if !left.is_empty() {
             survivors.push(format!("SIG{sig}: {left:?}"));
@@ -1565,7 +1397,7 @@ fn sigterm_while_exporting_ends_as_the_charm_did_within_the_budget_and_keeps_the
     let out = out_dir(&charm);
     charm.write("dispatch-trace.yaml", "export_budget_ms: 1500\n");
     let receiver = Receiver::start(vec![Answer::Hang]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     let run = noting_trace("status-set active");
     let env: Vec<(&str, &str)> = [("OUT", path_str(&out)), ("CHARM_RUN", run.as_str())]
         .into_iter()
@@ -1596,7 +1428,7 @@ fn sigkill_while_exporting_keeps_the_stored_trace_and_the_next_dispatch_ships_it
     let out = out_dir(&charm);
     charm.write("dispatch-trace.yaml", "export_budget_ms: 1500\n");
     let receiver = Receiver::start(vec![Answer::Hang]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     let run = noting_trace("status-set active");
     let env = [("OUT", path_str(&out)), ("CHARM_RUN", run.as_str())];
     let mut wrapper = in_export_phase(&charm, &receiver, &env);
@@ -1626,7 +1458,7 @@ fn a_receiver_that_resets_the_connection_mid_body_is_an_outage_and_the_trace_wai
     let out = out_dir(&charm);
     charm.write("dispatch-trace.yaml", "export_budget_ms: 1000\n");
     let receiver = Receiver::start(vec![Answer::ResetMidBody]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     let run = noting_trace("");
     let env: Vec<(&str, &str)> = [("OUT", path_str(&out)), ("CHARM_RUN", run.as_str())]
         .into_iter()
@@ -1666,7 +1498,7 @@ fn a_receiver_answering_413_is_told_once_and_the_trace_waits_for_a_smaller_reque
     let out = out_dir(&charm);
     charm.write("dispatch-trace.yaml", "export_budget_ms: 1000\n");
     let receiver = Receiver::start(vec![Answer::Status(413, vec![], b"too large".to_vec())]);
-    set_destination(&charm, &receiver.url());
+    set_destination(&charm, &[&receiver.url()]);
     let run = noting_trace("");
     // Big enough that half of it is above the 16 KiB floor requests never shrink below.
     let env = [
@@ -1719,7 +1551,7 @@ fn a_receiver_sending_a_huge_body_back_costs_no_more_than_the_budget() {
         (Answer::HugeBody(503, 256 << 20), "pending"),
     ] {
         let receiver = Receiver::start(vec![answer]);
-        set_destination(&charm, &receiver.url());
+        set_destination(&charm, &[&receiver.url()]);
         let (traced, bare) = pair(&charm, "hooks/install", &env, &no_tweak);
         assert_hook_unchanged(&traced, &bare, Duration::from_secs(1), Says::Nothing);
         let id = last_trace_id(&charm);
