@@ -3,7 +3,7 @@
 //! Juju runs `<charm>/dispatch` with no arguments once per event; that is hook mode
 //! (`wrapper`). With arguments it is a tool for people and tests (`cli`). The process ends in
 //! exactly one place, `entry`'s return to `main`: with the child's exit code, or (in
-//! `supervise::mirror`) by the child's signal.
+//! `dispatch_shim::child::end_as`) by the child's signal.
 #![deny(clippy::print_stdout)]
 
 pub mod channel;

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
+use dispatch_shim::child;
 use dispatch_shim::{changes_state, ENV_CHANNEL, ENV_LOG_TEXT, ENV_NONCE, ENV_TOOLS_DIR};
 use opentelemetry::KeyValue;
 
@@ -228,7 +229,7 @@ fn passthrough(
             if env.event_kind() != EventKind::Action {
                 eprintln!("dispatch: cannot run {}: {error}", program.display());
             }
-            exec_failure_code(&error)
+            child::exec_failure_code(error.raw_os_error())
         }
     }
 }
@@ -266,13 +267,6 @@ fn child_exec_depth() -> String {
     exec_depth().saturating_add(1).to_string()
 }
 
-fn exec_failure_code(error: &std::io::Error) -> i32 {
-    match error.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) => 127,
-        _ => 126,
-    }
-}
-
 /// Last resort when planning itself failed: run `dispatch.orig` beside us, untraced.
 fn fallback_exec(argv0: &OsString, inherited: &InheritedSignals) -> i32 {
     let (_, charm_dir) = locate_charm_dir(argv0);
@@ -286,7 +280,7 @@ fn fallback_exec(argv0: &OsString, inherited: &InheritedSignals) -> i32 {
     if !in_action {
         eprintln!("dispatch: cannot run {}: {error}", original.display());
     }
-    exec_failure_code(&error)
+    child::exec_failure_code(error.raw_os_error())
 }
 
 /// What was set up before the spawn and is finished after it.
@@ -359,7 +353,7 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
         let _ = catch_unwind(AssertUnwindSafe(|| report(&prepared)));
     }
     match (run, &prepared.target) {
-        (Some(run), _) => supervise::mirror(run.end),
+        (Some(run), _) => child::end_as(run.end),
         (None, Target::Itself(_)) => REFUSED_EXIT,
         (None, _) => 0,
     }
