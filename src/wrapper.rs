@@ -53,7 +53,7 @@ const LOCK_WAIT: Duration = Duration::from_millis(200);
 /// The last panic message from tracing code, so it can be reported on the trace.
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
 
-pub fn run(argv0: OsString, inherited: InheritedSignals) -> i32 {
+pub fn run(argv0: OsString, inherited: InheritedSignals) -> ChildEnd {
     let start = SystemTime::now();
     std::panic::set_hook(Box::new(|info| {
         if let Ok(mut slot) = PANIC_MESSAGE.lock() {
@@ -63,10 +63,10 @@ pub fn run(argv0: OsString, inherited: InheritedSignals) -> i32 {
     let plan = catch_unwind(AssertUnwindSafe(|| plan(&argv0, start)));
     let plan = match plan {
         Ok(plan) => plan,
-        Err(_) => return fallback_exec(&argv0, &inherited),
+        Err(_) => return ChildEnd::Exited(fallback_exec(&argv0, &inherited)),
     };
     match plan {
-        Plan::Refuse { reason, env } => refuse(&reason, &env),
+        Plan::Refuse { reason, env } => ChildEnd::Exited(refuse(&reason, &env)),
         Plan::Passthrough {
             target,
             env,
@@ -75,7 +75,7 @@ pub fn run(argv0: OsString, inherited: InheritedSignals) -> i32 {
             if let Some(charm_dir) = nothing_at_all {
                 warn_nothing_at_all(&charm_dir, &env);
             }
-            passthrough(&target, &argv0, &env, &inherited)
+            ChildEnd::Exited(passthrough(&target, &argv0, &env, &inherited))
         }
         Plan::Trace(prepared) => traced(*prepared, &argv0, &inherited),
     }
@@ -293,7 +293,7 @@ struct Tracing {
     own_tools: Option<HookTools>,
 }
 
-fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals) -> i32 {
+fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals) -> ChildEnd {
     // Signals are blocked before any thread exists, so only our sigwait sees them.
     supervise::block_signals();
     let setup = catch_unwind(AssertUnwindSafe(|| set_up(&mut prepared)));
@@ -337,7 +337,8 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
                     let _ = catch_unwind(AssertUnwindSafe(|| {
                         finish(&mut prepared, tracing.take(), None)
                     }));
-                    return passthrough(&prepared.target, argv0, &prepared.env, inherited);
+                    let code = passthrough(&prepared.target, argv0, &prepared.env, inherited);
+                    return ChildEnd::Exited(code);
                 }
             }
         }
@@ -353,9 +354,9 @@ fn traced(mut prepared: Prepared, argv0: &OsString, inherited: &InheritedSignals
         let _ = catch_unwind(AssertUnwindSafe(|| report(&prepared)));
     }
     match (run, &prepared.target) {
-        (Some(run), _) => child::end_as(run.end),
-        (None, Target::Itself(_)) => REFUSED_EXIT,
-        (None, _) => 0,
+        (Some(run), _) => run.end,
+        (None, Target::Itself(_)) => ChildEnd::Exited(REFUSED_EXIT),
+        (None, _) => ChildEnd::Exited(0),
     }
 }
 
