@@ -93,30 +93,27 @@ fn run(args: &[&[u8]], argv: *const *const c_char) -> Result<ChildEnd, String> {
     // SAFETY: changing our own disposition; `child::end_as` resets it before re-raising.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     let (end, pid) = match spawned {
-        Ok(pid) => {
-            // Signals the charm gave us as ignored are forwarded too: the tool inherited them
-            // as ignored, so one reaches only a tool that chose to catch it, as it would bare.
-            let (end, _) = child::wait_forwarding(pid, &[], |_, _| {});
-            (Ok(end), pid)
-        }
-        Err(errno) => (Err(errno), 0),
+        // Signals the charm gave us as ignored are forwarded too: the tool inherited them
+        // as ignored, so one reaches only a tool that chose to catch it, as it would bare.
+        Ok(pid) => match child::wait_forwarding(pid, &[], |_, _| {}).0 {
+            ChildEnd::Exited(code) => (CallEnd::Exited(code), pid),
+            ChildEnd::Signaled(signal) => (CallEnd::Signaled(signal), pid),
+        },
+        Err(errno) => (CallEnd::SpawnFailed(errno), 0),
     };
     let finish = unix_nanos();
 
-    let call_end = match end {
-        Ok(ChildEnd::Exited(code)) => CallEnd::Exited(code),
-        Ok(ChildEnd::Signaled(signal)) => CallEnd::Signaled(signal),
-        Err(errno) => CallEnd::SpawnFailed(errno),
-    };
-    report(tool, &args[1..], start, finish, call_end, pid);
+    report(tool, &args[1..], start, finish, end, pid);
 
-    end.map_err(|errno| {
-        format!(
+    match end {
+        CallEnd::Exited(code) => Ok(ChildEnd::Exited(code)),
+        CallEnd::Signaled(signal) => Ok(ChildEnd::Signaled(signal)),
+        CallEnd::SpawnFailed(errno) => Err(format!(
             "dispatch-shim: cannot run {}: {}",
             real_tool.to_string_lossy(),
             std::io::Error::from_raw_os_error(errno)
-        )
-    })
+        )),
+    }
 }
 
 fn env_str(name: &str) -> Option<String> {
