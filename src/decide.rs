@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use dispatch_shim::ENV_NONCE;
+use dispatch_shim::{child, ENV_NONCE};
 
 use crate::config::Config;
 use crate::juju::{EventKind, HookEnv};
@@ -168,7 +168,7 @@ pub fn pass_through(
             if env.event_kind() != EventKind::Action {
                 eprintln!("dispatch: cannot run {}: {error}", program.display());
             }
-            exec_failure_code(&error)
+            child::exec_failure_code(error.raw_os_error())
         }
     }
 }
@@ -206,14 +206,6 @@ pub fn child_exec_depth() -> String {
     exec_depth().saturating_add(1).to_string()
 }
 
-/// The exit code of a target that could not be exec'd, as a shell would give it.
-fn exec_failure_code(error: &std::io::Error) -> i32 {
-    match error.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) => 127,
-        _ => 126,
-    }
-}
-
 /// Last resort when deciding itself failed (a panic): run `dispatch.orig` beside us, untraced.
 pub fn fallback_exec(argv0: &OsString, inherited: &InheritedSignals) -> i32 {
     let (_, charm_dir) = locate_charm_dir(argv0);
@@ -227,5 +219,5 @@ pub fn fallback_exec(argv0: &OsString, inherited: &InheritedSignals) -> i32 {
     if !in_action {
         eprintln!("dispatch: cannot run {}: {error}", original.display());
     }
-    exec_failure_code(&error)
+    child::exec_failure_code(error.raw_os_error())
 }

@@ -2,8 +2,8 @@
 //!
 //! Juju runs `<charm>/dispatch` with no arguments once per event; that is hook mode
 //! (`wrapper`). With arguments it is a tool for people and tests (`cli`). The process ends in
-//! exactly one place, `entry`'s return to `main`: with the child's exit code, or (in
-//! `supervise::mirror`) by the child's signal.
+//! exactly one place, `main`, as `entry` says: with an exit code, or by the child's signal
+//! (`dispatch_shim::child::end_as`).
 #![deny(clippy::print_stdout)]
 
 pub mod beside_child;
@@ -42,20 +42,20 @@ pub mod transport;
 pub mod view;
 pub mod wrapper;
 
-/// Runs dispatch; returns the process exit code (or does not return, when the child's signal
-/// is mirrored). Must be called first thing, before any thread exists.
-pub fn entry() -> i32 {
+/// Runs dispatch; returns how the process is to end (an exit code, or the charm's death by a
+/// signal, for `main` to die of). Must be called first thing, before any thread exists.
+pub fn entry() -> supervise::ChildEnd {
     let inherited = supervise::InheritedSignals::capture();
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "dispatch".into());
     let rest: Vec<_> = args.collect();
     if rest.is_empty() && typed_by_a_person() {
-        return cli::not_run_by_juju();
+        return supervise::ChildEnd::Exited(cli::not_run_by_juju());
     }
     if rest.is_empty() {
         wrapper::run(argv0, inherited)
     } else {
-        cli::run(rest)
+        supervise::ChildEnd::Exited(cli::run(rest))
     }
 }
 

@@ -6,7 +6,8 @@
 
 use std::os::raw::{c_char, c_int};
 
+/// The one place the process ends: with `entry`'s exit code, or by the charm's signal.
 #[no_mangle]
 extern "C" fn main(_argc: c_int, _argv: *const *const c_char) -> c_int {
-    dispatch::entry()
+    dispatch_shim::child::end_as(dispatch::entry())
 }

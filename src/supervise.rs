@@ -5,8 +5,10 @@
 //! for them synchronously (no handlers, so every disposition the hook inherited stays as it
 //! was and passes to the child through exec), forward them to the child, and mirror its end.
 //!
-//! Which signals are forwarded, and how the child is started so that it dies with us, is
-//! shared with the shim: `dispatch_shim::child`.
+//! Which signals are forwarded, how the child is started so that it dies with us, the loop
+//! that waits for it and how we end as it ended are shared with the shim:
+//! `dispatch_shim::child`. What is the wrapper's own: the hook's signal state, signals that
+//! arrive before the child exists, the work done while it runs, and what the trace keeps.
 //!
 //! SIGPIPE and SIGXFSZ are ignored in this process (a closed stderr or a file-size limit must
 //! not kill the wrapper) and restored in the child to what the hook gave us. The child gets
@@ -23,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use dispatch_shim::child::{self, FORWARDED};
 use nix::sys::signal::Signal;
 
-pub use dispatch_shim::child::should_forward;
+pub use dispatch_shim::child::{should_forward, ChildEnd};
 
 /// Signals we ignore for ourselves and restore for the child (SIGCHLD is also restored, see
 /// `capture`).
@@ -92,13 +94,6 @@ unsafe fn disposition(signal: libc::c_int) -> libc::sighandler_t {
     current.sa_sigaction
 }
 
-/// How the child ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChildEnd {
-    Exited(i32),
-    Signaled(i32),
-}
-
 #[derive(Debug, Clone, Copy)]
 pub struct Usage {
     pub user: Duration,
@@ -160,14 +155,9 @@ pub fn run(
         Ok(pid) => pid,
         Err(error) => {
             let code = match error.raw_os_error() {
-                Some(libc::ENOENT) | Some(libc::ENOTDIR) => 127,
-                Some(libc::EACCES)
-                | Some(libc::ENOEXEC)
-                | Some(libc::EPERM)
-                | Some(libc::EISDIR)
-                | Some(libc::ETXTBSY)
-                | Some(libc::ELOOP)
-                | Some(libc::ENAMETOOLONG) => 126,
+                Some(errno) if child::program_at_fault(errno) => {
+                    child::exec_failure_code(Some(errno))
+                }
                 _ => return Err(SpawnUnavailable(error)),
             };
             return Ok(ChildRun {
@@ -183,13 +173,17 @@ pub fn run(
     };
     let mut signals = early;
     while_running();
-    let (end, usage) = supervise(pid, inherited, &mut signals);
+    let (end, usage) = child::wait_forwarding(pid, &inherited.ignored, |signal, forwarded| {
+        if signals.len() < MAX_SIGNALS_KEPT {
+            signals.push(ReceivedSignal { signal, forwarded });
+        }
+    });
     Ok(ChildRun {
         pid: Some(pid as u32),
         started,
         ended: SystemTime::now(),
         end,
-        usage: Some(usage),
+        usage: Some(Usage::from(usage)),
         spawn_error: None,
         signals,
     })
@@ -257,8 +251,9 @@ fn child_environment(changes: &[(OsString, OsString)]) -> Vec<Vec<u8>> {
 }
 
 /// Takes (consumes) the forwarded signals pending right now, so they reach the child once, by
-/// its own hand, and not again through `supervise`. A signal the hook ignores is discarded by
-/// the kernel and never pending.
+/// its own hand, and not again through the wait. A signal the hook ignores is pending too (the
+/// kernel discards no blocked signal): the child, which ignores it as well, raises it on itself
+/// as it would have received it bare, and the trace says it was not forwarded.
 fn take_pending_signals(inherited: &InheritedSignals) -> Vec<ReceivedSignal> {
     let mut taken = Vec::new();
     // SAFETY: reading our own pending set, and consuming pending signals without waiting.
@@ -291,74 +286,16 @@ fn take_pending_signals(inherited: &InheritedSignals) -> Vec<ReceivedSignal> {
 /// memory without bound).
 const MAX_SIGNALS_KEPT: usize = 64;
 
-fn supervise(
-    pid: libc::pid_t,
-    inherited: &InheritedSignals,
-    received: &mut Vec<ReceivedSignal>,
-) -> (ChildEnd, Usage) {
-    let set = child::watched_set();
-    loop {
-        if let Some(done) = try_reap(pid) {
-            return done;
-        }
-        // SAFETY: waiting for a blocked signal with a valid set and info buffer.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let signal = unsafe { libc::sigwaitinfo(&set, &mut info) };
-        if signal < 0 || signal == libc::SIGCHLD {
-            continue;
-        }
-        // SAFETY: si_pid is valid for the codes that carry a sender.
-        let sender = unsafe { info.si_pid() };
-        let forwarded = should_forward(signal, info.si_code, sender, &inherited.ignored);
-        if forwarded {
-            // SAFETY: signalling our own child; ESRCH (already gone) is fine.
-            unsafe { libc::kill(pid, signal) };
-        }
-        if received.len() < MAX_SIGNALS_KEPT {
-            received.push(ReceivedSignal { signal, forwarded });
-        }
-    }
-}
-
-fn try_reap(pid: libc::pid_t) -> Option<(ChildEnd, Usage)> {
-    let mut status: libc::c_int = 0;
-    // SAFETY: wait4 on our own child with valid out-pointers.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-    if rc != pid {
-        if rc == -1 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            // Someone else reaped it: its status is unknown, and an unknown end must not
-            // commit the hook's changes.
-            return Some((ChildEnd::Exited(1), Usage::zero()));
-        }
-        return None;
-    }
-    let end = if libc::WIFSIGNALED(status) {
-        ChildEnd::Signaled(libc::WTERMSIG(status))
-    } else if libc::WIFEXITED(status) {
-        ChildEnd::Exited(libc::WEXITSTATUS(status))
-    } else {
-        return None;
-    };
-    let timeval = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
-    };
-    Some((
-        end,
+impl From<libc::rusage> for Usage {
+    fn from(usage: libc::rusage) -> Usage {
+        let timeval = |t: libc::timeval| {
+            Duration::from_secs(t.tv_sec.max(0) as u64)
+                + Duration::from_micros(t.tv_usec.max(0) as u64)
+        };
         Usage {
             user: timeval(usage.ru_utime),
             system: timeval(usage.ru_stime),
             max_rss_bytes: usage.ru_maxrss.max(0) as u64 * 1024,
-        },
-    ))
-}
-
-impl Usage {
-    fn zero() -> Usage {
-        Usage {
-            user: Duration::ZERO,
-            system: Duration::ZERO,
-            max_rss_bytes: 0,
         }
     }
 }
@@ -379,51 +316,6 @@ pub fn exec(program: &Path, argv0: &OsString, inherited: &InheritedSignals) -> s
     command.exec()
 }
 
-/// Ends this process the way the child ended: same exit code, or death by the same signal
-/// (without a core dump of ours). Falls back to 128+N only if re-raising fails.
-pub fn mirror(end: ChildEnd) -> i32 {
-    match end {
-        ChildEnd::Exited(code) => code,
-        ChildEnd::Signaled(signal) => {
-            // SAFETY: resetting our own signal state right before dying of it.
-            unsafe {
-                if dumps_core(signal) {
-                    let none = libc::rlimit {
-                        rlim_cur: 0,
-                        rlim_max: 0,
-                    };
-                    libc::setrlimit(libc::RLIMIT_CORE, &none);
-                    // Pipe core handlers (apport, systemd-coredump) ignore RLIMIT_CORE.
-                    libc::prctl(libc::PR_SET_DUMPABLE, 0);
-                }
-                libc::signal(signal, libc::SIG_DFL);
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, signal);
-                libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                libc::raise(signal);
-            }
-            128 + signal
-        }
-    }
-}
-
-fn dumps_core(signal: i32) -> bool {
-    matches!(
-        signal,
-        libc::SIGQUIT
-            | libc::SIGILL
-            | libc::SIGTRAP
-            | libc::SIGABRT
-            | libc::SIGBUS
-            | libc::SIGFPE
-            | libc::SIGSEGV
-            | libc::SIGSYS
-            | libc::SIGXCPU
-            | libc::SIGXFSZ
-    )
-}
-
 /// `SIGTERM`-style name for a signal number.
 pub fn signal_name(signal: i32) -> String {
     match Signal::try_from(signal) {
@@ -437,24 +329,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn resource_usage_is_kept_in_durations_and_bytes() {
+        // SAFETY: rusage is plain data, zero is a valid value.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        usage.ru_utime.tv_sec = 1;
+        usage.ru_utime.tv_usec = 500_000;
+        usage.ru_stime.tv_usec = 250;
+        usage.ru_maxrss = 2048;
+        let usage = Usage::from(usage);
+        assert_eq!(usage.user, Duration::from_millis(1500));
+        assert_eq!(usage.system, Duration::from_micros(250));
+        assert_eq!(usage.max_rss_bytes, 2 * 1024 * 1024);
+    }
+
+    #[test]
     fn signal_names_are_the_conventional_ones() {
         assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
         assert_eq!(signal_name(libc::SIGKILL), "SIGKILL");
         assert_eq!(signal_name(200), "SIG200");
-    }
-
-    #[test]
-    fn exit_codes_mirror_as_themselves() {
-        for code in 0..=255 {
-            assert_eq!(mirror(ChildEnd::Exited(code)), code);
-        }
-    }
-
-    #[test]
-    fn core_dumping_signals_are_known() {
-        assert!(dumps_core(libc::SIGSEGV));
-        assert!(dumps_core(libc::SIGABRT));
-        assert!(!dumps_core(libc::SIGTERM));
-        assert!(!dumps_core(libc::SIGKILL));
     }
 }

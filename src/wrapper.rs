@@ -11,7 +11,8 @@
 //!    opened off the hook's critical path (`persist`).
 //! 4. Finish: build the trace (`spans`), store it in one transaction (`persist`), ship it and
 //!    the backlog within the budget (`ship`), tell the operator (`operator`): once, at the end.
-//! 5. End as the child ended: its exit code, or death by its signal (`supervise::mirror`).
+//! 5. End as the child ended: `run` returns its exit code or its signal, and `main` ends the
+//!    process that way (`dispatch_shim::child::end_as`).
 //!
 //! After the spawn our problems are warnings: phases 2 to 4 run inside `catch_unwind` and
 //! cannot change the exit, the output or the signal the hook ends with.
@@ -34,13 +35,13 @@ use crate::settings;
 use crate::ship;
 use crate::spans;
 use crate::store::NewChunk;
-use crate::supervise::{self, ChildRun, InheritedSignals, Launch};
+use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
 use crate::target::{Target, ENV_EXEC_DEPTH, REFUSED_EXIT};
 
 /// The last panic message from tracing code, so it can be reported on the trace.
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
 
-pub fn run(argv0: OsString, inherited: InheritedSignals) -> i32 {
+pub fn run(argv0: OsString, inherited: InheritedSignals) -> ChildEnd {
     let start = SystemTime::now();
     std::panic::set_hook(Box::new(|info| {
         if let Ok(mut slot) = PANIC_MESSAGE.lock() {
@@ -49,10 +50,10 @@ pub fn run(argv0: OsString, inherited: InheritedSignals) -> i32 {
     }));
     let decision = match catch_unwind(AssertUnwindSafe(|| decide::decide(&argv0, start))) {
         Ok(decision) => decision,
-        Err(_) => return decide::fallback_exec(&argv0, &inherited),
+        Err(_) => return ChildEnd::Exited(decide::fallback_exec(&argv0, &inherited)),
     };
     match decision {
-        Decision::Refuse { reason, env } => decide::refuse(&reason, &env),
+        Decision::Refuse { reason, env } => ChildEnd::Exited(decide::refuse(&reason, &env)),
         Decision::PassThrough {
             target,
             env,
@@ -61,13 +62,13 @@ pub fn run(argv0: OsString, inherited: InheritedSignals) -> i32 {
             if let Some(charm_dir) = nothing_at_all {
                 decide::warn_nothing_at_all(&charm_dir, &env);
             }
-            decide::pass_through(&target, &argv0, &env, &inherited)
+            ChildEnd::Exited(decide::pass_through(&target, &argv0, &env, &inherited))
         }
         Decision::Trace(dispatch) => traced(*dispatch, &argv0, &inherited),
     }
 }
 
-fn traced(mut dispatch: Dispatch, argv0: &OsString, inherited: &InheritedSignals) -> i32 {
+fn traced(mut dispatch: Dispatch, argv0: &OsString, inherited: &InheritedSignals) -> ChildEnd {
     // Signals are blocked before any thread exists, so only our sigwait sees them.
     supervise::block_signals();
     let mut inflight: Option<Inflight> = None;
@@ -126,7 +127,9 @@ fn traced(mut dispatch: Dispatch, argv0: &OsString, inherited: &InheritedSignals
                             None,
                         )
                     }));
-                    return decide::pass_through(&dispatch.target, argv0, &dispatch.env, inherited);
+                    let code =
+                        decide::pass_through(&dispatch.target, argv0, &dispatch.env, inherited);
+                    return ChildEnd::Exited(code);
                 }
             }
         }
@@ -142,9 +145,9 @@ fn traced(mut dispatch: Dispatch, argv0: &OsString, inherited: &InheritedSignals
         let _ = catch_unwind(AssertUnwindSafe(|| report(&dispatch)));
     }
     match (run, &dispatch.target) {
-        (Some(run), _) => supervise::mirror(run.end),
-        (None, Target::Itself(_)) => REFUSED_EXIT,
-        (None, _) => 0,
+        (Some(run), _) => run.end,
+        (None, Target::Itself(_)) => ChildEnd::Exited(REFUSED_EXIT),
+        (None, _) => ChildEnd::Exited(0),
     }
 }
 

@@ -14,6 +14,11 @@
 //!   Pebble stopping the agent's process group on Kubernetes; both signal every process.
 //! - Signals the caller gave us as ignored are not forwarded: the child ignores them too.
 //! - Anything else sent to us alone is forwarded once.
+//!
+//! Both also end the same way: as the child ended (its exit code, or death by its signal,
+//! README *Signals*), and a program that cannot be started at all ends as a shell ends a
+//! command it cannot run. The loop that waits for the child while forwarding, and those
+//! endings, live here once; what differs between the two binaries is a parameter.
 
 use std::ffi::CStr;
 use std::os::raw::{c_char, c_int};
@@ -139,8 +144,9 @@ pub fn spawn(exec: &Exec) -> Result<libc::pid_t, c_int> {
     if errno != 0 {
         // It exited (127) without exec'ing: reap it and report why.
         let mut status = 0;
-        // SAFETY: reaping our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        // SAFETY: reaping our own child (wait4, as `wait_forwarding` does: one wait function
+        // linked into the shim, not two).
+        unsafe { libc::wait4(pid, &mut status, 0, std::ptr::null_mut()) };
         return Err(errno);
     }
     Ok(pid)
@@ -178,6 +184,141 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> c_int {
     }
 }
 
+/// How a child ended; also how our own process ends, since it ends the way its child did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildEnd {
+    Exited(c_int),
+    Signaled(c_int),
+}
+
+impl ChildEnd {
+    /// The end a wait status reports. Only ends are reported to a wait without WUNTRACED or
+    /// WCONTINUED (ours), so a status that is not a death by signal is an exit.
+    pub fn from_wait_status(status: c_int) -> ChildEnd {
+        if libc::WIFSIGNALED(status) {
+            ChildEnd::Signaled(libc::WTERMSIG(status))
+        } else {
+            ChildEnd::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+}
+
+/// Waits for our child `pid` to end, passing on each watched signal we receive that the
+/// forwarding rule (module docs) says is meant for it; `ignored` are the signals our caller
+/// gave us as ignored. `received(signal, forwarded)` hears of every signal, in order. The
+/// watched signals must be blocked in every thread (`block_watched` before any thread
+/// exists), or a SIGCHLD could go to a thread that discards it.
+///
+/// Returns the child's end and resource usage. A child someone else reaped (its status
+/// unknown) ends as `Exited(1)` with no usage: an unknown end must not pass for a success.
+pub fn wait_forwarding(
+    pid: libc::pid_t,
+    ignored: &[c_int],
+    mut received: impl FnMut(c_int, bool),
+) -> (ChildEnd, libc::rusage) {
+    let watched = watched_set();
+    loop {
+        let mut status: c_int = 0;
+        // SAFETY: rusage is plain data, zero is a valid value.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: a non-blocking wait for our own child with valid out-pointers.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == pid {
+            return (ChildEnd::from_wait_status(status), usage);
+        } else if rc == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // SAFETY: as above.
+            return (ChildEnd::Exited(1), unsafe { std::mem::zeroed() });
+        }
+        // SAFETY: siginfo is plain data; waiting for a blocked signal with valid pointers.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let signal = unsafe { libc::sigwaitinfo(&watched, &mut info) };
+        if signal <= 0 || signal == libc::SIGCHLD {
+            continue;
+        }
+        // SAFETY: si_pid is valid for the codes that carry a sender.
+        let sender = unsafe { info.si_pid() };
+        let forwarded = should_forward(signal, info.si_code, sender, ignored);
+        if forwarded {
+            // SAFETY: signalling our own child; ESRCH (already gone) is fine.
+            unsafe { libc::kill(pid, signal) };
+        }
+        received(signal, forwarded);
+    }
+}
+
+/// Ends this process as `end` says, for `main` to call last: returns the exit code for `main`
+/// to return, or dies of the signal, without a core dump of its own (the child made its own).
+/// Returns 128+N, as a shell would report the death, only if the signal did not kill us.
+pub fn end_as(end: ChildEnd) -> c_int {
+    let signal = match end {
+        ChildEnd::Exited(code) => return code,
+        ChildEnd::Signaled(signal) => signal,
+    };
+    // SAFETY: resetting our own signal state right before dying of it.
+    unsafe {
+        if dumps_core(signal) {
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            // Pipe core handlers (apport, systemd-coredump) ignore RLIMIT_CORE.
+            libc::prctl(libc::PR_SET_DUMPABLE, 0);
+        }
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+    128 + signal
+}
+
+fn dumps_core(signal: c_int) -> bool {
+    matches!(
+        signal,
+        libc::SIGQUIT
+            | libc::SIGILL
+            | libc::SIGTRAP
+            | libc::SIGABRT
+            | libc::SIGBUS
+            | libc::SIGFPE
+            | libc::SIGSEGV
+            | libc::SIGSYS
+            | libc::SIGXCPU
+            | libc::SIGXFSZ
+    )
+}
+
+/// The exit code for a program that could not be executed, as a shell gives it (README *What
+/// runs*): 127 when nothing is at its path, 126 when something is but cannot be run, or when
+/// the failure has no errno to tell (a path with a NUL byte).
+pub fn exec_failure_code(errno: Option<c_int>) -> c_int {
+    match errno {
+        Some(libc::ENOENT | libc::ENOTDIR) => 127,
+        _ => 126,
+    }
+}
+
+/// Whether starting a program failed because of the program (its path, its permissions, its
+/// format: `exec_failure_code` says how to end), rather than for want of something of ours
+/// (memory, processes, descriptors), which another way of running it may not lack.
+pub fn program_at_fault(errno: c_int) -> bool {
+    matches!(
+        errno,
+        libc::ENOENT
+            | libc::ENOTDIR
+            | libc::EACCES
+            | libc::ENOEXEC
+            | libc::EPERM
+            | libc::EISDIR
+            | libc::ETXTBSY
+            | libc::ELOOP
+            | libc::ENAMETOOLONG
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +344,74 @@ mod tests {
         assert!(should_forward(libc::SIGTERM, libc::SI_USER, 4242, &[]));
         assert!(should_forward(libc::SIGUSR1, libc::SI_QUEUE, 4242, &[]));
         assert!(should_forward(libc::SIGHUP, libc::SI_TKILL, 4242, &[]));
+    }
+
+    #[test]
+    fn exit_codes_end_as_themselves() {
+        for code in 0..=255 {
+            assert_eq!(end_as(ChildEnd::Exited(code)), code);
+        }
+    }
+
+    #[test]
+    fn core_dumping_signals_are_known() {
+        assert!(dumps_core(libc::SIGSEGV));
+        assert!(dumps_core(libc::SIGABRT));
+        assert!(!dumps_core(libc::SIGTERM));
+        assert!(!dumps_core(libc::SIGKILL));
+    }
+
+    #[test]
+    fn wait_statuses_tell_an_exit_from_a_death_by_signal() {
+        // Linux's encoding: exit code in the second byte, terminating signal in the low 7
+        // bits (0x80: it dumped core).
+        assert_eq!(ChildEnd::from_wait_status(0), ChildEnd::Exited(0));
+        assert_eq!(ChildEnd::from_wait_status(3 << 8), ChildEnd::Exited(3));
+        assert_eq!(ChildEnd::from_wait_status(255 << 8), ChildEnd::Exited(255));
+        assert_eq!(
+            ChildEnd::from_wait_status(libc::SIGTERM),
+            ChildEnd::Signaled(libc::SIGTERM)
+        );
+        assert_eq!(
+            ChildEnd::from_wait_status(libc::SIGSEGV | 0x80),
+            ChildEnd::Signaled(libc::SIGSEGV)
+        );
+    }
+
+    #[test]
+    fn a_program_that_is_not_there_exits_127_and_one_that_cannot_run_126() {
+        assert_eq!(exec_failure_code(Some(libc::ENOENT)), 127);
+        assert_eq!(exec_failure_code(Some(libc::ENOTDIR)), 127);
+        assert_eq!(exec_failure_code(None), 126);
+        for errno in [
+            libc::EACCES,
+            libc::ENOEXEC,
+            libc::EPERM,
+            libc::EISDIR,
+            libc::ETXTBSY,
+            libc::ELOOP,
+            libc::ENAMETOOLONG,
+            libc::ENOMEM,
+            libc::E2BIG,
+        ] {
+            assert_eq!(exec_failure_code(Some(errno)), 126, "errno {errno}");
+        }
+    }
+
+    #[test]
+    fn running_out_of_memory_or_processes_is_not_the_programs_fault() {
+        for errno in [libc::ENOENT, libc::EACCES, libc::ENOEXEC, libc::ETXTBSY] {
+            assert!(program_at_fault(errno), "errno {errno}");
+        }
+        for errno in [
+            libc::ENOMEM,
+            libc::EAGAIN,
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::E2BIG,
+        ] {
+            assert!(!program_at_fault(errno), "errno {errno}");
+        }
     }
 
     #[test]

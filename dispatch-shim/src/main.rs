@@ -19,9 +19,10 @@
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int};
 
+use dispatch_shim::child::{self, ChildEnd};
 use dispatch_shim::{
-    child, is_hook_tool, summarize_args, CallEnd, Record, ENV_CHANNEL, ENV_DEPTH, ENV_LOG_TEXT,
-    ENV_NONCE, ENV_TOOLS_DIR, MAX_DEPTH,
+    is_hook_tool, summarize_args, CallEnd, Record, ENV_CHANNEL, ENV_DEPTH, ENV_LOG_TEXT, ENV_NONCE,
+    ENV_TOOLS_DIR, MAX_DEPTH,
 };
 
 extern "C" {
@@ -37,17 +38,20 @@ extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
     let args: Vec<&[u8]> = (0..argc.max(0) as usize)
         .map(|i| unsafe { CStr::from_ptr(*argv.add(i)) }.to_bytes())
         .collect();
-    match run(&args, argv) {
-        Ok(code) => code,
-        Err(message) => {
-            eprint_line(&message);
-            // Like a shell that cannot run a command.
-            127
-        }
-    }
+    let end = run(&args, argv).unwrap_or_else(|message| {
+        eprint_line(&message);
+        ChildEnd::Exited(CANNOT_RUN)
+    });
+    child::end_as(end)
 }
 
-fn run(args: &[&[u8]], argv: *const *const c_char) -> Result<c_int, String> {
+/// How a call ends when the shim cannot run the real tool, whatever the reason (even one it
+/// found but cannot execute). The charm found this tool by a PATH search, and Ubuntu's
+/// /bin/sh (dash) ends a command its PATH search cannot run with 127: so would the call bare.
+const CANNOT_RUN: c_int = 127;
+
+/// Runs the tool and reports the call: the tool's end, or why it could not be run.
+fn run(args: &[&[u8]], argv: *const *const c_char) -> Result<ChildEnd, String> {
     let argv0 = args.first().copied().unwrap_or_default();
     let tool_bytes = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
     let tool = std::str::from_utf8(tool_bytes).unwrap_or_default();
@@ -86,37 +90,24 @@ fn run(args: &[&[u8]], argv: *const *const c_char) -> Result<c_int, String> {
     });
     // The tool has inherited the caller's SIGPIPE disposition; from here on a reader that
     // goes away mid-write (the dispatch ending) must cost us an EPIPE, not our life.
-    // SAFETY: changing our own disposition; `die_of` resets it before re-raising.
+    // SAFETY: changing our own disposition; `child::end_as` resets it before re-raising.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let (end, code) = match spawned {
-        Ok(pid) => {
-            let status = wait_forwarding_signals(pid);
-            let end = if libc::WIFSIGNALED(status) {
-                CallEnd::Signaled(libc::WTERMSIG(status))
-            } else {
-                CallEnd::Exited(libc::WEXITSTATUS(status))
-            };
-            (end, Some((pid, status)))
-        }
-        Err(errno) => (CallEnd::SpawnFailed(errno), None),
+    let (end, pid) = match spawned {
+        // Signals the charm gave us as ignored are forwarded too: the tool inherited them
+        // as ignored, so one reaches only a tool that chose to catch it, as it would bare.
+        Ok(pid) => match child::wait_forwarding(pid, &[], |_, _| {}).0 {
+            ChildEnd::Exited(code) => (CallEnd::Exited(code), pid),
+            ChildEnd::Signaled(signal) => (CallEnd::Signaled(signal), pid),
+        },
+        Err(errno) => (CallEnd::SpawnFailed(errno), 0),
     };
     let finish = unix_nanos();
 
-    report(
-        tool,
-        &args[1..],
-        start,
-        finish,
-        end,
-        code.map_or(0, |(pid, _)| pid),
-    );
+    report(tool, &args[1..], start, finish, end, pid);
 
     match end {
-        CallEnd::Exited(code) => Ok(code),
-        CallEnd::Signaled(signal) => {
-            die_of(signal);
-            Ok(128 + signal)
-        }
+        CallEnd::Exited(code) => Ok(ChildEnd::Exited(code)),
+        CallEnd::Signaled(signal) => Ok(ChildEnd::Signaled(signal)),
         CallEnd::SpawnFailed(errno) => Err(format!(
             "dispatch-shim: cannot run {}: {}",
             real_tool.to_string_lossy(),
@@ -181,37 +172,6 @@ fn child_environment(depth: u32) -> (Vec<*const c_char>, CString) {
     pointers.push(depth_var.as_ptr());
     pointers.push(std::ptr::null());
     (pointers, depth_var)
-}
-
-/// Waits for the tool to end, passing on the signals meant for it (`dispatch_shim::child`'s
-/// rule). Returns its wait status.
-fn wait_forwarding_signals(pid: libc::pid_t) -> c_int {
-    let watched = child::watched_set();
-    loop {
-        let mut status: c_int = 0;
-        // SAFETY: non-blocking waitpid on our own child.
-        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-        if rc == pid {
-            return status;
-        }
-        if rc == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            // Cannot happen for our own child; report a generic failure rather than hang.
-            return 1 << 8;
-        }
-        // SAFETY: waiting for a blocked signal with a valid set and info buffer.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let signal = unsafe { libc::sigwaitinfo(&watched, &mut info) };
-        if signal <= 0 || signal == libc::SIGCHLD {
-            continue;
-        }
-        // Signals the charm gave us as ignored are discarded by the kernel and never seen here.
-        // SAFETY: si_pid is valid for the codes that carry a sender.
-        let sender = unsafe { info.si_pid() };
-        if child::should_forward(signal, info.si_code, sender, &[]) {
-            // SAFETY: signalling our own child; ESRCH (already gone) is fine.
-            unsafe { libc::kill(pid, signal) };
-        }
-    }
 }
 
 fn unix_nanos() -> u64 {
@@ -302,25 +262,6 @@ fn count_drop(channel: &CStr, nonce: &str) {
             libc::write(fd, line.as_ptr().cast(), line.len());
             libc::close(fd);
         }
-    }
-}
-
-/// End the way the tool ended: by the same signal, without a core dump of our own.
-fn die_of(signal: c_int) {
-    // SAFETY: resetting our own signal state right before we die.
-    unsafe {
-        let no_core = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0);
-        libc::signal(signal, libc::SIG_DFL);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, signal);
-        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        libc::raise(signal);
     }
 }
 

@@ -759,6 +759,27 @@ fn a_tools_dir_that_vanishes_while_the_charm_runs_fails_the_call_with_the_same_e
     assert_eq!(call["status"], "ERROR", "{call:#}");
 }
 
+/// A real hook tool that is there but cannot be executed (never in Juju, whose tools are links
+/// to `jujud`): the charm's shell ends the call as if it found nothing, 127 (Ubuntu's /bin/sh,
+/// dash; bash would say 126), so the shim does too, whatever it could not run.
+#[test]
+fn a_hook_tool_that_cannot_be_executed_fails_the_call_with_the_same_exit_code_as_bare() {
+    let charm = Charm::new("shell");
+    let out = out_dir(&charm);
+    let tool = charm.tools.join("is-leader");
+    std::fs::remove_file(&tool).unwrap();
+    std::fs::write(&tool, "#!/bin/sh\necho True\n").unwrap();
+    chmod(&tool, 0o644);
+    let run = noting_trace("is-leader 2> /dev/null; echo \"is-leader: $?\"");
+    let env = [("OUT", path_str(&out)), ("CHARM_RUN", run.as_str())];
+    let (traced, bare) = pair(&charm, "hooks/install", &env, &no_tweak);
+    assert_hook_unchanged(&traced, &bare, Duration::ZERO, Says::Nothing);
+    assert_eq!(text(&traced.out.stdout), "is-leader: 127\n");
+    let trace = stored_once(&charm, &last_trace_id(&charm));
+    let call = span(&trace, "is-leader");
+    assert_eq!(call["attributes"]["process.exit.code"], 127, "{call:#}");
+}
+
 // ---- a hook tool that hangs ------------------------------------------------------------------
 
 #[test]
