@@ -195,7 +195,7 @@ impl Config {
 /// traces (and ships them) until it is fixed. Returns the problem to report.
 fn refuse_store_path(config: &mut Config, charm_dir: &Path) -> Option<String> {
     let path = charm_dir.join(config.store_path.as_ref()?);
-    let why = crate::store_file::refused_store_path(&path)?;
+    let why = crate::store::file::refused_store_path(&path)?;
     config.store_path = None;
     Some(format!(
         "store_path {} cannot hold the trace store: {why}; nothing there is touched, and \
@@ -495,8 +495,8 @@ fn path(key: &str, seen: Seen) -> Result<Option<PathBuf>, String> {
 fn url(key: &str, seen: Seen) -> Result<Option<String>, String> {
     let url = text(key, seen)?;
     if let Some(url) = &url {
-        crate::destination::parse_url(url)
-            .map_err(|why| format!("{key} {}", crate::destination::bad_url(url, &why)))?;
+        crate::ship::destination::parse_url(url)
+            .map_err(|why| format!("{key} {}", crate::ship::destination::bad_url(url, &why)))?;
     }
     Ok(url)
 }

@@ -1,46 +1,32 @@
 //! `dispatch`: a drop-in Juju charm dispatch that records an OpenTelemetry trace of every event.
 //!
 //! Juju runs `<charm>/dispatch` with no arguments once per event; that is hook mode
-//! (`wrapper`). With arguments it is a tool for people and tests (`cli`). The process ends in
+//! (`hook`). With arguments it is a tool for people and tests (`cli`). The process ends in
 //! exactly one place, `main`, as `entry` says: with an exit code, or by the child's signal
 //! (`dispatch_shim::child::end_as`).
 #![deny(clippy::print_stdout)]
 
-pub mod beside_child;
-pub mod channel;
-pub mod child_env;
-pub mod cli;
-pub mod config;
-pub mod decide;
-pub mod destination;
-pub mod export;
-pub mod forward_proxy;
-pub mod human;
-pub mod inflight;
-pub mod juju;
+// By concern (README, *Where to look*): one hook's order of work, and the pieces it calls.
+pub mod hook;
+pub mod intercept;
 pub mod listen;
+pub mod ship;
+pub mod store;
+pub mod trace;
+// Tool mode.
+pub mod cli;
+// What every part reads: the hook's environment, the config file, the charm's metadata, what
+// runs, the child under supervision, the relations, our own problems and private directory.
+pub mod config;
+pub mod juju;
 pub mod metadata;
 pub mod operator;
-pub mod own_tools;
-pub mod persist;
-pub mod prepare;
 pub mod relation;
-pub mod requests;
-pub mod settings;
-pub mod shims;
-pub mod ship;
-pub mod spans;
 pub mod state_dir;
-pub mod store;
-pub mod store_file;
 pub mod supervise;
 pub mod target;
 #[cfg(test)]
 mod test_support;
-pub mod trace_context;
-pub mod transport;
-pub mod view;
-pub mod wrapper;
 
 /// Runs dispatch; returns how the process is to end (an exit code, or the charm's death by a
 /// signal, for `main` to die of). Must be called first thing, before any thread exists.
@@ -53,7 +39,7 @@ pub fn entry() -> supervise::ChildEnd {
         return supervise::ChildEnd::Exited(cli::not_run_by_juju());
     }
     if rest.is_empty() {
-        wrapper::run(argv0, inherited)
+        hook::run(argv0, inherited)
     } else {
         supervise::ChildEnd::Exited(cli::run(rest))
     }

@@ -111,7 +111,7 @@ pub fn traces_url(receivers: &str) -> Option<String> {
 /// rustls-pki-types), so what is kept is what will be trusted, and the same certificate
 /// written differently (CRLF, other line lengths) is kept once.
 fn certificate_blocks(text: &str) -> Vec<String> {
-    crate::transport::pem_certificates(text.as_bytes())
+    crate::ship::transport::pem_certificates(text.as_bytes())
         .iter()
         .map(|certificate| pem_block(certificate.der()))
         .collect()
@@ -266,7 +266,7 @@ mod tests {
     /// The DER of each certificate a PEM text holds, read as the TLS setup reads the
     /// stored CA.
     fn loaded(pem: &str) -> Vec<Vec<u8>> {
-        crate::transport::pem_certificates(pem.as_bytes())
+        crate::ship::transport::pem_certificates(pem.as_bytes())
             .iter()
             .map(|cert| cert.der().to_vec())
             .collect()

@@ -1,6 +1,6 @@
 //! The hook's environment: Juju's event variables (`juju::HookEnv::from_vars`), the incoming
 //! trace context (`TRACEPARENT`/`TRACESTATE`, Juju 4's `JUJU_TRACE_ID`/`JUJU_SPAN_ID`/
-//! `JUJU_TRACE_FLAGS`: `trace_context::incoming_context`, `trace_context::parse_traceparent`),
+//! `JUJU_TRACE_FLAGS`: `context::incoming_context`, `context::parse_traceparent`),
 //! the root span and resource made from them, and the destination and proxy chosen from the
 //! OTLP, Juju trace-config and proxy variables (`destination::resolve`,
 //! `transport::choose_proxy`).
@@ -16,9 +16,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use dispatch::config::Config;
 use dispatch::juju::{self, HookEnv};
-use dispatch::spans::{RootFacts, TraceBuilder};
-use dispatch::trace_context::{self, DispatchIds};
-use dispatch::{destination, transport};
+use dispatch::ship::{destination, transport};
+use dispatch::trace::context::{self, DispatchIds};
+use dispatch::trace::spans::{RootFacts, TraceBuilder};
 use libfuzzer_sys::fuzz_target;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -41,11 +41,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = (env.event_kind(), env.application_name(), env.unit_number());
 
     for (_, value) in &vars {
-        if let Some(context) = value.to_str().and_then(trace_context::parse_traceparent) {
+        if let Some(context) = value.to_str().and_then(context::parse_traceparent) {
             assert!(context.is_valid());
         }
     }
-    let incoming = trace_context::incoming_context(&env);
+    let incoming = context::incoming_context(&env);
     let mut facts = RootFacts {
         start: Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
         incoming: incoming.clone(),
@@ -57,8 +57,7 @@ fuzz_target!(|data: &[u8]| {
             // Continuing Juju's trace: the child's TRACEPARENT carries the same trace id.
             facts.continued = true;
             let ids = DispatchIds::new(Some(incoming));
-            let child =
-                trace_context::parse_traceparent(&ids.child_traceparent()).expect("ours parses");
+            let child = context::parse_traceparent(&ids.child_traceparent()).expect("ours parses");
             assert_eq!(child.trace_id(), incoming.context.trace_id());
             ids
         }

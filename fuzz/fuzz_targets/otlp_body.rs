@@ -10,10 +10,10 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use dispatch::cli::view;
 use dispatch::listen::{otlp_json, Received, LIMITS};
-use dispatch::spans::RootFacts;
 use dispatch::store::StoredChunk;
-use dispatch::view;
+use dispatch::trace::spans::RootFacts;
 use dispatch_fuzz::{builder, SMALL_LIMITS, TRACE_ID};
 use libfuzzer_sys::fuzz_target;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

@@ -11,8 +11,8 @@
 use std::collections::BTreeMap;
 
 use dispatch::config::Config;
-use dispatch::destination;
 use dispatch::relation::{self, Answer, Endpoints, Tools};
+use dispatch::ship::destination;
 use libfuzzer_sys::fuzz_target;
 
 const BEGIN: &str = "-----BEGIN CERTIFICATE-----";

@@ -5,7 +5,7 @@
 //! Input: the raw stream, newline-separated records (seeds are real shim output).
 #![no_main]
 
-use dispatch::channel::{Collector, MAX_LINE};
+use dispatch::intercept::channel::{Collector, MAX_LINE};
 use dispatch_fuzz::{builder, NONCE};
 use dispatch_shim::{Record, MAX_LOG_TEXT, MAX_RECORD};
 use libfuzzer_sys::fuzz_target;
@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(kept, whole.records.len());
 });
 
-fn collect(data: &[u8], step: usize) -> dispatch::channel::Collected {
+fn collect(data: &[u8], step: usize) -> dispatch::intercept::channel::Collected {
     let mut collector = Collector::new(NONCE.to_string());
     for piece in data.chunks(step) {
         collector.feed(piece);

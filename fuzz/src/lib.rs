@@ -6,8 +6,8 @@ use std::ffi::OsString;
 
 use dispatch::juju::HookEnv;
 use dispatch::listen::Limits;
-use dispatch::spans::TraceBuilder;
-use dispatch::trace_context::DispatchIds;
+use dispatch::trace::context::DispatchIds;
+use dispatch::trace::spans::TraceBuilder;
 use opentelemetry::trace::{SpanId, TraceId};
 
 /// The trace of the fixed dispatch; seeds use it in `TRACEPARENT`s that belong to it.

@@ -18,8 +18,8 @@
 
 use std::time::SystemTime;
 
-use crate::destination::Stored;
 use crate::relation::Answer;
+use crate::ship::destination::Stored;
 use crate::store::Store;
 
 const DESTINATION: &str = "destination";
@@ -171,7 +171,7 @@ impl LastExport {
             if let Ok(secs) = secs.parse::<u64>() {
                 return Some((
                     summary.to_string(),
-                    Some(crate::human::from_unix_secs(secs)),
+                    Some(crate::cli::human::from_unix_secs(secs)),
                 ));
             }
         }
@@ -180,8 +180,8 @@ impl LastExport {
             Some((summary, secs))
                 if !secs.is_empty() && secs.bytes().all(|b| b.is_ascii_digit()) =>
             {
-                let when = secs.parse().ok().map(crate::human::from_unix_secs);
-                Some((crate::destination::redact_url(summary), when))
+                let when = secs.parse().ok().map(crate::cli::human::from_unix_secs);
+                Some((crate::ship::destination::redact_url(summary), when))
             }
             _ => Some((text, None)),
         }
@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(Refused::load(&store, "k"), [3, 5]);
         assert!(Refused::load(&store, "other").is_empty());
 
-        let when = crate::human::from_unix_secs(1_796_396_531);
+        let when = crate::cli::human::from_unix_secs(1_796_396_531);
         LastExport::save(&store, "ok: 2 dispatches sent to http://a/v1/traces", when);
         assert_eq!(
             LastExport::load(&store),
@@ -267,6 +267,6 @@ mod tests {
             .unwrap();
         let (summary, when) = LastExport::load(&store).unwrap();
         assert!(!summary.contains("p4ss"), "{summary}");
-        assert_eq!(when, Some(crate::human::from_unix_secs(1_796_396_531)));
+        assert_eq!(when, Some(crate::cli::human::from_unix_secs(1_796_396_531)));
     }
 }

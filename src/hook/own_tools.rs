@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::juju::HookEnv;
 use crate::relation;
-use crate::spans;
+use crate::trace::spans;
 
 /// The relation being broken in a `<endpoint>-relation-broken` event: gone, not to be read.
 pub fn broken_relation(env: &HookEnv) -> Option<String> {

@@ -20,9 +20,9 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Protocol;
-use crate::destination::Destination;
-use crate::requests::{encode, take_batch};
-use crate::settings::{Backoff, LastExport, Refused, RequestShape};
+use crate::ship::destination::Destination;
+use crate::ship::requests::{encode, take_batch};
+use crate::store::settings::{Backoff, LastExport, Refused, RequestShape};
 use crate::store::Store;
 
 /// First backoff after a failure, doubled per consecutive failure up to `MAX_BACKOFF`.
@@ -88,7 +88,7 @@ pub fn reset_backoff(store: &Store) {
 
 /// What identifies a destination for its backoff and what it refused (`destination::key`).
 pub fn backoff_key(destination: &Destination) -> String {
-    crate::destination::key(destination)
+    crate::ship::destination::key(destination)
 }
 
 /// Whether the destination is backing off now (no request should be made).
@@ -281,7 +281,7 @@ fn refused_for_content(status: u16) -> bool {
 /// cause names the proxy too: a 4xx from either is the operator's to fix, a 5xx from either
 /// an outage.
 fn classify(answer: Answer, url: &str) -> Result<(), Failure> {
-    let url = &crate::destination::redact_url(url);
+    let url = &crate::ship::destination::redact_url(url);
     let through = answer
         .proxy
         .as_ref()
@@ -333,7 +333,7 @@ fn record(store: &Store, destination: &Destination, report: &Report, backoff: Op
         None => format!(
             "ok: {} dispatches sent to {}",
             report.chunks_sent,
-            crate::destination::redact_url(&destination.url)
+            crate::ship::destination::redact_url(&destination.url)
         ),
         Some(failure) => format!(
             "failed after sending {} dispatches: {}",
@@ -366,8 +366,8 @@ fn record(store: &Store, destination: &Destination, report: &Report, backoff: Op
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destination::{Ca, Source};
-    use crate::requests::{split, MAX_REQUEST_BYTES};
+    use crate::ship::destination::{Ca, Source};
+    use crate::ship::requests::{split, MAX_REQUEST_BYTES};
     use crate::store::{NewChunk, Priority};
     use crate::test_support::Scratch;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use crate::channel::{Channel, Collected, Collector, MAX_READ_AT_ONCE};
+use crate::intercept::channel::{Channel, Collected, Collector, MAX_READ_AT_ONCE};
 use crate::listen::{self, Server, GRACE};
 
 /// Starts the thread that works while the child runs: with `listen`, it first opens the

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 
 use dispatch_shim::{ENV_CHANNEL, ENV_LOG_TEXT, ENV_NONCE, ENV_TOOLS_DIR};
 
-use crate::channel::Channel;
-use crate::destination;
-use crate::shims;
+use crate::intercept::channel::Channel;
+use crate::intercept::shims;
+use crate::ship::destination;
 
 /// The hook-tool interception of one dispatch: shims in front of the real tools, and the
 /// channel their records come back on.

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use ureq::tls::{parse_pem, Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 
-use crate::destination::{Ca, Destination};
-use crate::export::{Answer, Failure, Transport};
+use crate::ship::destination::{Ca, Destination};
+use crate::ship::export::{Answer, Failure, Transport};
 
 pub struct Http {
     agent: ureq::Agent,
@@ -57,7 +57,7 @@ impl Http {
         };
         let proxy = match choose_proxy(&destination.url, env) {
             Some(url) => {
-                let shown = crate::destination::redact_url(&url);
+                let shown = crate::ship::destination::redact_url(&url);
                 let proxy = ureq::Proxy::new(&url).map_err(|e| Failure {
                     cause: format!("bad proxy {shown}: {e}"),
                     actionable: true,
@@ -88,7 +88,10 @@ impl Http {
             (config.proxy(Some(proxy)).build().new_agent(), None)
         } else {
             let authorization = proxy_authorization(&proxy);
-            (crate::forward_proxy::agent(config, &proxy), authorization)
+            (
+                crate::ship::forward_proxy::agent(config, &proxy),
+                authorization,
+            )
         };
         let proxy = Some(Via {
             shown,
@@ -217,7 +220,7 @@ fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration
 /// the proxy the request went through.
 fn describe(url: &str, error: ureq::Error, proxy: Option<&str>) -> Failure {
     let raw = url;
-    let url = &crate::destination::redact_url(url);
+    let url = &crate::ship::destination::redact_url(url);
     let (cause, actionable) = match proxy {
         Some(proxy) => proxys_own(proxy, url, &error).unwrap_or_else(|| {
             let (cause, actionable) = destinations(url, &error);
@@ -227,7 +230,7 @@ fn describe(url: &str, error: ureq::Error, proxy: Option<&str>) -> Failure {
     };
     Failure {
         // ureq's and rustls' own words may quote the URL they failed on.
-        cause: crate::destination::redact_text(&cause, raw),
+        cause: crate::ship::destination::redact_text(&cause, raw),
         actionable,
         retry_after: None,
     }
@@ -293,7 +296,10 @@ fn tunnel_refused(proxy: &str, url: &str, reason: &str) -> (String, bool) {
         .and_then(|(_, rest)| rest.split(['/', ' ']).next())
         .and_then(|code| code.parse::<u16>().ok());
     match status {
-        Some(407) => (crate::export::proxy_wants_credentials(proxy, url), true),
+        Some(407) => (
+            crate::ship::export::proxy_wants_credentials(proxy, url),
+            true,
+        ),
         Some(status @ 502..=504) => (
             format!("proxy {proxy} could not reach {url} (HTTP {status} to CONNECT)"),
             false,

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
 use prost::Message;
 
 use crate::config::Protocol;
-use crate::settings::RequestShape;
+use crate::store::settings::RequestShape;
 use crate::store::{Queued, Store};
 
 /// Requests are kept under this many bytes (more chunks wait for the next request).

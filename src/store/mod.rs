@@ -45,6 +45,11 @@
 //! place inside one transaction and bumps `user_version` (1 -> 2 adds `chunk_by_start`); a
 //! store from before application ids gets ours then.
 
+pub mod file;
+pub mod inflight;
+pub mod persist;
+pub mod settings;
+
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -53,8 +58,8 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use crate::store_file::{self, Found};
-pub use crate::store_file::{create_private_file, with_suffix};
+pub use crate::store::file::{create_private_file, with_suffix};
+use file::Found;
 
 pub const SCHEMA_VERSION: i32 = 2;
 
@@ -220,7 +225,7 @@ impl Store {
 
     /// Moves the damaged store at `path` aside and starts a new one.
     fn replace_damaged(path: &Path, cause: &str) -> Result<Store, OpenError> {
-        let aside = store_file::move_aside(path).map_err(|e| {
+        let aside = file::move_aside(path).map_err(|e| {
             OpenError::Unusable(anyhow::Error::new(e).context(format!(
                 "the trace store {} is damaged ({cause})",
                 path.display()
@@ -246,10 +251,10 @@ impl Store {
                 }
             ))
         };
-        let file = store_file::open_or_create(path).map_err(other)?;
+        let file = file::open_or_create(path).map_err(other)?;
         let meta = file.metadata().map_err(other)?;
-        store_file::check_owner(&meta, path).map_err(other)?;
-        let found = store_file::judge(&file, &meta, path);
+        file::check_owner(&meta, path).map_err(other)?;
+        let found = file::judge(&file, &meta, path);
         if let Found::Foreign(what) = &found {
             return Err(OpenFailure::Foreign(what.clone()));
         }
@@ -275,8 +280,8 @@ impl Store {
         if meta.mode() & 0o077 != 0 {
             file.set_permissions(std::fs::Permissions::from_mode(0o600))
                 .map_err(other)?;
-            for suffix in store_file::SIDE_FILES {
-                if let Ok(side) = store_file::open_to_read(&with_suffix(path, suffix)) {
+            for suffix in file::SIDE_FILES {
+                if let Ok(side) = file::open_to_read(&with_suffix(path, suffix)) {
                     let _ = side.set_permissions(std::fs::Permissions::from_mode(0o600));
                 }
             }
@@ -310,14 +315,14 @@ impl Store {
         }
         if version < SCHEMA_VERSION || found != Found::Ours {
             initialize(&conn).map_err(OpenFailure::classify)?;
-            // The header with our id goes into the main file now (where `store_file::judge`
+            // The header with our id goes into the main file now (where `file::judge`
             // reads it), not at some later checkpoint; and the birth record vouches for the
             // file should its header ever be lost.
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
                 .map_err(OpenFailure::classify)?;
             // Best effort: with the id in the header the store is ours without it, and a lock
             // file we cannot write is already the dispatch lock's problem to report.
-            let _ = store_file::record_birth(path, &meta);
+            let _ = file::record_birth(path, &meta);
         }
         Ok(Store {
             conn,
@@ -349,10 +354,10 @@ impl Store {
                 what: "a directory".into(),
             });
         }
-        let file = store_file::open_to_read(path).map_err(other)?;
+        let file = file::open_to_read(path).map_err(other)?;
         let meta = file.metadata().map_err(other)?;
-        store_file::check_owner(&meta, path).map_err(|e| OpenError::Unusable(e.into()))?;
-        let found = store_file::judge(&file, &meta, path);
+        file::check_owner(&meta, path).map_err(|e| OpenError::Unusable(e.into()))?;
+        let found = file::judge(&file, &meta, path);
         match found {
             Found::Empty => return Ok(None),
             Found::Foreign(what) => {
@@ -767,7 +772,7 @@ fn initialize(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch(&format!(
         "PRAGMA user_version = {SCHEMA_VERSION}; PRAGMA application_id = {};",
-        store_file::APPLICATION_ID
+        file::APPLICATION_ID
     ))?;
     conn.execute_batch("COMMIT")
 }
@@ -993,7 +998,7 @@ mod tests {
             .conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(id, store_file::APPLICATION_ID, "adopted as ours");
+        assert_eq!(id, file::APPLICATION_ID, "adopted as ours");
         let index: i64 = store
             .conn
             .query_row(
@@ -1021,11 +1026,11 @@ mod tests {
             vec![0x42u8; 8192],
             "left as it was"
         );
-        assert!(store_file::moved_aside(&path).is_empty());
+        assert!(file::moved_aside(&path).is_empty());
 
         let store = Store::open(&path).unwrap();
         assert_eq!(store.notes.len(), 1, "{:?}", store.notes);
-        let aside = store_file::moved_aside(&path);
+        let aside = file::moved_aside(&path);
         assert_eq!(aside.len(), 1);
         assert!(store.notes[0].contains(&*aside[0].path.to_string_lossy()));
         assert_eq!(std::fs::read(&aside[0].path).unwrap(), vec![0x42u8; 8192]);
@@ -1051,7 +1056,7 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"years of notes\n");
         assert_eq!(after.mode(), before.mode(), "mode unchanged");
         assert_eq!(after.ino(), before.ino());
-        assert!(store_file::moved_aside(&path).is_empty());
+        assert!(file::moved_aside(&path).is_empty());
         assert!(!with_suffix(&path, "-wal").exists());
         // A directory is not a store either.
         assert!(matches!(

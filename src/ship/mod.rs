@@ -15,20 +15,26 @@
 //! TLS failure, a 4xx, a bad URL; not an outage), into its one stderr line; `dispatch status`
 //! shows the backoff and the last export (`settings`).
 
+pub mod destination;
+pub mod export;
+pub mod forward_proxy;
+pub mod requests;
+pub mod transport;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use opentelemetry::trace::SpanId;
 
 use crate::config::Config;
-use crate::destination::{self, Destination};
-use crate::export::{self, Failure, Report};
 use crate::operator::Problem;
 use crate::relation::Answer;
-use crate::settings;
-use crate::spans;
+use crate::ship::transport::Http;
+use crate::store::settings;
 use crate::store::Store;
-use crate::transport::Http;
+use crate::trace::spans;
+use destination::Destination;
+use export::{Failure, Report};
 
 /// A person waiting on `dispatch flush` gets at least this long.
 const FLUSH_BUDGET: Duration = Duration::from_secs(10);

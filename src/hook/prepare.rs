@@ -22,23 +22,23 @@ use std::time::Duration;
 use dispatch_shim::ENV_NONCE;
 use opentelemetry::KeyValue;
 
-use crate::beside_child::{self, BesideChild};
-use crate::child_env;
 use crate::config::TraceContextMode;
-use crate::decide::Dispatch;
-use crate::destination;
-use crate::inflight::{Inflight, Started};
+use crate::hook::beside_child::{self, BesideChild};
+use crate::hook::child_env;
+use crate::hook::decide::Dispatch;
+use crate::hook::own_tools::{self, HookTools};
 use crate::metadata::CharmMetadata;
 use crate::operator::{self, Problem};
-use crate::own_tools::{self, HookTools};
-use crate::persist::{self, OpenedStore};
 use crate::relation::{self, Answer, Endpoints};
-use crate::settings;
 use crate::ship;
-use crate::spans::{self, RootFacts, TraceBuilder};
+use crate::ship::destination;
+use crate::store::inflight::{Inflight, Started};
+use crate::store::persist::{self, OpenedStore};
+use crate::store::settings;
 use crate::store::Store;
 use crate::target::Target;
-use crate::trace_context::{self, DispatchIds};
+use crate::trace::context::{self, DispatchIds};
+use crate::trace::spans::{self, RootFacts, TraceBuilder};
 
 /// The root span's attribute for a custom-span listener that could not be opened or stopped:
 /// for the trace only, nothing the operator can act on (README, *Your own spans and events*).
@@ -85,7 +85,7 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
             None
         }
     };
-    let nonce = trace_context::new_nonce();
+    let nonce = context::new_nonce();
     let mut env_changes: Vec<(OsString, OsString)> = Vec::new();
     let mut reader = None;
     let mut tools_dir: Option<PathBuf> = None;
@@ -144,7 +144,7 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
     };
     let charm_name = metadata.as_ref().and_then(|m| m.name.clone());
     let endpoints = Endpoints::find(metadata.as_ref(), &dispatch.config);
-    let incoming = trace_context::incoming_context(env);
+    let incoming = context::incoming_context(env);
     let continued = incoming.is_some()
         && (dispatch.config.juju_trace_context == TraceContextMode::Continue
             || ships_to_juju_collector(dispatch));

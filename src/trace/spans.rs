@@ -28,7 +28,7 @@ use prost::Message;
 
 use crate::juju::HookEnv;
 use crate::supervise::{signal_name, ChildEnd, ChildRun};
-use crate::trace_context::{parse_traceparent, DispatchIds, IncomingContext};
+use crate::trace::context::{parse_traceparent, DispatchIds, IncomingContext};
 
 /// The instrumentation scope of every span we make.
 pub const SCOPE_NAME: &str = "juju-dispatch-trace";

@@ -245,7 +245,7 @@ fn render(
 }
 
 fn format_time(unix_nanos: i64) -> String {
-    crate::human::utc_millis(unix_nanos)
+    crate::cli::human::utc_millis(unix_nanos)
 }
 
 /// A simplified JSON document: one object per dispatch with its spans.

@@ -6,6 +6,9 @@
 // Tool mode prints: it is the one place in `dispatch` allowed to write to stdout.
 #![allow(clippy::print_stdout, clippy::disallowed_methods)]
 
+pub mod human;
+pub mod view;
+
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,14 +16,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::config::{Config, CONFIG_FILE};
-use crate::destination;
-use crate::export;
-use crate::human;
 use crate::metadata::CharmMetadata;
+use crate::ship::destination;
+use crate::ship::export;
 use crate::ship::Outcome;
 use crate::store::{ChunkFilter, Store};
 use crate::target::{self, Target};
-use crate::view;
 
 /// One tool-mode command: how it is called, one line on what it does, and the details
 /// `dispatch <command> --help` adds.
@@ -335,7 +336,7 @@ fn not_a_charm(dir: &Path) -> Option<String> {
 /// it refuses them and says so.)
 fn another_users_store(path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
-    let me = crate::store_file::my_uid();
+    let me = crate::store::file::my_uid();
     let meta = path.symlink_metadata().ok()?;
     (meta.uid() != me).then(|| {
         format!(
@@ -369,8 +370,8 @@ fn store_to_write(path: &Path) -> Result<Store> {
 
 /// The dispatch lock, so that a command that rewrites what a dispatch reads (or ships what it
 /// ships) never runs beside one.
-fn hold_dispatch_lock(path: &Path) -> Result<crate::inflight::Inflight> {
-    let lock = crate::inflight::Inflight::lock(path, std::time::Duration::from_secs(10), 0)
+fn hold_dispatch_lock(path: &Path) -> Result<crate::store::inflight::Inflight> {
+    let lock = crate::store::inflight::Inflight::lock(path, std::time::Duration::from_secs(10), 0)
         .map_err(|e| {
             anyhow::anyhow!(
                 "cannot take the dispatch lock beside {}: {e}",
@@ -404,7 +405,7 @@ fn why_not_creatable(path: &Path) -> Option<String> {
             format!(
                 "{} is not writable by uid {} ({e})",
                 dir.display(),
-                crate::store_file::my_uid()
+                crate::store::file::my_uid()
             )
         }),
     }
@@ -504,7 +505,7 @@ fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
     };
     if chunks.is_empty() {
         // Said on stderr, so that stdout stays what the format promises (`[]` for json).
-        let since = match crate::store_file::moved_aside(&path).first() {
+        let since = match crate::store::file::moved_aside(&path).first() {
             Some(copy) => format!(
                 " since the damaged store was moved aside to {} ({})",
                 copy.path.display(),
@@ -620,7 +621,7 @@ fn status(charm_dir: &Path) -> Result<i32> {
     ));
     let (store, store_problem) = describe_store(&path, loaded.config.store_max_bytes, &mut out);
     problems += usize::from(store_problem);
-    for copy in crate::store_file::moved_aside(&path) {
+    for copy in crate::store::file::moved_aside(&path) {
         out.push_str(&format!(
             "moved aside: {} ({}, {}): a damaged store, kept for a look\n",
             copy.path.display(),
@@ -697,7 +698,10 @@ fn status(charm_dir: &Path) -> Result<i32> {
             }
         }
     }
-    if let Some((last, when)) = store.as_ref().and_then(crate::settings::LastExport::load) {
+    if let Some((last, when)) = store
+        .as_ref()
+        .and_then(crate::store::settings::LastExport::load)
+    {
         let when = when.map_or(String::new(), |when| {
             format!(" ({})", human::utc_and_relative(when, now))
         });
@@ -709,11 +713,11 @@ fn status(charm_dir: &Path) -> Result<i32> {
 
 /// The relations' answer cached by the last dispatch that read them.
 fn cached_relation(store: &Store) -> Option<crate::relation::Answer> {
-    crate::settings::relation_answer(store)
+    crate::store::settings::relation_answer(store)
 }
 
 fn stored_destination(store: &Store) -> rusqlite::Result<Option<destination::Stored>> {
-    crate::settings::destination(store)
+    crate::store::settings::destination(store)
 }
 
 fn set_destination(charm_dir: &Path, args: &[String]) -> Result<i32> {
@@ -765,7 +769,7 @@ fn set_destination(charm_dir: &Path, args: &[String]) -> Result<i32> {
         print("destination unchanged\n")?;
     } else {
         // The old URL may hold a credential: no copy of it may stay behind.
-        crate::settings::set_destination(&store, Some(&wanted))
+        crate::store::settings::set_destination(&store, Some(&wanted))
             .context("storing the destination")?;
         export::reset_backoff(&store);
         print(&format!(
@@ -803,7 +807,7 @@ fn clear_destination(charm_dir: &Path) -> Result<i32> {
     }
     let _lock = hold_dispatch_lock(&path)?;
     let store = store_to_write(&path)?;
-    crate::settings::set_destination(&store, None).context("erasing the destination")?;
+    crate::store::settings::set_destination(&store, None).context("erasing the destination")?;
     export::reset_backoff(&store);
     print("destination cleared\n")?;
     Ok(0)
@@ -855,7 +859,7 @@ fn flush(charm_dir: &Path) -> Result<i32> {
 /// Dispatches recorded as started and not finished: running now, or killed and waiting for
 /// the next dispatch to import them.
 fn in_flight(store: &Path) -> usize {
-    std::fs::read_dir(crate::inflight::dir_path(store)).map_or(0, |d| d.count())
+    std::fs::read_dir(crate::store::inflight::dir_path(store)).map_or(0, |d| d.count())
 }
 
 /// `disable` leaves a flag file beside the store (one `stat` per dispatch to check).
@@ -953,10 +957,13 @@ fn check_config(charm_dir: &Path) -> Result<i32> {
         )),
     }
     check_store_path(charm_dir, &loaded.config, &mut notes, &mut problems);
-    if !charm_dir.join(crate::shims::SHIM_BINARY).exists() {
+    if !charm_dir
+        .join(crate::intercept::shims::SHIM_BINARY)
+        .exists()
+    {
         problems.push(format!(
             "{} is missing beside dispatch: hook-tool calls would not be traced",
-            crate::shims::SHIM_BINARY
+            crate::intercept::shims::SHIM_BINARY
         ));
     }
     let mut out = String::new();

@@ -17,26 +17,32 @@
 //! After the spawn our problems are warnings: phases 2 to 4 run inside `catch_unwind` and
 //! cannot change the exit, the output or the signal the hook ends with.
 
+pub mod beside_child;
+pub mod child_env;
+pub mod decide;
+pub mod own_tools;
+pub mod prepare;
+
 use std::ffi::OsString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use crate::channel::Collected;
-use crate::decide::{self, Decision, Dispatch};
-use crate::inflight::Inflight;
+use crate::intercept::channel::Collected;
 use crate::juju::EventKind;
 use crate::operator::{self, Operator, Problem};
-use crate::own_tools::{self, HookTools};
-use crate::persist::{self, OpenedStore};
-use crate::prepare::{self, Prepared, CUSTOM_SPANS_ERROR};
 use crate::relation;
-use crate::settings;
 use crate::ship;
-use crate::spans;
+use crate::store::inflight::Inflight;
+use crate::store::persist::{self, OpenedStore};
+use crate::store::settings;
 use crate::store::NewChunk;
 use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
 use crate::target::{Target, ENV_EXEC_DEPTH, REFUSED_EXIT};
+use crate::trace::spans;
+use decide::{Decision, Dispatch};
+use own_tools::HookTools;
+use prepare::{Prepared, CUSTOM_SPANS_ERROR};
 
 /// The last panic message from tracing code, so it can be reported on the trace.
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);

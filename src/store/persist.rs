@@ -16,11 +16,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::destination;
-use crate::inflight::{self, Inflight, OrphanScan};
 use crate::operator::Problem;
 use crate::relation;
-use crate::settings;
+use crate::ship::destination;
+use crate::store::inflight::{self, Inflight, OrphanScan};
+use crate::store::settings;
 use crate::store::{self, NewChunk, Store};
 
 /// The store, opened and tidied (WAL kept short, orphans of killed wrappers imported), with

@@ -259,7 +259,7 @@ pub struct MovedAside {
 pub fn move_aside(path: &Path) -> io::Result<PathBuf> {
     // `-<UTC time>`, then `-<n>` past the highest n already used with that time, so names
     // order as the moves did even when two fall in one second.
-    let stamp = crate::human::compact_utc(SystemTime::now());
+    let stamp = crate::cli::human::compact_utc(SystemTime::now());
     let base = with_suffix(path, &format!(".corrupt-{stamp}"));
     let used = moved_aside(path)
         .iter()
