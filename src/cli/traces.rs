@@ -1,0 +1,133 @@
+//! `dispatch traces`: the stored dispatches, filtered, as a tree, JSON or OTLP/JSON.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::locate::{store_path, store_to_read};
+use super::{did_you_mean, human, print, usage, view};
+use crate::store::ChunkFilter;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Tree,
+    Json,
+    OtlpJson,
+}
+
+/// `--event` as people write it: `install`, `hooks/install`, `actions/backup`, or a glob
+/// (`*-relation-changed`, `db-relation-*`), matched with SQLite's GLOB (case-sensitive, as
+/// event names are).
+pub(super) fn event_glob(event: &str) -> String {
+    let event = event.trim();
+    event
+        .strip_prefix("hooks/")
+        .or_else(|| event.strip_prefix("actions/"))
+        .unwrap_or(event)
+        .to_string()
+}
+
+pub(super) fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
+    let mut filter = ChunkFilter {
+        last: Some(10),
+        ..ChunkFilter::default()
+    };
+    let mut format = Format::Tree;
+    // The filters as given, to say what matched nothing.
+    let mut asked = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            inline
+                .clone()
+                .or_else(|| args.next().cloned())
+                .ok_or_else(|| usage(format!("{name} needs a value")))
+        };
+        match flag {
+            "--last" => {
+                let n = value("--last")?;
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| usage(format!("--last takes a whole number, not {n:?}")))?;
+                filter.last = if n == 0 { None } else { Some(n) };
+            }
+            "--event" => {
+                let event = value("--event")?;
+                if event_glob(&event).is_empty() {
+                    return Err(usage("--event needs an event name or a glob"));
+                }
+                filter.event = Some(event_glob(&event));
+                asked.push(format!("--event {event}"));
+            }
+            "--failed" if inline.is_none() => {
+                filter.failed_only = true;
+                asked.push("--failed".to_string());
+            }
+            "--format" => {
+                format = match value("--format")?.as_str() {
+                    "tree" => Format::Tree,
+                    "json" => Format::Json,
+                    "otlp-json" => Format::OtlpJson,
+                    other => {
+                        return Err(usage(format!(
+                            "--format must be tree, json or otlp-json, not {other:?}"
+                        )))
+                    }
+                }
+            }
+            other => {
+                return Err(usage(format!(
+                    "traces: unknown option {other:?}{}",
+                    did_you_mean(other)
+                )))
+            }
+        }
+    }
+    let path = store_path(charm_dir);
+    let (chunks, stored) = match store_to_read(&path)? {
+        Some(store) => {
+            let chunks = store.chunks(&filter).map_err(|e| store.read_error(e))?;
+            let stored = if chunks.is_empty() {
+                store.stats().map_err(|e| store.read_error(e))?.chunks
+            } else {
+                0
+            };
+            (chunks, stored)
+        }
+        None => (Vec::new(), 0),
+    };
+    if chunks.is_empty() {
+        // Said on stderr, so that stdout stays what the format promises (`[]` for json).
+        let since = match crate::store::file::moved_aside(&path).first() {
+            Some(copy) => format!(
+                " since the damaged store was moved aside to {} ({})",
+                copy.path.display(),
+                human::utc_and_relative(copy.when, std::time::SystemTime::now())
+            ),
+            None => String::new(),
+        };
+        if stored == 0 {
+            eprintln!(
+                "dispatch: no traces recorded{since} (store: {})",
+                path.display()
+            );
+        } else {
+            eprintln!(
+                "dispatch: no trace matches {}; {stored} stored{since}",
+                asked.join(" ")
+            );
+        }
+    }
+    let text = match format {
+        Format::Tree if chunks.is_empty() => String::new(),
+        Format::Tree => view::tree(&chunks)?,
+        Format::Json => view::json(&chunks)?,
+        Format::OtlpJson => view::otlp_json(&chunks)?,
+    };
+    print(&text)?;
+    Ok(0)
+}
