@@ -69,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     let payload = builder.encode(vec![root]);
     ExportTraceServiceRequest::decode(payload.as_slice()).expect("our own chunk");
 
-    // Shipping reads the UTF-8 variables (wrapper::export_environment).
+    // Shipping reads the UTF-8 variables (`ship::environment`).
     let env: BTreeMap<String, String> = vars
         .into_iter()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
