@@ -203,6 +203,19 @@ impl Charm {
             command.env(k, v);
         }
         command.stdin(Stdio::null());
+        // Juju starts a hook with default dispositions; the suite may not have them (`nohup`,
+        // or `.ci/run &` from a script, which starts it with SIGINT and SIGQUIT ignored), and
+        // the signal tests must not depend on how it was started. A test that wants a signal
+        // ignored sets it in its own `pre_exec`, which runs after this one.
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                for signal in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTERM] {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
         command
     }
 
