@@ -192,6 +192,11 @@ pub enum ChildEnd {
 }
 
 impl ChildEnd {
+    /// Whether the child failed: a non-zero exit, or death by a signal.
+    pub fn failed(self) -> bool {
+        !matches!(self, ChildEnd::Exited(0))
+    }
+
     /// The end a wait status reports. Only ends are reported to a wait without WUNTRACED or
     /// WCONTINUED (ours), so a status that is not a death by signal is an exit.
     pub fn from_wait_status(status: c_int) -> ChildEnd {

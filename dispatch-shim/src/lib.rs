@@ -22,6 +22,9 @@ pub const ENV_CHANNEL: &str = "DISPATCH_TRACE_CHANNEL";
 pub const ENV_NONCE: &str = "DISPATCH_TRACE_NONCE";
 /// Set to `1` when the config opts in to recording `juju-log` message text.
 pub const ENV_LOG_TEXT: &str = "DISPATCH_TRACE_LOG_TEXT";
+/// Set to `1` when a charm's uncaught exception is to be kept for its trace
+/// (`record_exceptions`, on by default).
+pub const ENV_EXCEPTIONS: &str = "DISPATCH_TRACE_EXCEPTIONS";
 /// Recursion backstop: how many shims are already on the call stack.
 pub const ENV_DEPTH: &str = "DISPATCH_TRACE_DEPTH";
 /// Deepest shim nesting tolerated before a shim refuses to run (a misconfigured tools dir that
@@ -36,6 +39,15 @@ pub const MAX_ARG: usize = 256;
 pub const MAX_ARGS_TOTAL: usize = 2400;
 /// Longest log message text kept when the config opts in.
 pub const MAX_LOG_TEXT: usize = 512;
+
+/// How ops reports an uncaught exception: one `juju-log --log-level ERROR` call whose message
+/// is this line, then the traceback (`ops.log.setup_root_logging`). A shim seeing that call
+/// leaves the message beside the channel (`EXCEPTION_SUFFIX`), because a record cannot hold
+/// it; the wrapper reads it when the charm has failed.
+pub const OPS_UNCAUGHT_EXCEPTION: &str = "Uncaught exception while in charm code:";
+/// The file beside the record channel holding the last uncaught exception: this dispatch's
+/// nonce on the first line, then the message as ops logged it.
+pub const EXCEPTION_SUFFIX: &str = ".exception";
 
 /// Record format tag; bump when the field list changes.
 pub const RECORD_TAG: &str = "DTR1";
@@ -180,7 +192,7 @@ pub struct Record {
 
 /// Redacts and bounds the arguments of one tool call, and pulls out the log level, the
 /// length of free text and (with `keep_log_text`) the text itself.
-pub fn summarize_args(tool: &str, args: &[&[u8]], keep_log_text: bool) -> ArgSummary {
+pub fn summarize_args<'a>(tool: &str, args: &[&'a [u8]], keep_log_text: bool) -> ArgSummary<'a> {
     let redact_values = VALUE_REDACTED_TOOLS.contains(&tool);
     let free_text = FREE_TEXT_TOOLS.contains(&tool);
     let mut summary = ArgSummary {
@@ -188,6 +200,7 @@ pub fn summarize_args(tool: &str, args: &[&[u8]], keep_log_text: bool) -> ArgSum
         log_length: 0,
         log_text: String::new(),
         args: Vec::new(),
+        message: Vec::new(),
     };
     let mut text_parts: Vec<&[u8]> = Vec::new();
     let mut expect_level = false;
@@ -261,8 +274,21 @@ pub fn summarize_args(tool: &str, args: &[&[u8]], keep_log_text: bool) -> ArgSum
             let joined = text_parts.join(&b' ');
             summary.log_text = bounded(&joined, MAX_LOG_TEXT);
         }
+        summary.message = text_parts;
     }
     summary
+}
+
+/// The message of a `juju-log` call that reports an uncaught exception the way ops does
+/// (`OPS_UNCAUGHT_EXCEPTION` at ERROR), whole, as Juju would log it.
+pub fn uncaught_exception(tool: &str, summary: &ArgSummary) -> Option<Vec<u8>> {
+    if tool != "juju-log" || summary.log_level != "ERROR" {
+        return None;
+    }
+    let first = summary.message.first()?;
+    first
+        .starts_with(OPS_UNCAUGHT_EXCEPTION.as_bytes())
+        .then(|| summary.message.join(&b' '))
 }
 
 /// Flags of `juju-log`/`action-log` that are kept as they are.
@@ -291,11 +317,13 @@ fn is_known_flag(raw: &[u8], flags: &[&str]) -> bool {
     flags.iter().any(|f| f.as_bytes() == name)
 }
 
-pub struct ArgSummary {
+pub struct ArgSummary<'a> {
     pub log_level: String,
     pub log_length: usize,
     pub log_text: String,
     pub args: Vec<String>,
+    /// The free text of a log call, as given (never recorded: see `uncaught_exception`).
+    pub message: Vec<&'a [u8]>,
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -670,6 +698,38 @@ mod tests {
         let summary = summarize_args("config-get", &[&long], false);
         assert!(summary.args[0].starts_with(&"a".repeat(MAX_ARG)));
         assert!(summary.args[0].ends_with("...(+744 bytes)"));
+    }
+
+    #[test]
+    fn only_ops_uncaught_exception_message_at_error_is_an_exception() {
+        let message = b"Uncaught exception while in charm code:\nTraceback...\nKeyError: 'x'";
+        let call = |tool: &str, args: &[&[u8]]| {
+            uncaught_exception(tool, &summarize_args(tool, args, false))
+        };
+        let logged = call("juju-log", &[b"--log-level", b"ERROR", b"--", message]);
+        assert_eq!(logged.as_deref(), Some(&message[..]));
+        // ops' own spelling, and the short flag; Juju joins the words of a message.
+        let split = call(
+            "juju-log",
+            &[
+                b"-l=ERROR",
+                b"Uncaught exception while in charm code:",
+                b"x",
+            ],
+        );
+        assert_eq!(
+            split.as_deref(),
+            Some(&b"Uncaught exception while in charm code: x"[..])
+        );
+        assert_eq!(
+            call("juju-log", &[b"--log-level", b"WARNING", b"--", message]),
+            None
+        );
+        assert_eq!(
+            call("juju-log", &[b"--log-level", b"ERROR", b"--", b"other"]),
+            None
+        );
+        assert_eq!(call("action-log", &[message]), None);
     }
 
     #[test]

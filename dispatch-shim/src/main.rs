@@ -21,8 +21,8 @@ use std::os::raw::{c_char, c_int};
 
 use dispatch_shim::child::{self, ChildEnd};
 use dispatch_shim::{
-    is_hook_tool, summarize_args, CallEnd, Record, ENV_CHANNEL, ENV_DEPTH, ENV_LOG_TEXT, ENV_NONCE,
-    ENV_TOOLS_DIR, MAX_DEPTH,
+    is_hook_tool, summarize_args, uncaught_exception, CallEnd, Record, ENV_CHANNEL, ENV_DEPTH,
+    ENV_EXCEPTIONS, ENV_LOG_TEXT, ENV_NONCE, ENV_TOOLS_DIR, EXCEPTION_SUFFIX, MAX_DEPTH,
 };
 
 extern "C" {
@@ -186,6 +186,8 @@ fn report(tool: &str, args: &[&[u8]], start: u64, finish: u64, end: CallEnd, pid
     };
     let keep_text = env_str(ENV_LOG_TEXT).as_deref() == Some("1");
     let summary = summarize_args(tool, args, keep_text);
+    let exception = uncaught_exception(tool, &summary)
+        .filter(|_| env_str(ENV_EXCEPTIONS).as_deref() == Some("1"));
     let record = Record {
         nonce,
         tool: tool.to_string(),
@@ -204,6 +206,9 @@ fn report(tool: &str, args: &[&[u8]], start: u64, finish: u64, end: CallEnd, pid
     let Ok(channel) = path_to_cstring(std::path::Path::new(&channel)) else {
         return;
     };
+    if let Some(message) = exception {
+        keep_exception(&channel, &record.nonce, &message, pid);
+    }
     // SAFETY: plain open/write/close of a path we own the string of.
     let fd = unsafe {
         libc::open(
@@ -261,6 +266,41 @@ fn count_drop(channel: &CStr, nonce: &str) {
         if fd >= 0 {
             libc::write(fd, line.as_ptr().cast(), line.len());
             libc::close(fd);
+        }
+    }
+}
+
+/// Leaves the message of an uncaught exception beside the channel (`<channel>.exception`,
+/// replaced whole by a rename, so the wrapper never reads half of one), for the wrapper to put
+/// on the `charm` span if the charm fails. The directory is the wrapper's private state dir.
+fn keep_exception(channel: &CStr, nonce: &str, message: &[u8], pid: libc::pid_t) {
+    let mut path = channel.to_bytes().to_vec();
+    path.extend_from_slice(EXCEPTION_SUFFIX.as_bytes());
+    let mut temporary = path.clone();
+    temporary.extend_from_slice(format!(".{pid}").as_bytes());
+    let (Ok(path), Ok(temporary)) = (CString::new(path), CString::new(temporary)) else {
+        return;
+    };
+    let mut contents = Vec::with_capacity(nonce.len() + 1 + message.len());
+    contents.extend_from_slice(nonce.as_bytes());
+    contents.push(b'\n');
+    contents.extend_from_slice(message);
+    // SAFETY: open/write/close/rename on paths and a buffer we own.
+    unsafe {
+        let fd = libc::open(
+            temporary.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o600,
+        );
+        if fd < 0 {
+            return;
+        }
+        let written = libc::write(fd, contents.as_ptr().cast(), contents.len());
+        libc::close(fd);
+        if written == contents.len() as isize {
+            libc::rename(temporary.as_ptr(), path.as_ptr());
+        } else {
+            libc::unlink(temporary.as_ptr());
         }
     }
 }

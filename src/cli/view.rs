@@ -236,12 +236,42 @@ fn render(
         let _ = write!(out, "  (trace {}, not {trace_id})", hex(&span.trace_id));
     }
     out.push('\n');
-    if let Some(kids) = children.get(span.span_id.as_slice()) {
+    let kids = children.get(span.span_id.as_slice());
+    let child_prefix = if top.is_some() { "" } else { next.as_str() };
+    // Why a failed charm failed, under its span (the children's line continues past it).
+    for exception in span.events.iter().filter(|e| e.name == "exception") {
+        let bar = if kids.is_some() { "│" } else { " " };
+        let _ = writeln!(
+            out,
+            "  {child_prefix}{bar}  exception: {}",
+            exception_summary(&exception.attributes)
+        );
+    }
+    if let Some(kids) = kids {
         for (i, kid) in kids.iter().enumerate() {
-            let child_prefix = if top.is_some() { "" } else { next.as_str() };
             render(out, kid, children, child_prefix, i + 1 == kids.len(), None);
         }
     }
+}
+
+/// `Type: message` of an `exception` event, on one line and at most 200 characters.
+fn exception_summary(attributes: &[KeyValue]) -> String {
+    let text = |key| {
+        attribute(attributes, key)
+            .map(value_text)
+            .unwrap_or_default()
+    };
+    let exception = crate::trace::failure::Exception {
+        kind: text("exception.type"),
+        message: text("exception.message"),
+        stacktrace: String::new(),
+    };
+    let mut summary = exception.summary();
+    summary = summary.split_whitespace().collect::<Vec<_>>().join(" ");
+    if summary.chars().count() > 200 {
+        summary = summary.chars().take(199).collect::<String>() + "…";
+    }
+    summary
 }
 
 fn format_time(unix_nanos: i64) -> String {

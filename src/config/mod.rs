@@ -77,6 +77,9 @@ pub struct Config {
     pub juju_trace_context: TraceContextMode,
     /// Record the text of `juju-log` messages (free text may hold secrets: off by default).
     pub record_log_messages: bool,
+    /// Put the exception a failed charm reported (ops' uncaught-exception traceback) on its
+    /// `charm` span, as ops[tracing] does (README, *Why a hook failed*).
+    pub record_exceptions: bool,
     /// Listen on loopback during a dispatch for the charm's own spans (OTLP/HTTP), and point
     /// the child's `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` there (README, *Your own spans*). `false`: no
     /// listener, and the child's OpenTelemetry variables are left as the hook had them.
@@ -100,6 +103,7 @@ impl Default for Config {
             publish_requirer_data: true,
             juju_trace_context: TraceContextMode::default(),
             record_log_messages: false,
+            record_exceptions: true,
             custom_spans: true,
         }
     }
@@ -233,6 +237,7 @@ export_budget_ms: 250
 publish_requirer_data: false
 juju_trace_context: continue
 record_log_messages: true
+record_exceptions: false
 custom_spans: false
 "#,
         )
@@ -242,6 +247,8 @@ custom_spans: false
         assert_eq!(config.juju_trace_context, TraceContextMode::Continue);
         assert_eq!(config.export_budget_ms, 250);
         assert!(config.record_log_messages);
+        assert!(!config.record_exceptions);
+        assert!(Config::default().record_exceptions);
         assert!(!config.custom_spans);
         assert!(Config::default().custom_spans);
     }
@@ -274,7 +281,8 @@ custom_spans: false
 
     const ALL_KEYS: &str = "enabled, target, service_name, tracing_endpoint, ca_endpoint, \
         endpoint, ca_file, protocol, store_path, store_max_bytes, export_budget_ms, \
-        publish_requirer_data, juju_trace_context, record_log_messages, custom_spans";
+        publish_requirer_data, juju_trace_context, record_log_messages, record_exceptions, \
+        custom_spans";
 
     #[test]
     fn a_yaml_mistake_says_its_line_and_column() {

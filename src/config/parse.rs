@@ -357,6 +357,9 @@ const KEYS: &[(&str, Setter)] = &[
     ("record_log_messages", |c, k, v| {
         flag(k, v).map(|x| c.record_log_messages = x)
     }),
+    ("record_exceptions", |c, k, v| {
+        flag(k, v).map(|x| c.record_exceptions = x)
+    }),
     ("custom_spans", |c, k, v| {
         flag(k, v).map(|x| c.custom_spans = x)
     }),

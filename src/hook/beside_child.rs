@@ -62,8 +62,8 @@ pub fn start<T: Send + 'static>(
             let custom = server.map(|server| {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.finish(GRACE)))
             });
-            let dropped = channel.as_ref().map(Channel::dropped_path);
-            let mut collected = collector.finish(dropped.as_deref());
+            let fifo = channel.as_ref().map(|channel| channel.path.clone());
+            let mut collected = collector.finish(fifo.as_deref());
             match custom {
                 Some(Ok(received)) => collected.custom = received,
                 Some(Err(_)) => custom_failed = true,

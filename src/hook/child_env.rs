@@ -2,8 +2,9 @@
 //! unchanged but for exactly these.
 //!
 //! - `PATH` with our shim directory in front, and for the shims `DISPATCH_TRACE_TOOLS` (the
-//!   real tools), `DISPATCH_TRACE_CHANNEL` (the record FIFO), `DISPATCH_TRACE_NONCE` and, with
-//!   `record_log_messages`, `DISPATCH_TRACE_LOG_TEXT` (`Interception`);
+//!   real tools), `DISPATCH_TRACE_CHANNEL` (the record FIFO), `DISPATCH_TRACE_NONCE`, with
+//!   `record_log_messages` `DISPATCH_TRACE_LOG_TEXT`, and with `record_exceptions` (the
+//!   default) `DISPATCH_TRACE_EXCEPTIONS` (`Interception`);
 //! - `TRACEPARENT` pointing at the `charm` span, and `JUJU_DISPATCH_PATH` only when we derived
 //!   it (legacy `hooks/<name>` links);
 //! - `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`/`_PROTOCOL` for the loopback listener, named in
@@ -16,8 +17,9 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use dispatch_shim::{ENV_CHANNEL, ENV_LOG_TEXT, ENV_NONCE, ENV_TOOLS_DIR};
+use dispatch_shim::{ENV_CHANNEL, ENV_EXCEPTIONS, ENV_LOG_TEXT, ENV_NONCE, ENV_TOOLS_DIR};
 
+use crate::config::Config;
 use crate::intercept::channel::Channel;
 use crate::intercept::shims;
 use crate::ship::destination;
@@ -33,7 +35,7 @@ pub struct Interception {
 
 impl Interception {
     /// The child's variables for the shims.
-    pub fn env(&self, nonce: &str, log_text: bool) -> Vec<(OsString, OsString)> {
+    pub fn env(&self, nonce: &str, config: &Config) -> Vec<(OsString, OsString)> {
         let mut env = vec![
             (
                 "PATH".into(),
@@ -49,8 +51,11 @@ impl Interception {
             ),
             (ENV_NONCE.into(), nonce.into()),
         ];
-        if log_text {
+        if config.record_log_messages {
             env.push((ENV_LOG_TEXT.into(), "1".into()));
+        }
+        if config.record_exceptions {
+            env.push((ENV_EXCEPTIONS.into(), "1".into()));
         }
         env
     }

@@ -39,6 +39,7 @@ use crate::store::settings;
 use crate::store::NewChunk;
 use crate::supervise::{self, ChildEnd, ChildRun, InheritedSignals, Launch};
 use crate::target::{Target, ENV_EXEC_DEPTH, REFUSED_EXIT};
+use crate::trace::failure::Exception;
 use crate::trace::spans;
 use decide::{Decision, Dispatch};
 use own_tools::HookTools;
@@ -259,13 +260,21 @@ fn finish(
         .own_tools
         .as_ref()
         .map_or(&[][..], |t| &t.records[..]);
+    let exception = collected
+        .uncaught_exception
+        .as_deref()
+        .filter(|_| dispatch.config.record_exceptions)
+        .and_then(Exception::from_ops_log);
     let (payload, priority) = prepared.builder.finished(
         &facts,
         &collected.records,
         own_calls,
         collected.custom.resource_spans,
-        run,
-        itself,
+        spans::CharmEnd {
+            run,
+            exception: exception.as_ref(),
+            itself,
+        },
     );
     let chunk = NewChunk {
         started_at: spans::time_to_unix_nanos(dispatch.start) as i64,

@@ -108,7 +108,7 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
         let open_early = move || persist::open_store_at(&store_path, scan.as_ref(), max_bytes);
         let (channel, interception) = match interception {
             Some(interception) => {
-                let env = interception.env(&nonce, dispatch.config.record_log_messages);
+                let env = interception.env(&nonce, &dispatch.config);
                 (
                     Some(interception.channel),
                     Some((env, interception.tools_dir)),

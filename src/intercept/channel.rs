@@ -11,10 +11,10 @@
 //! The thread that drains it (and serves the loopback listener for custom spans, and opens the
 //! store) is `beside_child`.
 
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use dispatch_shim::Record;
@@ -41,6 +41,9 @@ pub struct Collected {
     pub ignored: u64,
     /// Records shims could not deliver (channel full), counted beside the FIFO.
     pub dropped: u64,
+    /// The last uncaught exception the charm reported through `juju-log`, as ops logs it
+    /// (`dispatch_shim::OPS_UNCAUGHT_EXCEPTION`), left beside the FIFO by the shim.
+    pub uncaught_exception: Option<String>,
     /// Spans the charm's code sent to the custom-span listener.
     pub custom: Received,
     /// The custom-span receiver failed (an internal error): it stopped serving.
@@ -96,6 +99,43 @@ impl Channel {
 
 fn dropped_path(fifo: &Path) -> PathBuf {
     crate::store::with_suffix(fifo, ".dropped")
+}
+
+/// Where a shim leaves the charm's uncaught exception.
+pub fn exception_path(fifo: &Path) -> PathBuf {
+    crate::store::with_suffix(fifo, dispatch_shim::EXCEPTION_SUFFIX)
+}
+
+/// Most of an exception file that is read: ops hands `juju-log` at most 128 KiB per call, and
+/// only the last 16 KiB are kept on the trace (`trace::failure`).
+const MAX_EXCEPTION_FILE: u64 = 256 * 1024;
+
+/// Takes (reads and removes) what the shims left beside the FIFO: the count of records they
+/// could not deliver, and an uncaught exception, each only if this dispatch's.
+fn take_sidecars(fifo: &Path, nonce: &str, collected: &mut Collected) {
+    let take = |path: &Path| -> Option<Vec<u8>> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .ok()?;
+        let _ = std::fs::remove_file(path);
+        let mut bytes = Vec::new();
+        file.take(MAX_EXCEPTION_FILE).read_to_end(&mut bytes).ok()?;
+        Some(bytes)
+    };
+    if let Some(bytes) = take(&dropped_path(fifo)) {
+        let text = String::from_utf8_lossy(&bytes);
+        collected.dropped = text.lines().filter(|l| *l == nonce).count() as u64;
+    }
+    if let Some(bytes) = take(&exception_path(fifo)) {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some((owner, message)) = text.split_once('\n') {
+            if owner == nonce {
+                collected.uncaught_exception = Some(message.to_string());
+            }
+        }
+    }
 }
 
 fn make_fifo(path: &Path) -> io::Result<()> {
@@ -202,17 +242,13 @@ impl Collector {
         }
     }
 
-    pub fn finish(mut self, dropped_path: Option<&Path>) -> Collected {
+    /// What was collected, with what the shims left beside the FIFO at `fifo`.
+    pub fn finish(mut self, fifo: Option<&Path>) -> Collected {
         if !self.partial.is_empty() {
             self.collected.ignored += 1;
         }
-        let dropped = dropped_path.and_then(|path| {
-            let text = std::fs::read_to_string(path).ok()?;
-            let _ = std::fs::remove_file(path);
-            Some(text)
-        });
-        if let Some(text) = dropped {
-            self.collected.dropped = text.lines().filter(|l| *l == self.nonce).count() as u64;
+        if let Some(fifo) = fifo {
+            take_sidecars(fifo, &self.nonce, &mut self.collected);
         }
         self.collected
     }

@@ -29,6 +29,7 @@ use prost::Message;
 use crate::juju::HookEnv;
 use crate::supervise::{signal_name, ChildEnd, ChildRun};
 use crate::trace::context::{parse_traceparent, DispatchIds, IncomingContext};
+use crate::trace::failure::Exception;
 
 /// The instrumentation scope of every span we make.
 pub const SCOPE_NAME: &str = "juju-dispatch-trace";
@@ -53,6 +54,16 @@ pub struct RootFacts {
     /// Why the custom-span listener did not work (bind failure, internal error): not for the
     /// operator's stderr, there is nothing to act on, but whoever misses their spans finds it.
     pub custom_spans_error: Option<String>,
+}
+
+/// What became of the charm, for `TraceBuilder::finished`.
+pub struct CharmEnd<'a> {
+    /// How it ran; `None` when nothing ran.
+    pub run: Option<&'a ChildRun>,
+    /// What it reported before failing (`failure`).
+    pub exception: Option<&'a Exception>,
+    /// The target was this program: refused, with this reason and exit code.
+    pub itself: Option<(String, i32)>,
 }
 
 /// Builds the resource and spans of a dispatch.
@@ -235,7 +246,14 @@ impl TraceBuilder {
     }
 
     /// The `charm` span for the child process.
-    pub fn charm_span(&self, run: &ChildRun, executable: &str) -> SpanData {
+    /// The `charm` span. `exception`: what the charm reported before it failed, as an
+    /// `exception` event at `exception_time` (only on a failed run).
+    pub fn charm_span(
+        &self,
+        run: &ChildRun,
+        executable: &str,
+        exception: Option<(&Exception, SystemTime)>,
+    ) -> SpanData {
         let mut span = self.span(
             self.ids.charm_span_id,
             self.ids.root_span_id,
@@ -273,6 +291,9 @@ impl TraceBuilder {
                     .push(KeyValue::new("dispatch.child.signal", name.clone()));
                 span.status = Status::error(format!("killed by {name}"));
             }
+        }
+        if let (Some((exception, time)), true) = (exception, run.end.failed()) {
+            span.events.events.push(exception.event(time));
         }
         if !run.signals.is_empty() {
             let names = |forwarded: bool| {
@@ -424,10 +445,14 @@ impl TraceBuilder {
         charm_calls: &[Record],
         own_calls: &[Record],
         custom: Vec<ResourceSpans>,
-        run: Option<&ChildRun>,
-        itself: Option<(String, i32)>,
+        charm: CharmEnd,
     ) -> (Vec<u8>, crate::store::Priority) {
         use crate::store::Priority;
+        let CharmEnd {
+            run,
+            exception,
+            itself,
+        } = charm;
         let mut spans = Vec::with_capacity(charm_calls.len() + own_calls.len() + 2);
         let mut changed = false;
         for record in charm_calls.iter().chain(own_calls) {
@@ -441,7 +466,13 @@ impl TraceBuilder {
         let failure = match run {
             Some(run) => {
                 let target = facts.target.clone().unwrap_or_default();
-                spans.push(self.charm_span(run, &target));
+                // When ops logged it: the charm's last `juju-log` at ERROR.
+                let logged_at = charm_calls
+                    .iter()
+                    .rfind(|r| r.tool == "juju-log" && r.log_level == "ERROR")
+                    .map_or(run.ended, |r| unix_nanos_to_time(r.start_unix_nanos));
+                let exception = exception.map(|e| (e, logged_at));
+                spans.push(self.charm_span(run, &target, exception));
                 match run.end {
                     ChildEnd::Exited(code) => {
                         extra.push(KeyValue::new("dispatch.exit_code", code as i64));

@@ -20,6 +20,7 @@ mod util;
 
 mod charmcraft_part;
 mod custom_spans;
+mod failed_hooks;
 mod faults;
 mod hook_tools;
 mod new_user;

@@ -648,6 +648,77 @@ fn assert_traces(ran: &[Ran]) {
         "ERROR",
         "the charm span of the failing hook"
     );
+    assert_exception(failed);
+    for (i, r) in ran.iter().enumerate().filter(|(i, _)| *i != FAILING) {
+        let charm = util::span(r.traces.last().unwrap(), "charm");
+        assert_eq!(
+            charm["events"],
+            json!([]),
+            "event {i}: no exception on a hook that succeeded"
+        );
+    }
+}
+
+/// The exception ops logged when the handler raised is on the failed `charm` span, as the
+/// semantic conventions name its parts.
+fn assert_exception(failed: &Value) {
+    let charm = util::span(failed, "charm");
+    let events = charm["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{charm:#}");
+    let exception = &events[0];
+    assert_eq!(exception["name"], "exception");
+    let attributes = &exception["attributes"];
+    assert_eq!(attributes["exception.type"], "ValueError");
+    assert_eq!(
+        attributes["exception.message"],
+        "invalid port 0: must be 1-65535"
+    );
+    let stacktrace = attributes["exception.stacktrace"].as_str().unwrap();
+    assert!(
+        stacktrace.starts_with("Traceback (most recent call last):\n")
+            && stacktrace.contains("in _port\n")
+            && stacktrace.ends_with("ValueError: invalid port 0: must be 1-65535"),
+        "{stacktrace}"
+    );
+    // At the time ops logged it, within the charm's run.
+    let time = exception["time_unix_nano"].as_u64().unwrap();
+    assert!(
+        charm["start_unix_nano"].as_u64().unwrap() <= time
+            && time <= charm["end_unix_nano"].as_u64().unwrap(),
+        "{charm:#}"
+    );
+}
+
+/// `dispatch traces --failed` says why under the failed `charm` span, and the receiver got the
+/// exception event with its attributes.
+fn assert_exception_shown_and_shipped(unit: &Unit, failed: &Value) {
+    let tree = unit.charm.tool(&["traces", "--failed"]);
+    let tree = text(&tree.stdout);
+    let charm_line = tree
+        .lines()
+        .position(|l| l.contains("└─ charm") && l.contains("ERROR exit code 1"))
+        .unwrap_or_else(|| panic!("no failed charm span in:\n{tree}"));
+    assert_eq!(
+        tree.lines().nth(charm_line + 1).map(str::trim),
+        Some("│  exception: ValueError: invalid port 0: must be 1-65535"),
+        "{tree}"
+    );
+    let span_id = util::span(failed, "charm")["span_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let block = rotel::span_block(&unit.rotel.output(), &span_id);
+    for line in [
+        "-> Name: exception",
+        "-> exception.type: Str(ValueError)",
+        "-> exception.message: Str(invalid port 0: must be 1-65535)",
+        "-> exception.stacktrace: Str(Traceback (most recent call last):",
+    ] {
+        assert!(
+            block.lines().any(|l| l.trim() == line),
+            "rotel's span {span_id} lacks {line:?}:\n{block}"
+        );
+    }
 }
 
 /// Everything we stored reached the provider's receiver, exactly once, the backlog from
@@ -673,6 +744,7 @@ fn an_ops_charm_behaves_the_same_under_our_dispatch_and_its_traces_reach_the_pro
     assert_traces(&wrapped_ran);
     let (traces, seen) = assert_all_at_receiver(&wrapped, &wrapped_ran);
     rotel::assert_received_exactly_once(&seen, &traces, &wrapped.rotel.output());
+    assert_exception_shown_and_shipped(&wrapped, &traces[FAILING]);
     assert!(
         rotel::parse_spans(&bare.rotel.output()).is_empty(),
         "the bare charm sends nothing: what reaches the provider is ours"
@@ -767,4 +839,67 @@ fn ops_tracing_and_our_dispatch_run_side_by_side_without_interfering() {
         strays.is_empty(),
         "nothing of ops-tracing's landed in our traces: {strays:?}"
     );
+}
+
+/// A charm whose `__init__` raises fails every event before any handler runs: the exception is
+/// on the failed trace all the same. `record_exceptions: false` leaves it out, and then the
+/// shims are not asked to keep the traceback at all.
+#[test]
+fn an_exception_raised_in_the_charms_init_is_on_the_trace_unless_switched_off() {
+    let unit = Unit::new(Flavour::Ops, true);
+    let broken = [("OPS_CHARM_BROKEN_INIT", "1")];
+    let out = unit
+        .charm
+        .command("dispatch", "hooks/install", &broken)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let trace = unit.charm.last_trace();
+    let charm = util::span(&trace, "charm");
+    let events = charm["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{charm:#}");
+    let attributes = &events[0]["attributes"];
+    assert_eq!(attributes["exception.type"], "RuntimeError");
+    assert_eq!(
+        attributes["exception.message"],
+        "the charm cannot set itself up: broken on purpose"
+    );
+    let stacktrace = attributes["exception.stacktrace"].as_str().unwrap();
+    assert!(
+        stacktrace.contains("in __init__\n") && stacktrace.contains("in _check_setup\n"),
+        "{stacktrace}"
+    );
+
+    unit.charm
+        .write("dispatch-trace.yaml", "record_exceptions: false\n");
+    let before = unit.charm.tool_calls().len();
+    let out = unit
+        .charm
+        .command("dispatch", "hooks/install", &broken)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let trace = unit.charm.last_trace();
+    assert_eq!(
+        util::span(&trace, "charm")["events"],
+        json!([]),
+        "{trace:#}"
+    );
+    let juju_log_error = util::spans_named(&trace, "juju-log")
+        .into_iter()
+        .filter(|s| s["attributes"]["juju.log.level"] == "ERROR")
+        .count();
+    assert_eq!(juju_log_error, 1, "ops still logged it: {trace:#}");
+    // Switched off, the shims are not asked to keep it at all.
+    let calls = unit.charm.tool_calls();
+    let asked = |calls: &[Value]| -> Vec<Value> {
+        calls
+            .iter()
+            .filter(|c| c["tool"] == "juju-log")
+            .map(|c| c["env"]["DISPATCH_TRACE_EXCEPTIONS"].clone())
+            .collect()
+    };
+    let (on, off) = (asked(&calls[..before]), asked(&calls[before..]));
+    assert!(!on.is_empty() && on.iter().all(|v| *v == "1"), "{on:?}");
+    assert!(!off.is_empty() && off.iter().all(Value::is_null), "{off:?}");
 }

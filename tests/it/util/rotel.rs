@@ -257,6 +257,38 @@ pub fn parse_spans(output: &str) -> Vec<SeenSpan> {
     spans
 }
 
+/// The lines rotel printed for the span with this id: from its `Span #` header to the next
+/// span, scope or resource.
+pub fn span_block(output: &str, span_id: &str) -> String {
+    let mut blocks = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for line in output.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("Span #")
+            || trimmed.starts_with("ResourceSpans #")
+            || trimmed.starts_with("ScopeSpans #")
+        {
+            blocks.push(std::mem::take(&mut current));
+        }
+        current.push(line);
+    }
+    blocks.push(current);
+    blocks
+        .into_iter()
+        .find(|block| {
+            block
+                .first()
+                .is_some_and(|l| l.trim().starts_with("Span #"))
+                && block.iter().any(|l| {
+                    l.trim()
+                        .split_once(':')
+                        .is_some_and(|(k, v)| k.trim() == "ID" && v.trim() == span_id)
+                })
+        })
+        .map(|block| block.join("\n"))
+        .unwrap_or_default()
+}
+
 pub fn is_trace_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
