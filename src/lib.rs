@@ -32,6 +32,7 @@ mod test_support;
 /// signal, for `main` to die of). Must be called first thing, before any thread exists.
 pub fn entry() -> supervise::ChildEnd {
     let inherited = supervise::InheritedSignals::capture();
+    hook::stderr_tail::note_inherited_stderr();
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "dispatch".into());
     let rest: Vec<_> = args.collect();

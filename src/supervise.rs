@@ -126,6 +126,8 @@ pub struct Launch<'a> {
     pub program: &'a Path,
     pub argv0: &'a OsString,
     pub env_changes: Vec<(OsString, OsString)>,
+    /// The child's stderr when it is not ours (`stderr_tail`'s pipe).
+    pub stderr: Option<libc::c_int>,
 }
 
 /// A spawn that failed for a reason of ours (no memory, no processes) rather than the
@@ -220,6 +222,7 @@ fn spawn(
         mask: inherited.mask,
         dispositions: inherited.dispositions_for_child(),
         raise,
+        stderr: launch.stderr,
     })
     .map_err(std::io::Error::from_raw_os_error)
 }

@@ -97,6 +97,9 @@ pub struct Exec<'a> {
     /// before exec, so one that would have killed it kills it before it runs a single
     /// instruction of its own: a quick child cannot outrun a signal sent before it started.
     pub raise: &'a [c_int],
+    /// A descriptor to give the child as its stderr (`stderr_tail`'s pipe), or `None` to
+    /// leave fd 2 as it is.
+    pub stderr: Option<c_int>,
 }
 
 struct Shared<'a, 'b> {
@@ -168,6 +171,12 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> c_int {
         for &(signal, handler) in exec.dispositions {
             if handler != libc::SIG_ERR {
                 libc::signal(signal, handler);
+            }
+        }
+        if let Some(fd) = exec.stderr {
+            if libc::dup2(fd, 2) < 0 {
+                shared.errno = (*libc::__errno_location()).max(1);
+                libc::_exit(127);
             }
         }
         libc::sigprocmask(libc::SIG_SETMASK, &exec.mask, std::ptr::null_mut());

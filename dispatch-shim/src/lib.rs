@@ -13,6 +13,7 @@
 //! unless the charm's config opted in. Tool stdin and stdout are never looked at.
 
 pub mod child;
+pub mod relay;
 
 /// Absolute path of the directory holding Juju's real hook tools.
 pub const ENV_TOOLS_DIR: &str = "DISPATCH_TRACE_TOOLS";

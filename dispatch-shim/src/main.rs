@@ -55,6 +55,9 @@ fn run(args: &[&[u8]], argv: *const *const c_char) -> Result<ChildEnd, String> {
     let argv0 = args.first().copied().unwrap_or_default();
     let tool_bytes = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
     let tool = std::str::from_utf8(tool_bytes).unwrap_or_default();
+    if tool == dispatch_shim::relay::RELAY_NAME {
+        return Ok(ChildEnd::Exited(dispatch_shim::relay::run(args)));
+    }
     if !is_hook_tool(tool) {
         return Err(format!(
             "dispatch-shim: run as {:?}, which is not a Juju hook tool; the shim is only meant to \
@@ -87,6 +90,7 @@ fn run(args: &[&[u8]], argv: *const *const c_char) -> Result<ChildEnd, String> {
         mask,
         dispositions: &[],
         raise: &[],
+        stderr: None,
     });
     // The tool has inherited the caller's SIGPIPE disposition; from here on a reader that
     // goes away mid-write (the dispatch ending) must cost us an EPIPE, not our life.

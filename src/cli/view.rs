@@ -239,13 +239,19 @@ fn render(
     let kids = children.get(span.span_id.as_slice());
     let child_prefix = if top.is_some() { "" } else { next.as_str() };
     // Why a failed charm failed, under its span (the children's line continues past it).
+    let bar = if kids.is_some() { "│" } else { " " };
     for exception in span.events.iter().filter(|e| e.name == "exception") {
-        let bar = if kids.is_some() { "│" } else { " " };
         let _ = writeln!(
             out,
             "  {child_prefix}{bar}  exception: {}",
             exception_summary(&exception.attributes)
         );
+    }
+    if let Some(tail) = attribute(&span.attributes, "dispatch.child.stderr_tail") {
+        let tail = value_text(tail);
+        if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
+            let _ = writeln!(out, "  {child_prefix}{bar}  stderr: {}", one_line(last));
+        }
     }
     if let Some(kids) = kids {
         for (i, kid) in kids.iter().enumerate() {
@@ -266,12 +272,17 @@ fn exception_summary(attributes: &[KeyValue]) -> String {
         message: text("exception.message"),
         stacktrace: String::new(),
     };
-    let mut summary = exception.summary();
-    summary = summary.split_whitespace().collect::<Vec<_>>().join(" ");
-    if summary.chars().count() > 200 {
-        summary = summary.chars().take(199).collect::<String>() + "…";
+    one_line(&exception.summary())
+}
+
+/// `text` on one line of at most 200 characters.
+fn one_line(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() > 200 {
+        line.chars().take(199).collect::<String>() + "…"
+    } else {
+        line
     }
-    summary
 }
 
 fn format_time(unix_nanos: i64) -> String {

@@ -80,6 +80,9 @@ pub struct Config {
     /// Put the exception a failed charm reported (ops' uncaught-exception traceback) on its
     /// `charm` span, as ops[tracing] does (README, *Why a hook failed*).
     pub record_exceptions: bool,
+    /// Keep the last this many bytes the charm writes to stderr, for the `charm` span of a
+    /// failed hook; 0 (the default): the charm's stderr is left as it is.
+    pub stderr_tail: u64,
     /// Listen on loopback during a dispatch for the charm's own spans (OTLP/HTTP), and point
     /// the child's `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` there (README, *Your own spans*). `false`: no
     /// listener, and the child's OpenTelemetry variables are left as the hook had them.
@@ -104,6 +107,7 @@ impl Default for Config {
             juju_trace_context: TraceContextMode::default(),
             record_log_messages: false,
             record_exceptions: true,
+            stderr_tail: 0,
             custom_spans: true,
         }
     }
@@ -238,6 +242,7 @@ publish_requirer_data: false
 juju_trace_context: continue
 record_log_messages: true
 record_exceptions: false
+stderr_tail: 4096
 custom_spans: false
 "#,
         )
@@ -249,6 +254,8 @@ custom_spans: false
         assert!(config.record_log_messages);
         assert!(!config.record_exceptions);
         assert!(Config::default().record_exceptions);
+        assert_eq!(config.stderr_tail, 4096);
+        assert_eq!(Config::default().stderr_tail, 0);
         assert!(!config.custom_spans);
         assert!(Config::default().custom_spans);
     }
@@ -282,7 +289,7 @@ custom_spans: false
     const ALL_KEYS: &str = "enabled, target, service_name, tracing_endpoint, ca_endpoint, \
         endpoint, ca_file, protocol, store_path, store_max_bytes, export_budget_ms, \
         publish_requirer_data, juju_trace_context, record_log_messages, record_exceptions, \
-        custom_spans";
+        stderr_tail, custom_spans";
 
     #[test]
     fn a_yaml_mistake_says_its_line_and_column() {

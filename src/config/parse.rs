@@ -360,6 +360,10 @@ const KEYS: &[(&str, Setter)] = &[
     ("record_exceptions", |c, k, v| {
         flag(k, v).map(|x| c.record_exceptions = x)
     }),
+    ("stderr_tail", |c, k, v| {
+        let max = dispatch_shim::relay::MAX_TAIL as u64;
+        whole(k, v, "bytes", 0..=max).map(|x| c.stderr_tail = x)
+    }),
     ("custom_spans", |c, k, v| {
         flag(k, v).map(|x| c.custom_spans = x)
     }),

@@ -22,6 +22,7 @@ pub mod child_env;
 pub mod decide;
 pub mod own_tools;
 pub mod prepare;
+pub mod stderr_tail;
 
 use std::ffi::OsString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -44,6 +45,7 @@ use crate::trace::spans;
 use decide::{Decision, Dispatch};
 use own_tools::HookTools;
 use prepare::{Prepared, CUSTOM_SPANS_ERROR};
+use stderr_tail::StderrTail;
 
 /// The last panic message from tracing code, so it can be reported on the trace.
 static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
@@ -96,6 +98,7 @@ fn traced(mut dispatch: Dispatch, argv0: &OsString, inherited: &InheritedSignals
         .map(|p| std::mem::take(&mut p.env_changes))
         .unwrap_or_default();
     env_changes.push((ENV_EXEC_DEPTH.into(), decide::child_exec_depth().into()));
+    let mut stderr_tail = prepared.as_mut().and_then(|p| p.stderr_tail.take());
 
     // The store is opened while the child runs: by the reader's thread, or else here.
     let mut opened: Option<OpenedStore> = None;
@@ -106,9 +109,13 @@ fn traced(mut dispatch: Dispatch, argv0: &OsString, inherited: &InheritedSignals
                 program: &program,
                 argv0,
                 env_changes,
+                stderr: stderr_tail.as_ref().and_then(StderrTail::charm_stderr),
             };
             let reader_opens = prepared.as_ref().is_some_and(|p| p.beside.is_some());
             let mut while_running = || {
+                if let Some(tail) = stderr_tail.as_mut() {
+                    tail.child_started();
+                }
                 if !reader_opens {
                     opened =
                         catch_unwind(AssertUnwindSafe(|| open_store(&dispatch, &inflight))).ok();
@@ -132,6 +139,7 @@ fn traced(mut dispatch: Dispatch, argv0: &OsString, inherited: &InheritedSignals
                             inflight.take(),
                             opened.take(),
                             None,
+                            None,
                         )
                     }));
                     let code =
@@ -143,7 +151,14 @@ fn traced(mut dispatch: Dispatch, argv0: &OsString, inherited: &InheritedSignals
     };
 
     let finished = catch_unwind(AssertUnwindSafe(|| {
-        finish(&mut dispatch, prepared, inflight, opened, run.as_ref())
+        finish(
+            &mut dispatch,
+            prepared,
+            inflight,
+            opened,
+            run.as_ref(),
+            stderr_tail,
+        )
     }));
     if finished.is_err() {
         dispatch
@@ -184,6 +199,7 @@ fn finish(
     inflight: Option<Inflight>,
     opened: Option<OpenedStore>,
     run: Option<&ChildRun>,
+    stderr_tail: Option<StderrTail>,
 ) {
     let Some(mut prepared) = prepared else {
         // Preparing failed half-way: there is no trace to store, and this dispatch must not
@@ -260,6 +276,20 @@ fn finish(
         .own_tools
         .as_ref()
         .map_or(&[][..], |t| &t.records[..]);
+    // What the charm last wrote to stderr, asked for only when it failed.
+    let stderr = match (stderr_tail, run) {
+        (Some(tail), Some(run)) if run.end.failed() => match tail.take() {
+            Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            Err(problem) => {
+                dispatch.problems.push(Problem::for_the_trace(
+                    "stderr-tail",
+                    format!("stderr_tail: {problem}"),
+                ));
+                None
+            }
+        },
+        _ => None,
+    };
     let exception = collected
         .uncaught_exception
         .as_deref()
@@ -273,6 +303,7 @@ fn finish(
         spans::CharmEnd {
             run,
             exception: exception.as_ref(),
+            stderr_tail: stderr.as_deref(),
             itself,
         },
     );

@@ -13,7 +13,9 @@
 //! 4. the relations, on the events that can change them: read (and, as leader, our side
 //!    published) before the charm runs, so that its own writes come later and win (DESIGN §3);
 //! 5. the child's environment, the custom-span endpoint asked for last, so that the reader's
-//!    thread has long since bound it.
+//!    thread has long since bound it;
+//! 6. with `stderr_tail`, the relay between the charm's stderr and the hook's
+//!    (`stderr_tail`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -27,6 +29,8 @@ use crate::hook::beside_child::{self, BesideChild};
 use crate::hook::child_env;
 use crate::hook::decide::Dispatch;
 use crate::hook::own_tools::{self, HookTools};
+use crate::hook::stderr_tail::StderrTail;
+use crate::intercept::shims::SHIM_BINARY;
 use crate::metadata::CharmMetadata;
 use crate::operator::{self, Problem};
 use crate::relation::{self, Answer, Endpoints};
@@ -62,6 +66,8 @@ pub struct Prepared {
     pub discovered: Option<Answer>,
     /// The child's environment: the hook's, with these changes.
     pub env_changes: Vec<(OsString, OsString)>,
+    /// The relay the child's stderr goes through (`stderr_tail`).
+    pub stderr_tail: Option<StderrTail>,
 }
 
 /// Prepares the trace. `inflight` receives the dispatch lock and the started record as soon as
@@ -237,6 +243,19 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
         )),
         None => {}
     }
+    let stderr_tail = match dispatch.config.stderr_tail {
+        0 => None,
+        _ if !program => None,
+        bytes => {
+            let shim = dispatch.charm_dir.join(SHIM_BINARY);
+            StderrTail::start(&shim, bytes).unwrap_or_else(|problem| {
+                dispatch.problems.push(
+                    format!("stderr_tail: {problem}; the charm's stderr is left as it is").into(),
+                );
+                None
+            })
+        }
+    };
     facts.problems = operator::texts(&dispatch.problems);
     facts.custom_spans_error = operator::for_the_trace(&dispatch.problems, CUSTOM_SPANS_ERROR);
     Prepared {
@@ -248,6 +267,7 @@ pub fn prepare(dispatch: &mut Dispatch, inflight: &mut Option<Inflight>) -> Prep
         tools_dir,
         discovered,
         env_changes,
+        stderr_tail,
     }
 }
 

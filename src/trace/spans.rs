@@ -62,6 +62,8 @@ pub struct CharmEnd<'a> {
     pub run: Option<&'a ChildRun>,
     /// What it reported before failing (`failure`).
     pub exception: Option<&'a Exception>,
+    /// The last bytes it wrote to stderr, when it failed (`stderr_tail`).
+    pub stderr_tail: Option<&'a str>,
     /// The target was this program: refused, with this reason and exit code.
     pub itself: Option<(String, i32)>,
 }
@@ -451,6 +453,7 @@ impl TraceBuilder {
         let CharmEnd {
             run,
             exception,
+            stderr_tail,
             itself,
         } = charm;
         let mut spans = Vec::with_capacity(charm_calls.len() + own_calls.len() + 2);
@@ -472,7 +475,14 @@ impl TraceBuilder {
                     .rfind(|r| r.tool == "juju-log" && r.log_level == "ERROR")
                     .map_or(run.ended, |r| unix_nanos_to_time(r.start_unix_nanos));
                 let exception = exception.map(|e| (e, logged_at));
-                spans.push(self.charm_span(run, &target, exception));
+                let mut charm = self.charm_span(run, &target, exception);
+                if let Some(tail) = stderr_tail.filter(|_| run.end.failed()) {
+                    charm.attributes.push(KeyValue::new(
+                        "dispatch.child.stderr_tail",
+                        tail.to_string(),
+                    ));
+                }
+                spans.push(charm);
                 match run.end {
                     ChildEnd::Exited(code) => {
                         extra.push(KeyValue::new("dispatch.exit_code", code as i64));

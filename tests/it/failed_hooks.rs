@@ -4,7 +4,8 @@
 //! logs the same message, to pin the edges: a charm that logs one and then succeeds, a message
 //! at another level, and what another dispatch left behind.
 
-use crate::util::{code, span, text, Charm};
+use crate::util::outcome::assert_same_outcome;
+use crate::util::{code, our_lines, span, text, Charm};
 use serde_json::json;
 
 /// What ops sends through `juju-log` when a handler raises (`ops.log.setup_root_logging`).
@@ -66,4 +67,45 @@ fn an_exception_left_beside_the_channel_by_another_dispatch_is_not_this_ones() {
     let trace = charm.last_trace();
     assert_eq!(span(&trace, "charm")["events"], json!([]), "{trace:#}");
     assert!(!left.exists(), "the leftover was taken away");
+}
+
+/// With `stderr_tail`, the charm's stderr goes through a relay: the hook gets exactly the
+/// bytes a bare run gets, and a failed hook's `charm` span carries the last of them.
+#[test]
+fn stderr_tail_keeps_the_last_bytes_of_a_failed_hooks_stderr_and_changes_nothing_else() {
+    let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", "stderr_tail: 16\n");
+    let noisy = [
+        ("CHARM_STDOUT", "out of the charm\n"),
+        ("CHARM_STDERR", "first line\nthe very last words\n"),
+        ("CHARM_EXIT", "3"),
+    ];
+    let bare = charm.bare("hooks/install", &noisy);
+    let traced = charm.dispatch("hooks/install", &noisy);
+    assert_same_outcome(&traced, &bare);
+    assert!(
+        our_lines(&traced.stderr).is_empty(),
+        "{}",
+        text(&traced.stderr)
+    );
+    let trace = charm.last_trace();
+    let attributes = &span(&trace, "charm")["attributes"];
+    assert_eq!(
+        attributes["dispatch.child.stderr_tail"],
+        "very last words\n"
+    );
+
+    // A hook that succeeds keeps nothing.
+    let quiet = [("CHARM_STDERR", "all is well\n"), ("CHARM_EXIT", "0")];
+    let traced = charm.dispatch("hooks/install", &quiet);
+    assert_same_outcome(&traced, &charm.bare("hooks/install", &quiet));
+    let trace = charm.last_trace();
+    assert!(span(&trace, "charm")["attributes"]["dispatch.child.stderr_tail"].is_null());
+
+    // Off (the default): the charm's stderr is the hook's own.
+    charm.write("dispatch-trace.yaml", "");
+    let traced = charm.dispatch("hooks/install", &noisy);
+    assert_same_outcome(&traced, &bare);
+    let trace = charm.last_trace();
+    assert!(span(&trace, "charm")["attributes"]["dispatch.child.stderr_tail"].is_null());
 }

@@ -856,14 +856,18 @@ fn a_hanging_hook_tool_the_charm_kills_by_pid_is_gone_as_it_would_be_bare() {
 fn a_charm_that_closes_or_redirects_its_stdio_ends_as_it_would_bare() {
     let charm = Charm::new("shell");
     let out = out_dir(&charm);
-    for redirect in [
-        "exec >&- 2>&-",
-        "exec >/dev/null 2>&1",
-        "exec 2>&1",
-        "exec 1>&2",
-        "exec <&-",
-        "exec >&- 2>&- <&-",
-    ] {
+    for (config, redirect) in WITH_AND_WITHOUT_STDERR_TAIL.iter().flat_map(|config| {
+        [
+            "exec >&- 2>&-",
+            "exec >/dev/null 2>&1",
+            "exec 2>&1",
+            "exec 1>&2",
+            "exec <&-",
+            "exec >&- 2>&- <&-",
+        ]
+        .map(|redirect| (config, redirect))
+    }) {
+        charm.write("dispatch-trace.yaml", config);
         let run = noting_trace(&format!(
             "{redirect}\nis-leader; status-set active; juju-log done; echo after; echo oops >&2"
         ));
@@ -877,9 +881,13 @@ fn a_charm_that_closes_or_redirects_its_stdio_ends_as_it_would_bare() {
         assert_hook_unchanged(&traced, &bare, Duration::ZERO, Says::Nothing);
         let trace = stored_once(&charm, &last_trace_id(&charm));
         let calls = root(&trace)["attributes"]["dispatch.tool_calls"].clone();
-        assert_eq!(calls, 3, "{redirect}: {trace:#}");
+        assert_eq!(calls, 3, "{config}{redirect}: {trace:#}");
     }
 }
+
+/// The config of every case that concerns the hook's stdio, with and without the relay
+/// `stderr_tail` puts between the charm and its stderr (README, *Why a hook failed*).
+const WITH_AND_WITHOUT_STDERR_TAIL: [&str; 2] = ["", "stderr_tail: 4096\n"];
 
 /// Juju's end of the hook's stdout and stderr gone (a broken pipe): the charm meets it as it
 /// would bare, and our own operator line to a broken stderr does not kill us.
@@ -966,8 +974,22 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_hook_whose_stdout_and_stderr_are_broken_pipes_ends_as_it_would_bare() {
+    for config in WITH_AND_WITHOUT_STDERR_TAIL {
+        broken_pipes_end_as_bare(config);
+    }
+}
+
+fn broken_pipes_end_as_bare(config: &str) {
     let charm = Charm::new("shell");
-    charm.write("dispatch-trace.yaml", "no_such_key: 1\n"); // earns an operator line
+    // Earns an operator line (the key is unknown), or with the relay a note on the trace.
+    charm.write(
+        "dispatch-trace.yaml",
+        if config.is_empty() {
+            "no_such_key: 1\n"
+        } else {
+            config
+        },
+    );
     let broken = |c: &mut Command| {
         let (read_out, write_out) = nix::unistd::pipe().unwrap();
         let (read_err, write_err) = nix::unistd::pipe().unwrap();
@@ -979,6 +1001,8 @@ fn a_hook_whose_stdout_and_stderr_are_broken_pipes_ends_as_it_would_bare() {
         (&[("CHARM_EXIT", "3")][..], Some(3)),
         // Writing to the broken stdout: SIGPIPE, as the hook handed it down (default).
         (&[("CHARM_STDOUT", "hello\n")][..], None),
+        // And to the broken stderr, relayed or not.
+        (&[("CHARM_STDERR", "hello\n")][..], None),
     ] {
         let mut bare = charm.command("dispatch.orig", "hooks/install", env);
         broken(&mut bare);
@@ -993,17 +1017,24 @@ fn a_hook_whose_stdout_and_stderr_are_broken_pipes_ends_as_it_would_bare() {
             "{env:?}"
         );
         if expected.is_none() {
-            assert_eq!(traced.signal(), Some(libc::SIGPIPE));
+            assert_eq!(traced.signal(), Some(libc::SIGPIPE), "{config}{env:?}");
         }
     }
-    assert_eq!(charm.traces().len(), 2);
+    assert_eq!(charm.traces().len(), 3);
 }
 
 // ---- daemons the charm leaves behind ---------------------------------------------------------
 
 #[test]
 fn a_daemon_left_holding_the_hooks_stdio_and_our_record_channel_does_not_hold_the_dispatch() {
+    for config in WITH_AND_WITHOUT_STDERR_TAIL {
+        daemon_holding_stdio(config);
+    }
+}
+
+fn daemon_holding_stdio(config: &str) {
     let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", config);
     let _reaper = Reaper(&charm);
     let out = out_dir(&charm);
     let pid_file = out.join("grandchild.pid");
@@ -1241,7 +1272,14 @@ fn sigkill_before_the_charm_starts_leaves_one_interrupted_trace_for_the_next_dis
 
 #[test]
 fn sigterm_while_the_charm_runs_is_forwarded_and_the_hook_dies_of_it_as_bare() {
+    for config in WITH_AND_WITHOUT_STDERR_TAIL {
+        sigterm_while_the_charm_runs(config);
+    }
+}
+
+fn sigterm_while_the_charm_runs(config: &str) {
     let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", config);
     let _reaper = Reaper(&charm);
     let out = out_dir(&charm);
     let run = noting_trace("echo $$ > \"$OUT/charm.pid\"");
@@ -1611,4 +1649,155 @@ fn a_daemon_flooding_our_record_channel_cannot_hold_the_end_of_the_hook() {
         }
     }
     assert!(late.is_empty(), "the flood held the hook's end: {late:?}");
+}
+
+// ---- the stderr relay (`stderr_tail`) --------------------------------------------------------
+
+/// The relay processes (`dispatch-stderr-relay`) whose parent is `wrapper`.
+fn relays_of(wrapper: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The parent pid is the second field after the command's closing parenthesis.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            cmdline.starts_with(b"dispatch-stderr-relay\0") && parent == Some(wrapper)
+        })
+        .collect()
+}
+
+/// Juju's end of the hook's stderr going away while the charm runs: the relay notices and
+/// ends, so the charm's next write to stderr kills it with SIGPIPE, as bare.
+#[test]
+fn with_stderr_tail_a_hook_stderr_that_breaks_while_the_charm_runs_breaks_for_the_charm_too() {
+    let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", "stderr_tail: 4096\n");
+    let out = out_dir(&charm);
+    let run = noting_trace(
+        "echo ready > \"$OUT/ready\"; while [ ! -e \"$OUT/go\" ]; do sleep 0.01; done; \
+         echo after >&2; echo survived > \"$OUT/survived\"",
+    );
+    let env = [("OUT", path_str(&out)), ("CHARM_RUN", run.as_str())];
+    let mut ends = Vec::new();
+    for program in ["dispatch.orig", "dispatch"] {
+        for file in ["ready", "go", "survived"] {
+            let _ = std::fs::remove_file(out.join(file));
+        }
+        // Close-on-exec: only this test holds the read end, as only Juju would.
+        let (read_err, write_err) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let mut child = charm
+            .command(program, "hooks/install", &env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(write_err))
+            .spawn()
+            .unwrap();
+        wait_for("the charm", Duration::from_secs(10), || {
+            out.join("ready").exists()
+        });
+        drop(read_err);
+        // The relay sees its stderr broken at once; give it a moment to have ended.
+        if program == "dispatch" {
+            let wrapper = child.id() as i32;
+            wait_for("the relay to end", Duration::from_secs(10), || {
+                relays_of(wrapper).is_empty()
+            });
+        }
+        std::fs::write(out.join("go"), "").unwrap();
+        let status = child.wait().unwrap();
+        ends.push((
+            status.code(),
+            status.signal(),
+            out.join("survived").exists(),
+        ));
+    }
+    assert_eq!(ends[0], (None, Some(libc::SIGPIPE), false), "bare");
+    assert_eq!(ends[1], ends[0], "traced");
+}
+
+/// Signals a terminal or a process-group kill would send reach the relay too: it ignores them,
+/// so the charm's stderr stays whole; and the relay outlives a wrapper killed with SIGKILL, so
+/// a daemon the charm left writes to the hook's stderr afterwards as it would bare.
+#[test]
+fn with_stderr_tail_neither_signals_to_the_relay_nor_the_wrappers_death_break_the_charms_stderr() {
+    let charm = Charm::new("shell");
+    let _reaper = Reaper(&charm);
+    charm.write("dispatch-trace.yaml", "stderr_tail: 4096\n");
+    let out = out_dir(&charm);
+    let run = noting_trace(
+        "echo early >&2; (while [ ! -e \"$OUT/late\" ]; do sleep 0.01; done; echo late >&2) & \
+         echo ready > \"$OUT/ready\"; while [ ! -e \"$OUT/go\" ]; do sleep 0.01; done; \
+         echo after >&2; echo $$ > \"$OUT/charm.pid\"; exec sleep 10",
+    );
+    let env = [("OUT", path_str(&out)), ("CHARM_RUN", run.as_str())];
+    let mut stderrs = Vec::new();
+    for program in ["dispatch.orig", "dispatch"] {
+        for file in ["ready", "go", "late", "charm.pid"] {
+            let _ = std::fs::remove_file(out.join(file));
+        }
+        let mut child = charm
+            .command(program, "hooks/install", &env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for("the charm", Duration::from_secs(10), || {
+            out.join("ready").exists()
+        });
+        if program == "dispatch" {
+            let relays = relays_of(child.id() as i32);
+            assert_eq!(relays.len(), 1, "one relay for the dispatch");
+            for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+                // SAFETY: signalling the relay this test started.
+                unsafe { libc::kill(relays[0], signal) };
+            }
+        }
+        std::fs::write(out.join("go"), "").unwrap();
+        wait_for("the charm's pid", Duration::from_secs(10), || {
+            std::fs::read_to_string(out.join("charm.pid")).is_ok_and(|s| s.ends_with('\n'))
+        });
+        // Juju cancelling an action: SIGKILL to the dispatch process (bare: the charm).
+        signal(&child, libc::SIGKILL);
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{program}");
+        // The daemon writes once the dispatch is gone, and then lets its stderr go.
+        std::fs::write(out.join("late"), "").unwrap();
+        let mut stderr = Vec::new();
+        std::io::Read::read_to_end(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        stderrs.push(text(&stderr));
+    }
+    assert_eq!(stderrs[0], "early\nafter\nlate\n", "bare");
+    assert_eq!(stderrs[1], stderrs[0], "traced");
+}
+
+/// A hook started with stderr closed, or at a terminal, gets no relay: the charm finds fd 2
+/// exactly as bare.
+#[test]
+fn with_stderr_tail_a_hook_whose_stderr_is_closed_finds_it_closed() {
+    let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", "stderr_tail: 4096\n");
+    let out = out_dir(&charm);
+    let listing = "open=; for n in 0 1 2; do [ -e /proc/$$/fd/$n ] && open=\"$open $n\"; done; \
+                   echo \"open:$open\" >> \"$OUT/fds\"; exit 1";
+    let env = [("OUT", path_str(&out)), ("CHARM_RUN", listing)];
+    let close_stderr = |command: &mut Command| {
+        // SAFETY: only close(2), async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::close(2);
+                Ok(())
+            });
+        }
+    };
+    let (traced, bare) = pair(&charm, "hooks/install", &env, &close_stderr);
+    assert_hook_unchanged(&traced, &bare, Duration::ZERO, Says::Nothing);
+    assert_eq!(
+        std::fs::read_to_string(out.join("fds")).unwrap(),
+        "open: 0 1\nopen: 0 1\n"
+    );
+    let trace = charm.last_trace();
+    assert!(span(&trace, "charm")["attributes"]["dispatch.child.stderr_tail"].is_null());
 }
