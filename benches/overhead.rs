@@ -62,6 +62,21 @@ const TOOL_C: &str = r#"
 int main(void) { write(1, "True\n", 5); return 0; }
 "#;
 
+/// The exit code of `STDERR_C`.
+const NOISY_EXIT: i32 = 3;
+
+/// A failing charm that writes 1 MiB to stderr in 4 KiB writes, for `stderr_tail`'s cost.
+const STDERR_C: &str = r#"
+#include <string.h>
+#include <unistd.h>
+int main(void) {
+    char chunk[4096];
+    memset(chunk, 'x', sizeof chunk);
+    for (int i = 0; i < 256; i++) write(2, chunk, sizeof chunk);
+    return 3;
+}
+"#;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -78,6 +93,7 @@ fn main() {
     let floor = compile(&work, "floor", FLOOR_C);
     let tool = compile(&work, "tool", TOOL_C);
     let rss = compile(&work, "rss", RSS_C);
+    let noisy = compile(&work, "noisy", STDERR_C);
 
     // A trivial shell charm, with our dispatch in front, and a tools dir of instant tools.
     let charm = work.join("charm");
@@ -188,6 +204,24 @@ fn main() {
     std::fs::remove_file(charm.join("dispatch-trace.yaml")).unwrap();
     let busy_bare_ms = median(&busy_bare, |s| s.wall);
     let busy_added_ms = paired_median(&busy_traced, &busy_bare);
+
+    // 1c. `stderr_tail` on a failing charm that writes 1 MiB to stderr: the relay's cost, on
+    // vs off (stderr goes to /dev/null here, as fast a reader as there is).
+    let mut tail_bare = Vec::new();
+    let mut tail_off = Vec::new();
+    let mut tail_on = Vec::new();
+    let noisy_target = format!("target: {}\n", noisy.display());
+    for _ in 0..rounds / 2 {
+        tail_bare.push(run(&[&noisy], &[]));
+        std::fs::write(&config_file, &noisy_target).unwrap();
+        tail_off.push(run(&[&wrapped], &[]));
+        std::fs::write(&config_file, format!("{noisy_target}stderr_tail: 4096\n")).unwrap();
+        tail_on.push(run(&[&wrapped], &[]));
+    }
+    std::fs::remove_file(&config_file).unwrap();
+    let tail_bare_ms = median(&tail_bare, |s| s.wall);
+    let tail_off_added_ms = paired_median(&tail_off, &tail_bare);
+    let tail_on_ms = paired_median(&tail_on, &tail_off);
 
     // 2. Per hook-tool call: the tool bare, behind the floor, and behind our shim (with the
     // wrapper's channel open and drained, as during a dispatch).
@@ -335,6 +369,14 @@ fn main() {
             format!("{listener_ms:+.3} ms"),
             "not measurable (within noise, ~0.05 ms)".into(),
             listener_ms.abs() <= 0.05,
+        ),
+        (
+            format!(
+                "stderr_tail on a failing charm writing 1 MiB to stderr (on vs off; bare {tail_bare_ms:.2} ms, off adds {tail_off_added_ms:.2} ms)"
+            ),
+            format!("{tail_on_ms:+.3} ms"),
+            "reference (opt-in)".into(),
+            true,
         ),
         (
             format!("real ops charm, update-status: added by our dispatch ({ops_rounds} rounds)"),
@@ -507,7 +549,11 @@ fn measure(mut command: Command) -> Sample {
     let start = Instant::now();
     let status = command.status().expect("spawn");
     let wall = start.elapsed();
-    assert!(status.success(), "{command:?} failed: {status}");
+    // 0, or the failing charm's own code: anything else means the set-up is broken.
+    assert!(
+        matches!(status.code(), Some(0 | NOISY_EXIT)),
+        "{command:?} failed: {status}"
+    );
     Sample {
         wall: wall.as_secs_f64() * 1000.0,
     }
