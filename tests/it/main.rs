@@ -23,6 +23,7 @@ mod custom_spans;
 mod failed_hooks;
 mod faults;
 mod hook_tools;
+mod juju_versions;
 mod new_user;
 mod ops_charm;
 mod proxy;
