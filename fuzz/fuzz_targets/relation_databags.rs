@@ -68,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
     let endpoints = Endpoints {
         tracing: Some("charm-tracing".into()),
         ca: Some("receive-ca-cert".into()),
+        otlp: Some("send-otlp".into()),
     };
     if let Some(answer) = relation::discover(&mut Scripted::new(data), &endpoints, None) {
         check_answer(&answer);
@@ -93,6 +94,9 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(lowest.is_some(), count > 0);
         if let Ok(text) = std::str::from_utf8(piece) {
             if let Some(url) = relation::traces_url(text) {
+                assert!(url.ends_with("/v1/traces"));
+            }
+            if let relation::otlp::Traces::Http(url) = relation::otlp::traces(text) {
                 assert!(url.ends_with("/v1/traces"));
             }
             if let Some(merged) = relation::merged_requirer_receivers(Some(text)) {

@@ -117,7 +117,7 @@ pub(super) fn flush(charm_dir: &Path) -> Result<i32> {
     let mut store = store_to_write(&path)?;
     let (destination, report) = match crate::ship::flush(&mut store, &loaded.config) {
         Outcome::Nowhere { waits_for_ca: true } => bail!(
-            "not sending yet: the tracing relation's URL is https and the certificate_transfer \
+            "not sending yet: the relation's URL is https and the certificate_transfer \
              relation has not delivered its CA certificate"
         ),
         Outcome::Nowhere {

@@ -112,19 +112,36 @@ pub(super) fn status(charm_dir: &Path) -> Result<i32> {
     };
     let relation = store.as_ref().and_then(settings::relation_answer);
     if let Some(answer) = &relation {
+        let lowest_of = |count: usize| {
+            if count > 1 {
+                format!(" (lowest of {count} relations)")
+            } else {
+                String::new()
+            }
+        };
+        if let Some(id) = &answer.otlp_relation_id {
+            out.push_str(&format!(
+                "otlp relation: {id}{} ({})\n",
+                lowest_of(answer.otlp_relations),
+                match &answer.otlp_url {
+                    Some(url) => format!("provider publishes {}", destination::redact_url(url)),
+                    None if answer.otlp_grpc_only => "the provider offers traces over gRPC only, \
+                        and dispatch ships over OTLP/HTTP: nothing to ship to"
+                        .to_string(),
+                    None => "no http endpoint for traces published yet".to_string(),
+                }
+            ));
+        }
         match &answer.relation_id {
             Some(id) => out.push_str(&format!(
                 "tracing relation: {id}{} ({})\n",
-                if answer.relations > 1 {
-                    format!(" (lowest of {} relations)", answer.relations)
-                } else {
-                    String::new()
-                },
+                lowest_of(answer.relations),
                 match &answer.url {
                     Some(url) => format!("provider publishes {}", destination::redact_url(url)),
                     None => "no otlp_http receiver published yet".to_string(),
                 }
             )),
+            None if answer.otlp_relation_id.is_some() => {}
             None => out.push_str("tracing relation: none\n"),
         }
         if answer.ca_relation {
@@ -138,7 +155,7 @@ pub(super) fn status(charm_dir: &Path) -> Result<i32> {
     match resolved.map(destination::usable) {
         None if destination::waits_for_ca(relation.as_ref()) => out.push_str(
             "destination: waiting for the CA certificate from the certificate_transfer relation \
-             (the tracing relation's URL is https; traces are kept in the local store)\n",
+             (the relation's URL is https; traces are kept in the local store)\n",
         ),
         None => out.push_str("destination: none (traces are kept in the local store only)\n"),
         Some(Err(why)) => {

@@ -63,6 +63,8 @@ pub struct Config {
     pub tracing_endpoint: Option<String>,
     /// Name of the `certificate_transfer` relation endpoint; default: found by interface.
     pub ca_endpoint: Option<String>,
+    /// Name of the `otlp` relation endpoint; default: found by interface.
+    pub otlp_endpoint: Option<String>,
     /// Static OTLP/HTTP traces URL.
     pub endpoint: Option<String>,
     /// CA bundle (PEM) for `endpoint`.
@@ -97,6 +99,7 @@ impl Default for Config {
             service_name: None,
             tracing_endpoint: None,
             ca_endpoint: None,
+            otlp_endpoint: None,
             endpoint: None,
             ca_file: None,
             protocol: Protocol::default(),
@@ -232,6 +235,7 @@ target: bin/charm
 service_name: my-service
 tracing_endpoint: tracing
 ca_endpoint: ca
+otlp_endpoint: send-otlp
 endpoint: https://tempo:4318/v1/traces
 ca_file: ca.pem
 protocol: http/json
@@ -287,7 +291,7 @@ custom_spans: false
     }
 
     const ALL_KEYS: &str = "enabled, target, service_name, tracing_endpoint, ca_endpoint, \
-        endpoint, ca_file, protocol, store_path, store_max_bytes, export_budget_ms, \
+        otlp_endpoint, endpoint, ca_file, protocol, store_path, store_max_bytes, export_budget_ms, \
         publish_requirer_data, juju_trace_context, record_log_messages, record_exceptions, \
         stderr_tail, custom_spans";
 

@@ -336,6 +336,9 @@ const KEYS: &[(&str, Setter)] = &[
     ("ca_endpoint", |c, k, v| {
         text(k, v).map(|x| c.ca_endpoint = x)
     }),
+    ("otlp_endpoint", |c, k, v| {
+        text(k, v).map(|x| c.otlp_endpoint = x)
+    }),
     ("endpoint", |c, k, v| url(k, v).map(|x| c.endpoint = x)),
     ("ca_file", |c, k, v| path(k, v).map(|x| c.ca_file = x)),
     ("protocol", |c, k, v| {

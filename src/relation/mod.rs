@@ -11,9 +11,13 @@
 //!   strings; v0 fallback: provider units' `ca`, `certificate` and `chain` (raw PEM, or JSON).
 //!   Only certificates are kept, each once, read by the PEM parser the TLS setup uses
 //!   (ureq's) and stored as PEM text.
+//! - `otlp` (`otlp.rs`): the provider app's `endpoints`; we ship to its http endpoint for
+//!   traces + `/v1/traces`, and publish nothing (the interface requires nothing of us). When
+//!   both exist, `tracing` comes first.
 //! - Several relations on one endpoint: the lowest id wins (and `dispatch status` says so).
 
 mod certificates;
+pub mod otlp;
 mod tracing;
 
 use serde::Deserialize;
@@ -26,12 +30,14 @@ pub use tracing::{merged_requirer_receivers, traces_url};
 
 pub const TRACING_INTERFACE: &str = "tracing";
 pub const CA_INTERFACE: &str = "certificate_transfer";
+pub const OTLP_INTERFACE: &str = "otlp";
 
 /// The endpoints to read: from the config file, else found by interface in the metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Endpoints {
     pub tracing: Option<String>,
     pub ca: Option<String>,
+    pub otlp: Option<String>,
 }
 
 impl Endpoints {
@@ -46,12 +52,16 @@ impl Endpoints {
                 .ca_endpoint
                 .clone()
                 .or_else(|| by_interface(CA_INTERFACE).map(String::from)),
+            otlp: config
+                .otlp_endpoint
+                .clone()
+                .or_else(|| by_interface(OTLP_INTERFACE).map(String::from)),
         }
     }
 
     /// No endpoint declared: no hook-tool call at all.
     pub fn is_empty(&self) -> bool {
-        self.tracing.is_none() && self.ca.is_none()
+        self.tracing.is_none() && self.ca.is_none() && self.otlp.is_none()
     }
 }
 
@@ -83,7 +93,9 @@ fn decode_value(value: &str) -> String {
 }
 
 /// What the relations said, cached in the store between the events that can change it.
+/// (Fields added later read as their default from an answer cached before them.)
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(default)]
 pub struct Answer {
     /// The traces URL of the lowest tracing relation's provider, if it published one.
     pub url: Option<String>,
@@ -94,6 +106,25 @@ pub struct Answer {
     pub ca_relation: bool,
     /// PEM certificates from it.
     pub ca: Vec<String>,
+    /// The traces URL of the lowest otlp relation's provider (its http endpoint for traces).
+    pub otlp_url: Option<String>,
+    pub otlp_relation_id: Option<String>,
+    /// How many otlp relations there are.
+    pub otlp_relations: usize,
+    /// The otlp provider offers traces over gRPC only, which we do not speak.
+    pub otlp_grpc_only: bool,
+}
+
+impl Answer {
+    /// The URL the relations give, and whether it came from `otlp`: `tracing` first when
+    /// both give one.
+    pub fn url_in_force(&self) -> Option<(&str, bool)> {
+        match (&self.url, &self.otlp_url) {
+            (Some(url), _) => Some((url, false)),
+            (None, Some(url)) => Some((url, true)),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Runs one hook tool, returning its stdout if it exited 0.
@@ -114,7 +145,9 @@ pub fn event_can_change_answer(event: &str, relation: Option<&str>, endpoints: &
         return true;
     }
     relation.is_some_and(|r| {
-        Some(r) == endpoints.tracing.as_deref() || Some(r) == endpoints.ca.as_deref()
+        [&endpoints.tracing, &endpoints.ca, &endpoints.otlp]
+            .iter()
+            .any(|endpoint| endpoint.as_deref() == Some(r))
     })
 }
 
@@ -167,6 +200,25 @@ pub fn discover(
                 .map(decode_value)
                 .and_then(|r| traces_url(&r));
             answer.relation_id = Some(id);
+        }
+    }
+    if let Some(endpoint) = &endpoints.otlp {
+        let ids = tools.run("relation-ids", &[endpoint, "--format=json"])?;
+        let (lowest, count) = lowest_relation(&ids, broken);
+        answer.otlp_relations = count;
+        if let Some(id) = lowest {
+            let app = remote_app(tools, &id)?;
+            let bag = databag(tools, &id, true, &app)?;
+            let offered = bag
+                .get("endpoints")
+                .and_then(|v| v.as_str())
+                .map_or(otlp::Traces::Nothing, otlp::traces);
+            match offered {
+                otlp::Traces::Http(url) => answer.otlp_url = Some(url),
+                otlp::Traces::GrpcOnly => answer.otlp_grpc_only = true,
+                otlp::Traces::Nothing => {}
+            }
+            answer.otlp_relation_id = Some(id);
         }
     }
     if let Some(endpoint) = &endpoints.ca {
@@ -295,6 +347,7 @@ mod tests {
         Endpoints {
             tracing: Some("charm-tracing".into()),
             ca: Some("receive-ca-cert".into()),
+            otlp: None,
         }
     }
 
@@ -417,5 +470,69 @@ mod tests {
             "{:?}",
             tools.calls
         );
+    }
+
+    /// The otlp provider's app databag as relation-get prints it: `endpoints` is one JSON
+    /// string (as ops saves the library's model).
+    const OTLP_PROVIDER_BAG: &str = r#"{"endpoints": "[{\"protocol\": \"grpc\", \"endpoint\": \"otelcol:4317\", \"telemetries\": [\"traces\"], \"insecure\": true}, {\"protocol\": \"http\", \"endpoint\": \"http://otelcol:4318\", \"telemetries\": [\"traces\"], \"insecure\": false}]"}"#;
+
+    #[test]
+    fn the_otlp_relation_is_read_and_nothing_is_published_on_it() {
+        let mut tools = Scripted {
+            answers: vec![
+                (
+                    "relation-ids send-otlp --format=json",
+                    r#"["send-otlp:9","send-otlp:7"]"#,
+                ),
+                (
+                    "relation-list -r send-otlp:7 --app --format=json",
+                    r#""otelcol""#,
+                ),
+                (
+                    "relation-get -r send-otlp:7 --app - otelcol --format=json",
+                    OTLP_PROVIDER_BAG,
+                ),
+                ("is-leader --format=json", "true"),
+            ],
+            ..Scripted::default()
+        };
+        let otlp_only = Endpoints {
+            tracing: None,
+            ca: None,
+            otlp: Some("send-otlp".into()),
+        };
+        let answer = discover(&mut tools, &otlp_only, None).unwrap();
+        assert_eq!(
+            answer.otlp_url.as_deref(),
+            Some("http://otelcol:4318/v1/traces")
+        );
+        assert_eq!(answer.otlp_relation_id.as_deref(), Some("send-otlp:7"));
+        assert_eq!(answer.otlp_relations, 2);
+        assert_eq!(
+            answer.url_in_force(),
+            Some(("http://otelcol:4318/v1/traces", true))
+        );
+        // Beside a tracing relation's URL, tracing's is the one in force.
+        let both = Answer {
+            url: Some("http://tempo:4318/v1/traces".into()),
+            ..answer.clone()
+        };
+        assert_eq!(
+            both.url_in_force(),
+            Some(("http://tempo:4318/v1/traces", false))
+        );
+
+        tools.calls.clear();
+        publish(&mut tools, &otlp_only, "myapp", None);
+        assert!(
+            tools.calls.iter().all(|c| !c.starts_with("relation-set")),
+            "the otlp interface needs nothing from the requirer: {:?}",
+            tools.calls
+        );
+        assert!(event_can_change_answer(
+            "send-otlp-relation-changed",
+            Some("send-otlp"),
+            &otlp_only
+        ));
     }
 }

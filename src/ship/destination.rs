@@ -6,7 +6,8 @@
 //!    not mistake them for the operator's.
 //! 2. `endpoint` in `dispatch-trace.yaml`, CA `ca_file` there.
 //! 3. `dispatch set-destination URL [--ca-file F]`, persisted in the store.
-//! 4. The `tracing` relation, CA from `certificate_transfer` (an https URL waits for it).
+//! 4. The `tracing` relation, else the `otlp` relation, CA from `certificate_transfer` (an
+//!    https URL waits for it).
 //! 5. Juju's `JUJU_CHARM_TRACE_CONFIG_HTTP` (base or full URL), CA
 //!    `JUJU_CHARM_TRACE_CONFIG_CA_CERT` (PEM text or a path).
 //!
@@ -28,7 +29,8 @@ pub enum Source {
     OtelEnvironment,
     ConfigFile,
     SetDestination,
-    Relation,
+    TracingRelation,
+    OtlpRelation,
     JujuTraceConfig,
 }
 
@@ -38,7 +40,8 @@ impl Source {
             Source::OtelEnvironment => "OTEL_EXPORTER_OTLP_*ENDPOINT in the environment",
             Source::ConfigFile => "endpoint in dispatch-trace.yaml",
             Source::SetDestination => "dispatch set-destination",
-            Source::Relation => "the tracing relation",
+            Source::TracingRelation => "the tracing relation",
+            Source::OtlpRelation => "the otlp relation",
             Source::JujuTraceConfig => "JUJU_CHARM_TRACE_CONFIG_HTTP from Juju",
         }
     }
@@ -326,13 +329,13 @@ pub fn resolve(
         });
     }
     if let Some(answer) = relation {
-        if let Some(url) = &answer.url {
+        if let Some((url, otlp)) = answer.url_in_force() {
             // https before the certificate_transfer relation delivered its CA: buffer.
             if waits_for_ca(relation) {
                 return None;
             }
             return Some(Destination {
-                url: url.clone(),
+                url: url.to_string(),
                 ca: if answer.ca.is_empty() {
                     Ca::System
                 } else {
@@ -341,7 +344,11 @@ pub fn resolve(
                         origin: "the certificate_transfer relation",
                     }
                 },
-                source: Source::Relation,
+                source: if otlp {
+                    Source::OtlpRelation
+                } else {
+                    Source::TracingRelation
+                },
             });
         }
     }
@@ -401,9 +408,8 @@ fn injected(env: &BTreeMap<String, String>) -> Vec<&str> {
 pub fn waits_for_ca(relation: Option<&crate::relation::Answer>) -> bool {
     relation.is_some_and(|answer| {
         answer
-            .url
-            .as_deref()
-            .is_some_and(|url| url.starts_with("https://"))
+            .url_in_force()
+            .is_some_and(|(url, _)| url.starts_with("https://"))
             && answer.ca_relation
             && answer.ca.is_empty()
     })
@@ -533,7 +539,7 @@ mod tests {
             ..answer.clone()
         };
         let d = resolve(&juju, &config(None), None, Some(&with_ca)).unwrap();
-        assert_eq!(d.source, Source::Relation);
+        assert_eq!(d.source, Source::TracingRelation);
         assert!(matches!(d.ca, Ca::Pem { .. }));
         let stored = Stored {
             url: "http://s/v1/traces".into(),
@@ -630,7 +636,7 @@ mod tests {
         let error = usable(Destination {
             url: url.into(),
             ca: Ca::System,
-            source: Source::Relation,
+            source: Source::TracingRelation,
         })
         .unwrap_err();
         assert!(error.contains("tracing relation"), "{error}");
