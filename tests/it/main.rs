@@ -26,6 +26,7 @@ mod hook_tools;
 mod juju_versions;
 mod new_user;
 mod ops_charm;
+mod otlp_relation;
 mod proxy;
 mod real_receiver;
 mod relations;
