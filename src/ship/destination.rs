@@ -561,6 +561,40 @@ mod tests {
     }
 
     #[test]
+    fn the_otlp_relation_comes_after_the_tracing_relation_and_https_waits_for_its_ca_too() {
+        use crate::relation::Answer;
+        let otlp = Answer {
+            otlp_url: Some("https://otelcol:4318/v1/traces".into()),
+            ca_relation: true,
+            ..Answer::default()
+        };
+        let nothing = env(&[]);
+        assert_eq!(
+            resolve(&nothing, &config(None), None, Some(&otlp)),
+            None,
+            "buffered"
+        );
+        assert!(waits_for_ca(Some(&otlp)));
+        let with_ca = Answer {
+            ca: vec!["-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----".into()],
+            ..otlp.clone()
+        };
+        let found = resolve(&nothing, &config(None), None, Some(&with_ca)).unwrap();
+        assert_eq!(found.source, Source::OtlpRelation);
+        assert_eq!(found.url, "https://otelcol:4318/v1/traces");
+        assert!(matches!(found.ca, Ca::Pem { .. }));
+        let both = Answer {
+            url: Some("http://tempo:4318/v1/traces".into()),
+            ..with_ca
+        };
+        let found = resolve(&nothing, &config(None), None, Some(&both)).unwrap();
+        assert_eq!(
+            (found.source, found.url.as_str()),
+            (Source::TracingRelation, "http://tempo:4318/v1/traces")
+        );
+    }
+
+    #[test]
     fn credentials_and_query_values_are_taken_out_of_urls_before_they_are_shown() {
         assert_eq!(
             redact_url("https://user:s3cret@tempo:4318/v1/traces"),
