@@ -289,6 +289,10 @@ fn format_time(unix_nanos: i64) -> String {
     crate::cli::human::utc_millis(unix_nanos)
 }
 
+/// The shape of `--format json` (README, *Traces in integration tests*): bumped when a field
+/// is removed or changes meaning; new fields do not bump it.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
 /// A simplified JSON document: one object per dispatch with its spans.
 pub fn json(chunks: &[StoredChunk]) -> Result<String> {
     let mut dispatches = Vec::new();
@@ -297,6 +301,7 @@ pub fn json(chunks: &[StoredChunk]) -> Result<String> {
             Ok(request) => request,
             Err(e) => {
                 dispatches.push(json!({
+                    "schema_version": JSON_SCHEMA_VERSION,
                     "id": chunk.id,
                     "event": chunk.event,
                     "trace_id": chunk.trace_id,
@@ -355,6 +360,7 @@ pub fn json(chunks: &[StoredChunk]) -> Result<String> {
             })
             .collect();
         dispatches.push(json!({
+            "schema_version": JSON_SCHEMA_VERSION,
             "id": chunk.id,
             "event": chunk.event,
             "trace_id": chunk.trace_id,

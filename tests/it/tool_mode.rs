@@ -190,6 +190,10 @@ fn traces_filters_select_by_count_event_and_failure_and_every_format_shows_them(
     four_dispatches(&charm);
 
     let all = traces_json(&charm, &["--last", "0"]);
+    assert!(
+        all.iter().all(|t| t["schema_version"] == 1),
+        "every dispatch says the JSON shape it has: {all:?}"
+    );
     assert_eq!(
         events(&all),
         [
