@@ -13,13 +13,20 @@ pub(super) struct CommandHelp {
 pub(super) const COMMANDS: &[CommandHelp] = &[
     CommandHelp {
         name: "traces",
-        usage: "dispatch traces [--last N] [--event E] [--failed] [--format tree|json|otlp-json]",
+        usage: "dispatch traces [--last N] [--event E] [--failed] [--since T] [--until T] \
+                [--trace-id ID] [--format tree|json|otlp-json]",
         summary: "show recorded dispatches, oldest first (default: --last 10, tree)",
         details: "\
-\x20 --last N        the newest N dispatches (0: all; default 10)
+\x20 --last N        the newest N dispatches (0: all; default 10, or all with --since, --until
+                  or --trace-id)
   --event E       only this event: `install`, `hooks/install`, `backup` (an action), or a
                   glob such as '*-relation-changed' or 'db-relation-*' (quote it)
   --failed        only dispatches whose charm failed or that were interrupted
+  --since T       only dispatches started at or after T: an RFC 3339 time
+                  (2026-12-04T15:02:11Z) or a duration back from now (90s, 10m, 2h, 1d, 1w)
+  --until T       only dispatches started at or before T (as --since)
+  --trace-id ID   the dispatch with this trace id (its first hex digits are enough when
+                  they are its alone)
   --format F      tree (default), json (one array, for tests and jq) or otlp-json (one OTLP/JSON
                   ExportTraceServiceRequest per line, for collectors)
 Reads the store only: never creates, moves or repairs it.

@@ -153,7 +153,16 @@ fn dispatch_command(args: &[String]) -> Result<i32> {
 
 /// ` (did you mean "traces"?)` for a mistyped command or option, else nothing.
 fn did_you_mean(typed: &str) -> String {
-    const OPTIONS: [&str; 5] = ["--last", "--event", "--failed", "--format", "--ca-file"];
+    const OPTIONS: [&str; 8] = [
+        "--last",
+        "--event",
+        "--failed",
+        "--format",
+        "--since",
+        "--until",
+        "--trace-id",
+        "--ca-file",
+    ];
     let known = COMMANDS.iter().map(|c| c.name).chain(OPTIONS);
     match crate::config::closest(typed, known) {
         Some(word) if word != typed => format!(" (did you mean {word:?}?)"),

@@ -33,6 +33,9 @@ pub(super) fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
         ..ChunkFilter::default()
     };
     let mut format = Format::Tree;
+    // `--last` as given; with a time window and no `--last`, everything in the window.
+    let mut last_given = false;
+    let now = std::time::SystemTime::now();
     // The filters as given, to say what matched nothing.
     let mut asked = Vec::new();
     let mut args = args.iter();
@@ -54,6 +57,29 @@ pub(super) fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
                     .parse()
                     .map_err(|_| usage(format!("--last takes a whole number, not {n:?}")))?;
                 filter.last = if n == 0 { None } else { Some(n) };
+                last_given = true;
+            }
+            "--since" | "--until" => {
+                let name = flag.to_string();
+                let text = value(&name)?;
+                let (first, last) =
+                    human::parse_time(&text, now).map_err(|why| usage(format!("{name}: {why}")))?;
+                if name == "--since" {
+                    filter.since = Some(first);
+                } else {
+                    filter.until = Some(last);
+                }
+                asked.push(format!("{name} {text}"));
+            }
+            "--trace-id" => {
+                let id = value("--trace-id")?.trim().to_ascii_lowercase();
+                if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(usage(format!(
+                        "--trace-id takes a trace id or the start of one (hex digits), not {id:?}"
+                    )));
+                }
+                asked.push(format!("--trace-id {id}"));
+                filter.trace_id_prefix = Some(id);
             }
             "--event" => {
                 let event = value("--event")?;
@@ -87,6 +113,11 @@ pub(super) fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
             }
         }
     }
+    if (filter.since.is_some() || filter.until.is_some() || filter.trace_id_prefix.is_some())
+        && !last_given
+    {
+        filter.last = None;
+    }
     let path = store_path(charm_dir);
     let (chunks, stored) = match store_to_read(&path)? {
         Some(store) => {
@@ -100,6 +131,20 @@ pub(super) fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
         }
         None => (Vec::new(), 0),
     };
+    if let Some(prefix) = &filter.trace_id_prefix {
+        let mut ids: Vec<&str> = chunks.iter().map(|c| c.trace_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > 1 {
+            let shown: Vec<&str> = ids.iter().take(5).copied().collect();
+            return Err(usage(format!(
+                "--trace-id {prefix} is the start of {} traces ({}{}): give more of it",
+                ids.len(),
+                shown.join(", "),
+                if ids.len() > shown.len() { ", ..." } else { "" }
+            )));
+        }
+    }
     if chunks.is_empty() {
         // Said on stderr, so that stdout stays what the format promises (`[]` for json).
         let since = match crate::store::file::moved_aside(&path).first() {

@@ -117,6 +117,11 @@ pub struct ChunkFilter {
     pub last: Option<usize>,
     pub event: Option<String>,
     pub failed_only: bool,
+    /// Trace ids starting with this (lowercase hex).
+    pub trace_id_prefix: Option<String>,
+    /// Started at or after / at or before, unix nanoseconds.
+    pub since: Option<i64>,
+    pub until: Option<i64>,
 }
 
 /// A chunk to add.
@@ -383,6 +388,19 @@ impl Store {
         }
         if filter.failed_only {
             sql.push_str(" AND priority = 2");
+        }
+        if let Some(prefix) = &filter.trace_id_prefix {
+            sql.push_str(" AND substr(trace_id, 1, ?) = ?");
+            args.push((prefix.len() as i64).into());
+            args.push(prefix.clone().into());
+        }
+        if let Some(since) = filter.since {
+            sql.push_str(" AND started_at >= ?");
+            args.push(since.into());
+        }
+        if let Some(until) = filter.until {
+            sql.push_str(" AND started_at <= ?");
+            args.push(until.into());
         }
         sql.push_str(" ORDER BY id DESC");
         if let Some(last) = filter.last {

@@ -1214,3 +1214,91 @@ fn set_destination_warns_when_a_source_that_comes_first_overrides_it() {
     let out = charm.tool(&["set-destination", "http://set-tempo:4318/v1/traces"]);
     assert_eq!(text(&out.stderr), "");
 }
+
+/// `--since`/`--until` take RFC 3339 times (as the views print them) or durations back from
+/// now, and without `--last` give everything in the window; `--trace-id` picks one trace by
+/// the start of its id when that start is its alone, and says when it is not.
+#[test]
+fn traces_are_picked_by_time_window_and_by_trace_id() {
+    let charm = Charm::new("shell");
+    charm.write("dispatch-trace.yaml", "juju_trace_context: continue\n");
+    let ids = [
+        "abcdef0100000000000000000000000a",
+        "abcdef0200000000000000000000000b",
+        "1234560300000000000000000000000c",
+    ];
+    for id in ids {
+        let traceparent = format!("00-{id}-b7ad6b7169203331-01");
+        let out = charm.dispatch(
+            "hooks/update-status",
+            &[("TRACEPARENT", traceparent.as_str())],
+        );
+        assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+        // Distinct start times to the millisecond, as the views print them.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let all = traces_json(&charm, &["--last", "0"]);
+    let started: Vec<&str> = all
+        .iter()
+        .map(|t| t["started_at"].as_str().unwrap())
+        .collect();
+    let picked = |args: &[&str]| -> Vec<String> {
+        traces_json(&charm, args)
+            .iter()
+            .map(|t| t["trace_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(picked(&["--since", started[1]]), ids[1..]);
+    assert_eq!(picked(&["--until", started[1]]), ids[..2]);
+    assert_eq!(
+        picked(&["--since", started[1], "--until", started[1]]),
+        ids[1..2]
+    );
+    assert_eq!(
+        picked(&["--since", "1h"]),
+        ids,
+        "with a window, --last defaults to all of it"
+    );
+    assert_eq!(picked(&["--since=1h", "--last", "1"]), ids[2..]);
+    assert!(picked(&["--until", "1h"]).is_empty());
+
+    assert_eq!(picked(&["--trace-id", ids[0]]), ids[..1]);
+    assert_eq!(
+        picked(&["--trace-id", "ABCDEF02"]),
+        ids[1..2],
+        "any case, a unique start"
+    );
+    let tree = text(&charm.tool(&["traces", "--trace-id", "123456"]).stdout);
+    assert!(tree.contains(&format!("trace {}", ids[2])), "{tree}");
+
+    for (args, says) in [
+        (
+            &["--trace-id", "abcdef"][..],
+            "is the start of 2 traces (abcdef01",
+        ),
+        (
+            &["--trace-id", "xyz"],
+            "--trace-id takes a trace id or the start of one",
+        ),
+        (
+            &["--since", "yesterday"],
+            "--since: \"yesterday\" is neither an RFC 3339 time",
+        ),
+        (
+            &["--until", "2026-13-01T00:00:00Z"],
+            "--until: \"2026-13-01T00:00:00Z\"",
+        ),
+        (&["--sinse", "1h"], "did you mean \"--since\"?"),
+    ] {
+        let mut all = vec!["traces"];
+        all.extend_from_slice(args);
+        let out = charm.tool(&all);
+        assert_eq!(code(&out), 2, "{args:?}");
+        assert!(
+            text(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
