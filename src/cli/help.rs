@@ -14,7 +14,7 @@ pub(super) const COMMANDS: &[CommandHelp] = &[
     CommandHelp {
         name: "traces",
         usage: "dispatch traces [--last N] [--event E] [--failed] [--since T] [--until T] \
-                [--trace-id ID] [--format tree|json|otlp-json]",
+                [--trace-id ID] [--summary | --format tree|json|otlp-json]",
         summary: "show recorded dispatches, oldest first (default: --last 10, tree)",
         details: "\
 \x20 --last N        the newest N dispatches (0: all; default 10, or all with --since, --until
@@ -27,6 +27,8 @@ pub(super) const COMMANDS: &[CommandHelp] = &[
   --until T       only dispatches started at or before T (as --since)
   --trace-id ID   the dispatch with this trace id (its first hex digits are enough when
                   they are its alone)
+  --summary       one line per dispatch: when, event, how long, how it ended, hook-tool
+                  calls, shipped or pending, and a failed hook's exception
   --format F      tree (default), json (one array, for tests and jq) or otlp-json (one OTLP/JSON
                   ExportTraceServiceRequest per line, for collectors)
 Reads the store only: never creates, moves or repairs it.

@@ -13,6 +13,7 @@ mod help;
 pub mod human;
 mod locate;
 mod status;
+mod summary;
 mod traces;
 pub mod view;
 
@@ -153,8 +154,9 @@ fn dispatch_command(args: &[String]) -> Result<i32> {
 
 /// ` (did you mean "traces"?)` for a mistyped command or option, else nothing.
 fn did_you_mean(typed: &str) -> String {
-    const OPTIONS: [&str; 8] = [
+    const OPTIONS: [&str; 9] = [
         "--last",
+        "--summary",
         "--event",
         "--failed",
         "--format",

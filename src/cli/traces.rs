@@ -5,14 +5,18 @@ use std::path::Path;
 use anyhow::Result;
 
 use super::locate::{store_path, store_to_read};
-use super::{did_you_mean, human, print, usage, view};
-use crate::store::ChunkFilter;
+use std::io::Write;
+
+use super::{did_you_mean, human, print, summary, usage, view};
+use crate::store::{ChunkFilter, Store};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Format {
     Tree,
     Json,
     OtlpJson,
+    /// `--summary`: one line per dispatch (`summary`).
+    Summary,
 }
 
 /// `--event` as people write it: `install`, `hooks/install`, `actions/backup`, or a glob
@@ -93,7 +97,16 @@ pub(super) fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
                 filter.failed_only = true;
                 asked.push("--failed".to_string());
             }
+            "--summary" if inline.is_none() => {
+                if format != Format::Tree {
+                    return Err(usage("--summary is a view of its own: leave out --format"));
+                }
+                format = Format::Summary;
+            }
             "--format" => {
+                if format == Format::Summary {
+                    return Err(usage("--summary is a view of its own: leave out --format"));
+                }
                 format = match value("--format")?.as_str() {
                     "tree" => Format::Tree,
                     "json" => Format::Json,
@@ -119,6 +132,24 @@ pub(super) fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
         filter.last = None;
     }
     let path = store_path(charm_dir);
+    if format == Format::Summary && filter.trace_id_prefix.is_none() {
+        // Streamed: printed as read, whatever the store holds.
+        let (given, stored) = match store_to_read(&path)? {
+            Some(store) => {
+                let given = stream_summary(&store, &filter)?;
+                let stored = match given {
+                    0 => store.stats().map_err(|e| store.read_error(e))?.chunks,
+                    _ => 0,
+                };
+                (given, stored)
+            }
+            None => (0, 0),
+        };
+        if given == 0 {
+            tell_nothing_matched(&path, stored, &asked);
+        }
+        return Ok(0);
+    }
     let (chunks, stored) = match store_to_read(&path)? {
         Some(store) => {
             let chunks = store.chunks(&filter).map_err(|e| store.read_error(e))?;
@@ -146,33 +177,74 @@ pub(super) fn traces(charm_dir: &Path, args: &[String]) -> Result<i32> {
         }
     }
     if chunks.is_empty() {
-        // Said on stderr, so that stdout stays what the format promises (`[]` for json).
-        let since = match crate::store::file::moved_aside(&path).first() {
-            Some(copy) => format!(
-                " since the damaged store was moved aside to {} ({})",
-                copy.path.display(),
-                human::utc_and_relative(copy.when, std::time::SystemTime::now())
-            ),
-            None => String::new(),
-        };
-        if stored == 0 {
-            eprintln!(
-                "dispatch: no traces recorded{since} (store: {})",
-                path.display()
-            );
-        } else {
-            eprintln!(
-                "dispatch: no trace matches {}; {stored} stored{since}",
-                asked.join(" ")
-            );
-        }
+        tell_nothing_matched(&path, stored, &asked);
     }
     let text = match format {
-        Format::Tree if chunks.is_empty() => String::new(),
+        Format::Tree | Format::Summary if chunks.is_empty() => String::new(),
+        Format::Summary => {
+            let mut text = summary::header() + "\n";
+            for chunk in &chunks {
+                text.push_str(&summary::line(chunk));
+                text.push('\n');
+            }
+            text
+        }
         Format::Tree => view::tree(&chunks)?,
         Format::Json => view::json(&chunks)?,
         Format::OtlpJson => view::otlp_json(&chunks)?,
     };
     print(&text)?;
     Ok(0)
+}
+
+/// Says on stderr that nothing matched (so that stdout stays what the format promises: `[]`
+/// for json), and whether anything is stored at all.
+fn tell_nothing_matched(path: &Path, stored: i64, asked: &[String]) {
+    let since = match crate::store::file::moved_aside(path).first() {
+        Some(copy) => format!(
+            " since the damaged store was moved aside to {} ({})",
+            copy.path.display(),
+            human::utc_and_relative(copy.when, std::time::SystemTime::now())
+        ),
+        None => String::new(),
+    };
+    if stored == 0 {
+        eprintln!(
+            "dispatch: no traces recorded{since} (store: {})",
+            path.display()
+        );
+    } else {
+        eprintln!(
+            "dispatch: no trace matches {}; {stored} stored{since}",
+            asked.join(" ")
+        );
+    }
+}
+
+/// `--summary`, a line at a time as the store is read; a closed pipe (`| head`) ends it
+/// quietly. Returns how many dispatches were read.
+fn stream_summary(store: &Store, filter: &ChunkFilter) -> Result<usize> {
+    let mut out = std::io::LineWriter::new(std::io::stdout().lock());
+    let mut failed: Option<std::io::Error> = None;
+    let mut header = Some(summary::header());
+    let given = store
+        .each_chunk(filter, &mut |chunk| {
+            let mut text = header.take().map(|h| h + "\n").unwrap_or_default();
+            text.push_str(&summary::line(&chunk));
+            text.push('\n');
+            match out.write_all(text.as_bytes()) {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        })
+        .map_err(|e| store.read_error(e))?;
+    match failed {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing to stdout"))
+        }
+        _ => Ok(given),
+    }
 }

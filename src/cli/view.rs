@@ -19,7 +19,7 @@ pub fn decode(chunk: &StoredChunk) -> Result<ExportTraceServiceRequest> {
         .with_context(|| format!("chunk {} is not a valid OTLP request", chunk.id))
 }
 
-fn state_name(state: i64) -> &'static str {
+pub(super) fn state_name(state: i64) -> &'static str {
     match state {
         STATE_PENDING => "pending",
         STATE_SHIPPED => "shipped",
@@ -36,7 +36,7 @@ fn priority_name(priority: i64) -> &'static str {
 }
 
 /// All spans of a request with their scope's name, flattened.
-fn scoped_spans(request: &ExportTraceServiceRequest) -> Vec<(&str, &Span)> {
+pub(super) fn scoped_spans(request: &ExportTraceServiceRequest) -> Vec<(&str, &Span)> {
     request
         .resource_spans
         .iter()
@@ -49,7 +49,7 @@ fn scoped_spans(request: &ExportTraceServiceRequest) -> Vec<(&str, &Span)> {
 }
 
 /// All spans of a request, flattened.
-fn spans(request: &ExportTraceServiceRequest) -> Vec<&Span> {
+pub(super) fn spans(request: &ExportTraceServiceRequest) -> Vec<&Span> {
     request
         .resource_spans
         .iter()
@@ -58,14 +58,14 @@ fn spans(request: &ExportTraceServiceRequest) -> Vec<&Span> {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().fold(String::new(), |mut out, b| {
         let _ = write!(out, "{b:02x}");
         out
     })
 }
 
-fn duration_ms(span: &Span) -> f64 {
+pub(super) fn duration_ms(span: &Span) -> f64 {
     span.end_time_unix_nano
         .saturating_sub(span.start_time_unix_nano) as f64
         / 1e6
@@ -77,7 +77,7 @@ fn is_error(span: &Span) -> bool {
         .is_some_and(|s| s.code == status::StatusCode::Error as i32)
 }
 
-fn value_text(value: &Option<AnyValue>) -> String {
+pub(super) fn value_text(value: &Option<AnyValue>) -> String {
     match value.as_ref().and_then(|v| v.value.as_ref()) {
         Some(any_value::Value::StringValue(s)) => s.clone(),
         Some(any_value::Value::BoolValue(b)) => b.to_string(),
@@ -120,7 +120,7 @@ fn attributes_json(attributes: &[KeyValue]) -> serde_json::Map<String, Value> {
         .collect()
 }
 
-fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Option<AnyValue>> {
+pub(super) fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a Option<AnyValue>> {
     attributes
         .iter()
         .find(|kv| kv.key == key)
@@ -261,7 +261,7 @@ fn render(
 }
 
 /// `Type: message` of an `exception` event, on one line and at most 200 characters.
-fn exception_summary(attributes: &[KeyValue]) -> String {
+pub(super) fn exception_summary(attributes: &[KeyValue]) -> String {
     let text = |key| {
         attribute(attributes, key)
             .map(value_text)
@@ -276,7 +276,7 @@ fn exception_summary(attributes: &[KeyValue]) -> String {
 }
 
 /// `text` on one line of at most 200 characters.
-fn one_line(text: &str) -> String {
+pub(super) fn one_line(text: &str) -> String {
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.chars().count() > 200 {
         line.chars().take(199).collect::<String>() + "…"

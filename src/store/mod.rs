@@ -377,40 +377,64 @@ impl Store {
     }
 
     /// Chunks matching `filter`, oldest first.
+    /// The chunks the filter selects, oldest first.
     pub fn chunks(&self, filter: &ChunkFilter) -> rusqlite::Result<Vec<StoredChunk>> {
-        let mut sql = String::from(
-            "SELECT id, state, priority, started_at, event, trace_id, payload FROM chunk WHERE 1=1",
-        );
+        let mut chunks = Vec::new();
+        self.each_chunk(filter, &mut |chunk| {
+            chunks.push(chunk);
+            true
+        })?;
+        Ok(chunks)
+    }
+
+    /// Hands the chunks the filter selects to `each`, oldest first, one at a time (a store of
+    /// 40 MiB is never held in memory), until it returns false. Returns how many it was given.
+    pub fn each_chunk(
+        &self,
+        filter: &ChunkFilter,
+        each: &mut dyn FnMut(StoredChunk) -> bool,
+    ) -> rusqlite::Result<usize> {
+        let mut conditions = String::from("1=1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(event) = &filter.event {
-            sql.push_str(" AND event GLOB ?");
+            conditions.push_str(" AND event GLOB ?");
             args.push(event.clone().into());
         }
         if filter.failed_only {
-            sql.push_str(" AND priority = 2");
+            conditions.push_str(" AND priority = 2");
         }
         if let Some(prefix) = &filter.trace_id_prefix {
-            sql.push_str(" AND substr(trace_id, 1, ?) = ?");
+            conditions.push_str(" AND substr(trace_id, 1, ?) = ?");
             args.push((prefix.len() as i64).into());
             args.push(prefix.clone().into());
         }
         if let Some(since) = filter.since {
-            sql.push_str(" AND started_at >= ?");
+            conditions.push_str(" AND started_at >= ?");
             args.push(since.into());
         }
         if let Some(until) = filter.until {
-            sql.push_str(" AND started_at <= ?");
+            conditions.push_str(" AND started_at <= ?");
             args.push(until.into());
         }
-        sql.push_str(" ORDER BY id DESC");
-        if let Some(last) = filter.last {
-            sql.push_str(&format!(" LIMIT {last}"));
-        }
+        const COLUMNS: &str = "id, state, priority, started_at, event, trace_id, payload";
+        // The newest N, then oldest first; without a limit, straight in id order.
+        let sql = match filter.last {
+            Some(last) => format!(
+                "SELECT {COLUMNS} FROM (SELECT {COLUMNS} FROM chunk WHERE {conditions} \
+                 ORDER BY id DESC LIMIT {last}) ORDER BY id"
+            ),
+            None => format!("SELECT {COLUMNS} FROM chunk WHERE {conditions} ORDER BY id"),
+        };
         let mut statement = self.conn.prepare(&sql)?;
-        let rows = statement.query_map(rusqlite::params_from_iter(args), stored_chunk)?;
-        let mut chunks = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        chunks.reverse();
-        Ok(chunks)
+        let mut rows = statement.query(rusqlite::params_from_iter(args))?;
+        let mut given = 0;
+        while let Some(row) = rows.next()? {
+            given += 1;
+            if !each(stored_chunk(row)?) {
+                break;
+            }
+        }
+        Ok(given)
     }
 
     pub fn stats(&self) -> rusqlite::Result<Stats> {

@@ -1302,3 +1302,81 @@ fn traces_are_picked_by_time_window_and_by_trace_id() {
         assert!(out.stdout.is_empty());
     }
 }
+
+/// `--summary`: a header, then one line per dispatch with the columns at the same places:
+/// event with its relation, how it ended (exit code, signal), calls, state, and the exception of
+/// a failed hook; it takes the filters, and `--format` beside it is refused.
+#[test]
+fn traces_summary_is_one_aligned_line_per_dispatch() {
+    let charm = Charm::new("shell");
+    let ok = charm.dispatch(
+        "hooks/db-relation-changed",
+        &[
+            ("JUJU_RELATION", "db"),
+            ("JUJU_RELATION_ID", "db:3"),
+            ("JUJU_REMOTE_APP", "postgresql"),
+            ("CHARM_TOOL", "status-set"),
+            ("CHARM_TOOL_ARGS", "active"),
+            ("CHARM_TOOL_CALLS", "2"),
+        ],
+    );
+    assert_eq!(code(&ok), 0, "{}", text(&ok.stderr));
+    let traceback = "Uncaught exception while in charm code:\nTraceback (most recent call last):\n  File \"src/charm.py\", line 3, in f\nKeyError: 'port'";
+    let failed = charm.dispatch(
+        "hooks/config-changed",
+        &[
+            ("CHARM_RUN", "juju-log --log-level ERROR -- \"$TRACEBACK\""),
+            ("TRACEBACK", traceback),
+            ("CHARM_EXIT", "3"),
+        ],
+    );
+    assert_eq!(code(&failed), 3);
+    charm.dispatch("hooks/stop", &[("CHARM_KILL", "TERM")]);
+
+    let out = charm.tool(&["traces", "--summary"]);
+    assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    let lines: Vec<&str> = summary.lines().collect();
+    assert_eq!(lines.len(), 4, "{summary}");
+    assert!(lines[0].starts_with("STARTED (UTC)") && lines[0].contains("OUTCOME"));
+    let column = |line: &str, word: &str| {
+        line.find(word)
+            .unwrap_or_else(|| panic!("{word} in {line}"))
+    };
+    let outcome_at = column(lines[0], "OUTCOME");
+    assert!(lines[1].contains("db-relation-changed (db:3)"), "{summary}");
+    assert_eq!(column(lines[1], "exit 0"), outcome_at, "{summary}");
+    assert_eq!(column(lines[2], "exit 3"), outcome_at, "{summary}");
+    assert_eq!(
+        column(lines[3], "killed by SIGTERM"),
+        outcome_at,
+        "{summary}"
+    );
+    assert!(
+        lines[1].contains("  2  pending"),
+        "two hook-tool calls: {summary}"
+    );
+    assert!(lines[2].ends_with("pending  KeyError: 'port'"), "{summary}");
+    for line in &lines[1..] {
+        assert_eq!(
+            column(line, "pending"),
+            column(lines[0], "STATE"),
+            "{summary}"
+        );
+    }
+
+    let failed_only = text(
+        &charm
+            .tool(&["traces", "--summary", "--failed", "--last", "1"])
+            .stdout,
+    );
+    assert_eq!(failed_only.lines().count(), 2, "{failed_only}");
+    assert!(failed_only.contains("killed by SIGTERM"));
+    let refused = charm.tool(&["traces", "--summary", "--format", "json"]);
+    assert_eq!(code(&refused), 2);
+    assert!(text(&refused.stderr).contains("--summary is a view of its own"));
+    let nothing = charm.tool(&["traces", "--summary", "--event", "remove"]);
+    assert_eq!(code(&nothing), 0);
+    assert!(nothing.stdout.is_empty(), "{}", text(&nothing.stdout));
+    assert!(text(&nothing.stderr).contains("no trace matches --event remove; 3 stored"));
+}
