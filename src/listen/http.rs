@@ -413,12 +413,15 @@ fn dechunk(data: &[u8], limits: &Limits) -> Dechunked {
     let mut at = 0usize;
     loop {
         let Some(line_end) = find_crlf(&data[at..]) else {
-            return if data.len() - at > limits.max_head_bytes {
+            return if over_head_limit(data.len() - at, limits) {
                 malformed()
             } else {
                 Dechunked::Partial
             };
         };
+        if over_head_limit(line_end + 1, limits) {
+            return malformed();
+        }
         let line = &data[at..at + line_end];
         let size_text = line.split(|&b| b == b';').next().unwrap_or_default();
         let size_text = std::str::from_utf8(size_text).unwrap_or("").trim();
@@ -437,12 +440,15 @@ fn dechunk(data: &[u8], limits: &Limits) -> Dechunked {
             let trailers_start = at;
             loop {
                 let Some(end) = find_crlf(&data[at..]) else {
-                    return if data.len() - trailers_start > limits.max_head_bytes {
+                    return if over_head_limit(data.len() - trailers_start, limits) {
                         malformed()
                     } else {
                         Dechunked::Partial
                     };
                 };
+                if over_head_limit(at + end + 1 - trailers_start, limits) {
+                    return malformed();
+                }
                 at += end + 2;
                 if end == 0 {
                     break;
@@ -473,6 +479,14 @@ fn dechunk(data: &[u8], limits: &Limits) -> Dechunked {
         }
         at += 2;
     }
+}
+
+/// Whether a chunk-size line, or the trailer section, is over the head limit, given how many
+/// of its bytes came before its final LF. A complete line is measured the way a partial one
+/// is (everything up to its CRLF's LF may have arrived alone), so the answer is the same
+/// whether the request came in one read or in many.
+fn over_head_limit(bytes_before_final_lf: usize, limits: &Limits) -> bool {
+    bytes_before_final_lf > limits.max_head_bytes
 }
 
 fn find_crlf(data: &[u8]) -> Option<usize> {
@@ -534,6 +548,40 @@ mod tests {
         }
         assert_eq!(status_of(&at_once), 431, "{at_once}");
         assert_eq!(at_once, String::from_utf8_lossy(&in_pieces));
+    }
+
+    /// Found by fuzzing: chunked trailers (or a chunk-size line) longer than the head limit
+    /// were accepted when they arrived in one read and refused when they arrived in pieces.
+    #[test]
+    fn long_chunk_lines_and_trailers_get_the_same_answer_however_the_reads_split_them() {
+        let head = format!(
+            "POST {PATH} HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let long = "x".repeat(LIMITS.max_head_bytes);
+        // Up to the final LF of the blank line that ends the trailers.
+        let just_fits = "x".repeat(LIMITS.max_head_bytes - "X-T: \r\n\r".len());
+        for (chunks, status) in [
+            (format!("2\r\n{{}}\r\n0\r\nX-T: {long}\r\n\r\n"), 400),
+            (format!("2;{long}\r\n{{}}\r\n0\r\n\r\n"), 400),
+            (format!("2\r\n{{}}\r\n0\r\nX-T: {just_fits}\r\n\r\n"), 200),
+        ] {
+            let input = format!("{head}{chunks}").into_bytes();
+            let (at_once, _, _) = exchange(&input);
+            assert_eq!(status_of(&at_once), status, "{at_once}");
+            for step in [1, 7, 100] {
+                let mut conversation = Conversation::new();
+                let mut received = Received::default();
+                let mut in_pieces = Vec::new();
+                for piece in input.chunks(step) {
+                    in_pieces.extend(conversation.feed(piece, PATH, &LIMITS, &mut received));
+                }
+                assert_eq!(
+                    at_once,
+                    String::from_utf8_lossy(&in_pieces),
+                    "in pieces of {step}"
+                );
+            }
+        }
     }
 
     #[test]
