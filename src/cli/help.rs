@@ -14,7 +14,8 @@ pub(super) const COMMANDS: &[CommandHelp] = &[
     CommandHelp {
         name: "traces",
         usage: "dispatch traces [--last N] [--event E] [--failed] [--since T] [--until T] \
-                [--trace-id ID] [--summary | --format tree|json|otlp-json]",
+                [--trace-id ID] [--summary | --format tree|json|otlp-json] [-v] \
+                [--follow [--count N]]",
         summary: "show recorded dispatches, oldest first (default: --last 10, tree)",
         details: "\
 \x20 --last N        the newest N dispatches (0: all; default 10, or all with --since, --until
@@ -31,6 +32,12 @@ pub(super) const COMMANDS: &[CommandHelp] = &[
                   calls, shipped or pending, and a failed hook's exception
   --format F      tree (default), json (one array, for tests and jq) or otlp-json (one OTLP/JSON
                   ExportTraceServiceRequest per line, for collectors)
+  -v, --verbose   in the tree, every span's attributes and events, and the resource
+  -f, --follow    after the last N (--last 0: none), print each dispatch as it starts
+                  (running) and as it is stored, until Ctrl-C (exit 130) or SIGTERM (exit 0);
+                  json is one object per line. Only reads: never holds up a hook
+  --count N       with --follow: exit 0 after N new dispatches
+Colour only at a terminal, and not with NO_COLOR set.
 Reads the store only: never creates, moves or repairs it.
 ",
     },

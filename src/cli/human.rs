@@ -72,6 +72,16 @@ pub fn span(duration: Duration) -> String {
     }
 }
 
+/// How long something took, as people read it: milliseconds below a second (`12.34 ms`),
+/// seconds from there (`2.50 s`).
+pub fn took(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else {
+        format!("{ms:.2} ms")
+    }
+}
+
 /// `2026-12-04T15:02:11Z, in 41 s` or `2026-12-04T15:02:11Z, 3 h ago`, relative to `now`.
 pub fn utc_and_relative(time: SystemTime, now: SystemTime) -> String {
     let relative = match time.duration_since(now) {

@@ -9,12 +9,14 @@
 
 mod check;
 mod control;
+mod follow;
 mod help;
 pub mod human;
 mod locate;
 mod status;
 mod summary;
 mod traces;
+mod tree;
 pub mod view;
 
 use std::ffi::OsString;
@@ -154,8 +156,11 @@ fn dispatch_command(args: &[String]) -> Result<i32> {
 
 /// ` (did you mean "traces"?)` for a mistyped command or option, else nothing.
 fn did_you_mean(typed: &str) -> String {
-    const OPTIONS: [&str; 9] = [
+    const OPTIONS: [&str; 12] = [
         "--last",
+        "--follow",
+        "--count",
+        "--verbose",
         "--summary",
         "--event",
         "--failed",

@@ -10,6 +10,7 @@ use super::view::{
     attribute, decode, duration_ms, exception_summary, one_line, scoped_spans, state_name,
     value_text,
 };
+use crate::store::inflight::Running;
 use crate::store::StoredChunk;
 use crate::trace::spans::SCOPE_NAME;
 
@@ -80,7 +81,10 @@ pub fn line(chunk: &StoredChunk) -> String {
         "-".to_string()
     };
     let calls = root_attribute("dispatch.tool_calls").unwrap_or_else(|| "-".into());
-    let took = root.map_or_else(|| "-".to_string(), |root| took(duration_ms(root)));
+    let took = root.map_or_else(
+        || "-".to_string(),
+        |root| super::human::took(duration_ms(root)),
+    );
     let why = charm
         .and_then(|c| c.events.iter().find(|e| e.name == "exception"))
         .map(|e| exception_summary(&e.attributes))
@@ -94,11 +98,17 @@ pub fn line(chunk: &StoredChunk) -> String {
     .to_string()
 }
 
-/// A duration as people read one: milliseconds below a second, seconds from there.
-pub fn took(ms: f64) -> String {
-    if ms >= 1000.0 {
-        format!("{:.2} s", ms / 1000.0)
-    } else {
-        format!("{ms:.1} ms")
-    }
+/// A dispatch still running (`--follow`), in the same columns.
+pub fn running_line(running: &Running) -> String {
+    format!(
+        "{:<24}  {:<34}  {:>9}  {:<18}  {:>5}  {:<7}",
+        super::human::utc_millis(running.started_at),
+        one_line(&running.event),
+        "-",
+        "running",
+        "-",
+        "-"
+    )
+    .trim_end()
+    .to_string()
 }

@@ -2,7 +2,6 @@
 //! document, and OTLP/JSON lines (`otlp-json`, produced by opentelemetry-proto's serde support,
 //! so a test or a collector can consume them as any OTLP/JSON).
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
@@ -27,7 +26,7 @@ pub(super) fn state_name(state: i64) -> &'static str {
     }
 }
 
-fn priority_name(priority: i64) -> &'static str {
+pub(super) fn priority_name(priority: i64) -> &'static str {
     match priority {
         2 => "failed",
         1 => "changed",
@@ -71,7 +70,7 @@ pub(super) fn duration_ms(span: &Span) -> f64 {
         / 1e6
 }
 
-fn is_error(span: &Span) -> bool {
+pub(super) fn is_error(span: &Span) -> bool {
     span.status
         .as_ref()
         .is_some_and(|s| s.code == status::StatusCode::Error as i32)
@@ -127,139 +126,6 @@ pub(super) fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a
         .map(|kv| &kv.value)
 }
 
-/// One line summary of a span for the tree.
-fn span_line(span: &Span) -> String {
-    let mut line = span.name.clone();
-    if span.kind == span::SpanKind::Client as i32 {
-        if let Some(args) = attribute(&span.attributes, "process.command_args") {
-            let text = value_text(args);
-            let rest = text.strip_prefix(&span.name).unwrap_or(&text).trim();
-            if !rest.is_empty() {
-                let _ = write!(line, " {rest}");
-            }
-        }
-    }
-    let _ = write!(line, "  {:.2} ms", duration_ms(span));
-    match span.events.len() {
-        0 => {}
-        1 => line.push_str("  1 event"),
-        n => {
-            let _ = write!(line, "  {n} events");
-        }
-    }
-    if let Some(code) = attribute(&span.attributes, "process.exit.code") {
-        let _ = write!(line, "  exit {}", value_text(code));
-    }
-    if let Some(reason) = attribute(&span.attributes, "dispatch.skip_reason") {
-        let _ = write!(line, "  skipped: {}", value_text(reason));
-    }
-    if is_error(span) {
-        let message = span
-            .status
-            .as_ref()
-            .map(|s| s.message.as_str())
-            .unwrap_or("");
-        let _ = write!(line, "  ERROR {message}");
-    }
-    line
-}
-
-/// Renders chunks as indented trees, oldest first.
-pub fn tree(chunks: &[StoredChunk]) -> Result<String> {
-    let mut out = String::new();
-    for chunk in chunks {
-        let request = match decode(chunk) {
-            Ok(request) => request,
-            Err(e) => {
-                let _ = writeln!(
-                    out,
-                    "{}  trace {}  [unreadable: {e:#}]\n",
-                    chunk.event, chunk.trace_id
-                );
-                continue;
-            }
-        };
-        let spans = spans(&request);
-        let ids: HashMap<&[u8], &Span> = spans.iter().map(|s| (s.span_id.as_slice(), *s)).collect();
-        let mut children: HashMap<&[u8], Vec<&Span>> = HashMap::new();
-        let mut roots = Vec::new();
-        for span in &spans {
-            if ids.contains_key(span.parent_span_id.as_slice()) {
-                children
-                    .entry(span.parent_span_id.as_slice())
-                    .or_default()
-                    .push(span);
-            } else {
-                roots.push(*span);
-            }
-        }
-        for list in children.values_mut() {
-            list.sort_by_key(|s| s.start_time_unix_nano);
-        }
-        let when = format_time(chunk.started_at);
-        let _ = writeln!(
-            out,
-            "{}  {}  trace {}  [{}, {}]",
-            chunk.event,
-            when,
-            chunk.trace_id,
-            state_name(chunk.state),
-            priority_name(chunk.priority)
-        );
-        for root in roots {
-            render(&mut out, root, &children, "", true, Some(&chunk.trace_id));
-        }
-        out.push('\n');
-    }
-    Ok(out)
-}
-
-/// Renders a span and its children; `top` (the chunk's trace id) for a tree's first line.
-fn render(
-    out: &mut String,
-    span: &Span,
-    children: &HashMap<&[u8], Vec<&Span>>,
-    prefix: &str,
-    last: bool,
-    top: Option<&str>,
-) {
-    let (branch, next) = if top.is_some() {
-        ("", String::from("  "))
-    } else if last {
-        ("└─ ", format!("{prefix}   "))
-    } else {
-        ("├─ ", format!("{prefix}│  "))
-    };
-    let _ = write!(out, "  {prefix}{branch}{}", span_line(span));
-    // A span of another trace: custom spans the charm started in a trace of its own.
-    if let Some(trace_id) = top.filter(|id| *id != hex(&span.trace_id)) {
-        let _ = write!(out, "  (trace {}, not {trace_id})", hex(&span.trace_id));
-    }
-    out.push('\n');
-    let kids = children.get(span.span_id.as_slice());
-    let child_prefix = if top.is_some() { "" } else { next.as_str() };
-    // Why a failed charm failed, under its span (the children's line continues past it).
-    let bar = if kids.is_some() { "│" } else { " " };
-    for exception in span.events.iter().filter(|e| e.name == "exception") {
-        let _ = writeln!(
-            out,
-            "  {child_prefix}{bar}  exception: {}",
-            exception_summary(&exception.attributes)
-        );
-    }
-    if let Some(tail) = attribute(&span.attributes, "dispatch.child.stderr_tail") {
-        let tail = value_text(tail);
-        if let Some(last) = tail.lines().rev().find(|l| !l.trim().is_empty()) {
-            let _ = writeln!(out, "  {child_prefix}{bar}  stderr: {}", one_line(last));
-        }
-    }
-    if let Some(kids) = kids {
-        for (i, kid) in kids.iter().enumerate() {
-            render(out, kid, children, child_prefix, i + 1 == kids.len(), None);
-        }
-    }
-}
-
 /// `Type: message` of an `exception` event, on one line and at most 200 characters.
 pub(super) fn exception_summary(attributes: &[KeyValue]) -> String {
     let text = |key| {
@@ -285,7 +151,7 @@ pub(super) fn one_line(text: &str) -> String {
     }
 }
 
-fn format_time(unix_nanos: i64) -> String {
+pub(super) fn format_time(unix_nanos: i64) -> String {
     crate::cli::human::utc_millis(unix_nanos)
 }
 
@@ -293,35 +159,38 @@ fn format_time(unix_nanos: i64) -> String {
 /// is removed or changes meaning; new fields do not bump it.
 pub const JSON_SCHEMA_VERSION: u32 = 1;
 
-/// A simplified JSON document: one object per dispatch with its spans.
+/// A simplified JSON document: an array with one object per dispatch (`dispatch_json`).
 pub fn json(chunks: &[StoredChunk]) -> Result<String> {
-    let mut dispatches = Vec::new();
-    for chunk in chunks {
-        let request = match decode(chunk) {
-            Ok(request) => request,
-            Err(e) => {
-                dispatches.push(json!({
-                    "schema_version": JSON_SCHEMA_VERSION,
-                    "id": chunk.id,
-                    "event": chunk.event,
-                    "trace_id": chunk.trace_id,
-                    "error": format!("{e:#}"),
-                }));
-                continue;
-            }
-        };
-        let resource: serde_json::Map<String, Value> = request
-            .resource_spans
-            .first()
-            .and_then(|r| r.resource.as_ref())
-            .map(|r| {
-                r.attributes
-                    .iter()
-                    .map(|kv| (kv.key.clone(), value_json(&kv.value)))
-                    .collect()
+    let dispatches: Vec<Value> = chunks.iter().map(dispatch_json).collect();
+    Ok(serde_json::to_string_pretty(&Value::Array(dispatches))? + "\n")
+}
+
+/// One dispatch with its spans, as `--format json` shows it (one per line while following).
+pub fn dispatch_json(chunk: &StoredChunk) -> Value {
+    let request = match decode(chunk) {
+        Ok(request) => request,
+        Err(e) => {
+            return json!({
+                "schema_version": JSON_SCHEMA_VERSION,
+                "id": chunk.id,
+                "event": chunk.event,
+                "trace_id": chunk.trace_id,
+                "error": format!("{e:#}"),
             })
-            .unwrap_or_default();
-        let spans: Vec<Value> = scoped_spans(&request)
+        }
+    };
+    let resource: serde_json::Map<String, Value> = request
+        .resource_spans
+        .first()
+        .and_then(|r| r.resource.as_ref())
+        .map(|r| {
+            r.attributes
+                .iter()
+                .map(|kv| (kv.key.clone(), value_json(&kv.value)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let spans: Vec<Value> = scoped_spans(&request)
             .into_iter()
             .map(|(scope, s)| {
                 let attributes = attributes_json(&s.attributes);
@@ -359,19 +228,17 @@ pub fn json(chunks: &[StoredChunk]) -> Result<String> {
                 })
             })
             .collect();
-        dispatches.push(json!({
-            "schema_version": JSON_SCHEMA_VERSION,
-            "id": chunk.id,
-            "event": chunk.event,
-            "trace_id": chunk.trace_id,
-            "state": state_name(chunk.state),
-            "priority": priority_name(chunk.priority),
-            "started_at": format_time(chunk.started_at),
-            "resource": resource,
-            "spans": spans,
-        }));
-    }
-    Ok(serde_json::to_string_pretty(&Value::Array(dispatches))? + "\n")
+    json!({
+        "schema_version": JSON_SCHEMA_VERSION,
+        "id": chunk.id,
+        "event": chunk.event,
+        "trace_id": chunk.trace_id,
+        "state": state_name(chunk.state),
+        "priority": priority_name(chunk.priority),
+        "started_at": format_time(chunk.started_at),
+        "resource": resource,
+        "spans": spans,
+    })
 }
 
 /// One OTLP/JSON `ExportTraceServiceRequest` per line; chunks that do not decode are left out
@@ -403,9 +270,6 @@ mod tests {
             trace_id: "abc".into(),
             payload: vec![0xff, 0xff, 0xff],
         };
-        assert!(tree(std::slice::from_ref(&chunk))
-            .unwrap()
-            .contains("[unreadable"));
         assert!(json(std::slice::from_ref(&chunk))
             .unwrap()
             .contains("\"error\""));
@@ -413,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn custom_spans_nest_in_the_tree_and_a_foreign_trace_is_named() {
+    fn custom_spans_keep_their_scope_and_trace_in_json() {
         use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
         use opentelemetry_proto::tonic::trace::v1::{span::Event, ResourceSpans, ScopeSpans};
         let ours = [7u8; 16];
@@ -463,18 +327,6 @@ mod tests {
             trace_id: hex(&ours),
             payload: request.encode_to_vec(),
         };
-        let tree = tree(std::slice::from_ref(&chunk)).unwrap();
-        let lines: Vec<&str> = tree.lines().collect();
-        assert!(lines[1].starts_with("  install  "), "{tree}");
-        assert!(lines[2].starts_with("  └─ charm  "), "{tree}");
-        assert!(lines[3].starts_with("     └─ reconcile  "), "{tree}");
-        assert!(lines[3].ends_with("  1 event"), "{tree}");
-        assert!(lines[4].starts_with("  elsewhere  "), "{tree}");
-        assert!(
-            lines[4].contains(&format!("(trace {}, not ", hex(&[9; 16]))),
-            "{tree}"
-        );
-
         let document: Value = serde_json::from_str(&json(&[chunk]).unwrap()).unwrap();
         let spans = document[0]["spans"].as_array().unwrap();
         let reconcile = spans.iter().find(|s| s["name"] == "reconcile").unwrap();

@@ -244,6 +244,54 @@ impl OrphanScan {
     }
 }
 
+/// A dispatch whose started record is on disk and whose wrapper is still alive: what
+/// `traces --follow` shows as running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    /// The record's file name, unique per dispatch.
+    pub name: String,
+    pub started_at: i64,
+    pub trace_id: String,
+    pub event: String,
+}
+
+/// The dispatches running now beside `store`, oldest first. Read without any lock: only
+/// the records' headers are read, and a writer is known alive by its process id (in the
+/// file name), so this never delays a dispatch or its adoption of orphans.
+pub fn running(store: &Path) -> Vec<Running> {
+    let Ok(entries) = std::fs::read_dir(dir_path(store)) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Running> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            // `<start>-<pid>`; a `.tmp` is a record still being written.
+            let pid: i32 = name.split_once('-')?.1.parse().ok()?;
+            // Signal 0 asks only whether the process exists (EPERM: it does, as another user).
+            let alive = pid > 0
+                && matches!(
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                    Ok(()) | Err(nix::errno::Errno::EPERM)
+                );
+            if !alive {
+                return None;
+            }
+            let mut head = [0u8; 1024];
+            let read = std::io::Read::read(&mut File::open(entry.path()).ok()?, &mut head).ok()?;
+            let header = parse_header(&head[..read])?;
+            Some(Running {
+                name,
+                started_at: header.started_at,
+                trace_id: header.trace_id,
+                event: header.event,
+            })
+        })
+        .collect();
+    found.sort_by_key(|r| r.started_at);
+    found
+}
+
 /// Removes imported orphan records.
 pub fn forget(paths: &[PathBuf]) {
     for path in paths {
@@ -295,7 +343,16 @@ fn try_flock(file: &File) -> io::Result<()> {
     }
 }
 
-fn parse(bytes: &[u8]) -> Option<NewChunk> {
+/// A record's header line, and where its payload starts.
+struct Header {
+    started_at: i64,
+    trace_id: String,
+    event: String,
+    priority: Priority,
+    payload_at: usize,
+}
+
+fn parse_header(bytes: &[u8]) -> Option<Header> {
     let newline = bytes.iter().position(|&b| b == b'\n')?;
     let header = std::str::from_utf8(&bytes[..newline]).ok()?;
     let mut fields = header.split('\t');
@@ -310,12 +367,23 @@ fn parse(bytes: &[u8]) -> Option<NewChunk> {
         Some("1") => Priority::Changed,
         _ => Priority::Failed,
     };
-    Some(NewChunk {
+    Some(Header {
         started_at,
-        event,
         trace_id,
-        payload: bytes[newline + 1..].to_vec(),
+        event,
         priority,
+        payload_at: newline + 1,
+    })
+}
+
+fn parse(bytes: &[u8]) -> Option<NewChunk> {
+    let header = parse_header(bytes)?;
+    Some(NewChunk {
+        started_at: header.started_at,
+        event: header.event,
+        trace_id: header.trace_id,
+        payload: bytes[header.payload_at..].to_vec(),
+        priority: header.priority,
     })
 }
 

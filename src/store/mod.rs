@@ -122,6 +122,8 @@ pub struct ChunkFilter {
     /// Started at or after / at or before, unix nanoseconds.
     pub since: Option<i64>,
     pub until: Option<i64>,
+    /// Only chunks stored after this one (`traces --follow`).
+    pub after_id: Option<i64>,
 }
 
 /// A chunk to add.
@@ -416,6 +418,10 @@ impl Store {
             conditions.push_str(" AND started_at <= ?");
             args.push(until.into());
         }
+        if let Some(after) = filter.after_id {
+            conditions.push_str(" AND id > ?");
+            args.push(after.into());
+        }
         const COLUMNS: &str = "id, state, priority, started_at, event, trace_id, payload";
         // The newest N, then oldest first; without a limit, straight in id order.
         let sql = match filter.last {
@@ -435,6 +441,19 @@ impl Store {
             }
         }
         Ok(given)
+    }
+
+    /// The id of the newest chunk (0 in an empty store): what `traces --follow` has seen.
+    pub fn newest_id(&self) -> rusqlite::Result<i64> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM chunk", [], |r| r.get(0))
+    }
+
+    /// A number that changes when another connection commits to the store (SQLite's
+    /// `PRAGMA data_version`): how `traces --follow` knows, without reading a row, that
+    /// nothing happened.
+    pub fn data_version(&self) -> rusqlite::Result<i64> {
+        self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))
     }
 
     pub fn stats(&self) -> rusqlite::Result<Stats> {

@@ -22,6 +22,7 @@ mod charmcraft_part;
 mod custom_spans;
 mod failed_hooks;
 mod faults;
+mod follow;
 mod hook_tools;
 mod juju_versions;
 mod new_user;
