@@ -1,7 +1,8 @@
 """The tree view of ``dispatch traces --format tree``, reproduced byte for byte.
 
-A port of ``tree``, ``render``, ``span_line``, ``exception_summary``, ``one_line`` and
-``value_text`` in the project's ``src/cli/view.rs``: when an assertion fails, the message
+A port of the tree view without ``-v`` (``dispatch``, ``Drawing::span`` and
+``Drawing::span_line`` in the project's ``src/cli/tree.rs``; ``exception_summary``,
+``one_line`` and ``value_text`` in ``src/cli/view.rs``; ``took`` in ``src/cli/human.rs``): when an assertion fails, the message
 shows the dispatch exactly as ``juju exec -- ./dispatch traces`` would. The tests compare the
 two outputs on real traces, so a change to the Rust view shows up there.
 """
@@ -88,7 +89,7 @@ def _span_line(span: Span) -> str:
         rest = _trim(text.removeprefix(span.name))
         if rest:
             line += f" {rest}"
-    line += f"  {span.duration_ms:.2f} ms"
+    line += f"  {_took(span.duration_ms)}"
     if len(span.events) == 1:
         line += "  1 event"
     elif span.events:
@@ -100,6 +101,11 @@ def _span_line(span: Span) -> str:
     if span.status == "ERROR":
         line += f"  ERROR {span.status_message}"
     return line
+
+
+def _took(ms: float) -> str:
+    """A duration as the CLI writes it: milliseconds below a second, seconds from there."""
+    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.2f} ms"
 
 
 def _value_text(value: Any) -> str:
