@@ -10,7 +10,6 @@
 //! to nothing. SIGINT ends it with 130, as shells expect of Ctrl-C; SIGTERM with 0; `--count N`
 //! with 0 after N new dispatches; a closed pipe (`| head`) quietly.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -63,8 +62,8 @@ pub(super) fn follow(path: &Path, request: &Request) -> Result<i32> {
         ),
     }
     let mut new_ones = 0;
-    let mut running_seen: HashSet<String> = HashSet::new();
-    let mut glob = Glob::default();
+    // The running dispatches already shown (a handful at most: a list will do).
+    let mut running_seen: Vec<String> = Vec::new();
     loop {
         match signals.wait(TICK)? {
             Some(Signal::SIGINT) => return Ok(EXIT_INTERRUPTED),
@@ -79,42 +78,34 @@ pub(super) fn follow(path: &Path, request: &Request) -> Result<i32> {
             inflight::running(path)
         };
         let stored = watch.new_chunks(&request.filter);
-        let mut news: Vec<News> = running
+        // Newly running ones in the order they started, each before the stored ones that
+        // started after it (as the history is ordered).
+        let mut fresh = running
             .iter()
-            .filter(|r| !running_seen.contains(&r.name) && glob.admits(&request.filter, r))
+            .filter(|r| !running_seen.contains(&r.name) && watch.admits(&request.filter, r))
             .filter(|r| !stored.iter().any(|c| c.trace_id == r.trace_id))
-            .map(News::Running)
-            .collect();
-        news.extend(stored.into_iter().map(News::Stored));
-        // In the order they started, as the history is (the sort keeps the store's order
-        // among equals).
-        news.sort_by_key(|n| match n {
-            News::Running(r) => r.started_at,
-            News::Stored(c) => c.started_at,
-        });
-        running_seen = running.iter().map(|r| r.name.clone()).collect();
-        for item in news {
-            let text = match &item {
-                News::Running(r) => show.running(r),
-                News::Stored(chunk) => Some(show.dispatch(chunk)?),
-            };
-            if !write_out(&text.unwrap_or_default())? {
-                return Ok(0);
-            }
-            if let News::Stored(_) = item {
-                new_ones += 1;
-                if request.count.is_some_and(|count| new_ones >= count) {
+            .peekable();
+        for chunk in &stored {
+            while let Some(dispatch) = fresh.next_if(|r| r.started_at <= chunk.started_at) {
+                if !write_out(&show.running(dispatch).unwrap_or_default())? {
                     return Ok(0);
                 }
             }
+            if !write_out(&show.dispatch(chunk)?)? {
+                return Ok(0);
+            }
+            new_ones += 1;
+            if request.count.is_some_and(|count| new_ones >= count) {
+                return Ok(0);
+            }
         }
+        for dispatch in fresh {
+            if !write_out(&show.running(dispatch).unwrap_or_default())? {
+                return Ok(0);
+            }
+        }
+        running_seen = running.iter().map(|r| r.name.clone()).collect();
     }
-}
-
-/// What one check found to print.
-enum News<'a> {
-    Running(&'a Running),
-    Stored(StoredChunk),
 }
 
 /// SIGINT and SIGTERM, blocked so that they wait to be taken by `wait` instead of killing
@@ -245,21 +236,10 @@ impl<'a> Watch<'a> {
         }
     }
 
-    fn say(&mut self, message: &str) {
-        if !self.said {
-            eprintln!("dispatch: {message}; still following");
-            self.said = true;
-        }
-    }
-}
-
-/// Matches a running dispatch against the filters the store applies to stored ones. The
-/// event glob is SQLite's GLOB, asked of an in-memory database so both agree exactly.
-#[derive(Default)]
-struct Glob(Option<rusqlite::Connection>);
-
-impl Glob {
-    fn admits(&mut self, filter: &ChunkFilter, running: &Running) -> bool {
+    /// Whether a running dispatch passes the filters the store applies to stored ones (the
+    /// event glob is asked of the store, so both agree exactly; before the first dispatch
+    /// ever has created the store, none does).
+    fn admits(&self, filter: &ChunkFilter, running: &Running) -> bool {
         if filter.since.is_some_and(|since| running.started_at < since)
             || filter
                 .trace_id_prefix
@@ -268,18 +248,18 @@ impl Glob {
         {
             return false;
         }
-        let Some(pattern) = &filter.event else {
-            return true;
-        };
-        if self.0.is_none() {
-            self.0 = rusqlite::Connection::open_in_memory().ok();
+        match (&filter.event, &self.store) {
+            (None, _) => true,
+            (Some(pattern), Some(store)) => store.event_matches(&running.event, pattern),
+            (Some(_), None) => false,
         }
-        self.0.as_ref().is_some_and(|conn| {
-            conn.query_row("SELECT ?1 GLOB ?2", [&running.event, pattern], |r| {
-                r.get::<_, bool>(0)
-            })
-            .unwrap_or(false)
-        })
+    }
+
+    fn say(&mut self, message: &str) {
+        if !self.said {
+            eprintln!("dispatch: {message}; still following");
+            self.said = true;
+        }
     }
 }
 

@@ -443,6 +443,13 @@ impl Store {
         Ok(given)
     }
 
+    /// Whether `event` matches an `--event` glob as `each_chunk` matches it (SQLite's GLOB).
+    pub fn event_matches(&self, event: &str, glob: &str) -> bool {
+        self.conn
+            .query_row("SELECT ?1 GLOB ?2", [event, glob], |r| r.get(0))
+            .unwrap_or(false)
+    }
+
     /// The id of the newest chunk (0 in an empty store): what `traces --follow` has seen.
     pub fn newest_id(&self) -> rusqlite::Result<i64> {
         self.conn
