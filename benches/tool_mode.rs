@@ -2,7 +2,10 @@
 //! a store filled to its 40 MiB cap by real dispatches of a charm that makes 100 `juju-log`
 //! calls per event (their text kept), then `traces --last 1` (wall time, median of 20) and `traces --summary` of
 //! everything (wall time, and peak RSS against the store's size: the summary streams, so its
-//! memory must not grow with the store). Run with `benches/run` after the overhead benchmark.
+//! memory must not grow with the store), and what `traces --follow` costs while nothing
+//! happens: CPU time over a minute of idling on that store (`--quick`: 10 s), from the
+//! kernel's own account (`/proc/PID/schedstat`). Run with `benches/run` after the overhead
+//! benchmark.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -100,6 +103,8 @@ fn main() {
         )
     };
     let tree_rss_kib = peak_rss_kib(&dispatch, &["traces", "--last", "1"]);
+    let idle_seconds = if quick { 10 } else { 60 };
+    let idle_cpu_ms = follow_idle_cpu_ms(&dispatch, idle_seconds);
     println!();
     println!("| measure | result | target | met |");
     println!("|---|---|---|---|");
@@ -115,7 +120,41 @@ fn main() {
         tree_rss_kib as f64 / 1024.0,
         if (summary_rss_kib * 1024) < store_size / 2 { "yes" } else { "NO" }
     );
+    let share = idle_cpu_ms / (idle_seconds as f64 * 1000.0) * 100.0;
+    println!(
+        "| `traces --follow` idle for {idle_seconds} s | {idle_cpu_ms:.1} ms of CPU ({share:.3}% of a core) | next to nothing (< 1% of a core) | {} |",
+        if share < 1.0 { "yes" } else { "NO" }
+    );
     assert_eq!(summary_lines, dispatches_in_store(&dispatch));
+}
+
+/// CPU time (ms) that `traces --follow` uses over `seconds` in which nothing is dispatched;
+/// it is then ended with SIGTERM, which must end it with 0.
+fn follow_idle_cpu_ms(dispatch: &Path, seconds: u64) -> f64 {
+    let mut follower = Command::new(dispatch)
+        .args(["traces", "--follow", "--summary", "--last", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Past its start (opening the store), which is not idling.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let on_cpu_ns = || -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/schedstat", follower.id())).unwrap();
+        text.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let before = on_cpu_ns();
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    let used = on_cpu_ns() - before;
+    // SAFETY: the child this function started, not yet reaped.
+    unsafe { libc::kill(follower.id() as i32, libc::SIGTERM) };
+    assert_eq!(
+        follower.wait().unwrap().code(),
+        Some(0),
+        "SIGTERM ends --follow with 0"
+    );
+    used as f64 / 1e6
 }
 
 fn script(path: &Path, text: &str) {
