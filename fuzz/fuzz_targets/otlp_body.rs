@@ -2,7 +2,7 @@
 //! and OTLP/JSON (`listen::otlp_json::decode`, by hand), the dispatch's bounds on what is kept
 //! (`listen::Received::accept`), the store chunk they end up in
 //! (`spans::TraceBuilder::encode_with_custom`), and `dispatch traces` showing that chunk
-//! (`view::tree`, `view::json`, `view::otlp_json`), since the spans are the charm's.
+//! (`tree::dispatch` plain and verbose, `view::json`, `view::otlp_json`), since the spans are the charm's.
 //!
 //! Input: one `ExportTraceServiceRequest`, protobuf or JSON (both decoders try every input).
 //! A JSON request must also survive the trip through our own OTLP/JSON output unchanged.
@@ -10,6 +10,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
+use dispatch::cli::tree::{self, TreeStyle};
 use dispatch::cli::view;
 use dispatch::listen::{otlp_json, Received, LIMITS};
 use dispatch::store::StoredChunk;
@@ -66,7 +67,16 @@ fn keep_and_show(request: ExportTraceServiceRequest) {
         payload,
     };
     let chunks = [chunk];
-    view::tree(&chunks).expect("tree");
+    // The tree as people see it: plain, and with every attribute and event in colour.
+    for verbose in [false, true] {
+        tree::dispatch(
+            &chunks[0],
+            TreeStyle {
+                verbose,
+                colour: verbose,
+            },
+        );
+    }
     view::json(&chunks).expect("json");
     view::otlp_json(&chunks).expect("otlp-json");
 }

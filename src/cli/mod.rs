@@ -16,7 +16,7 @@ mod locate;
 mod status;
 mod summary;
 mod traces;
-mod tree;
+pub mod tree;
 pub mod view;
 
 use std::ffi::OsString;
@@ -98,7 +98,12 @@ fn dispatch_command(args: &[String]) -> Result<i32> {
             return Ok(0);
         }
         "--version" | "-V" => {
-            print(&format!("dispatch {}\n", env!("CARGO_PKG_VERSION")))?;
+            print(&format!(
+                "dispatch {} (commit {}, {})\n",
+                env!("CARGO_PKG_VERSION"),
+                env!("DISPATCH_COMMIT"),
+                env!("DISPATCH_TARGET")
+            ))?;
             return Ok(0);
         }
         name if rest.iter().any(asks_help) => {

@@ -58,10 +58,24 @@ fn help_and_version_go_to_stdout_and_bad_usage_exits_2_with_a_message_on_stderr_
         assert_eq!(text(&out.stderr), "");
     }
 
+    // The version, the commit built (this checkout's HEAD) and the target triple.
     let out = charm.tool(&["--version"]);
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let commit = match head.status.success() {
+        true => text(&head.stdout).trim().to_string(),
+        false => "unknown".to_string(),
+    };
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
     assert_eq!(
         ok_stdout(&out),
-        format!("dispatch {}\n", env!("CARGO_PKG_VERSION"))
+        format!(
+            "dispatch {} (commit {commit}, {triple})\n",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     assert_eq!(text(&out.stderr), "");
 
