@@ -2,7 +2,8 @@
 //! and the target it was built for, so that a binary found on a unit names its source.
 //!
 //! The commit is `DISPATCH_COMMIT` when the build sets it (a source without its `.git`), else
-//! `git rev-parse HEAD` of this checkout, else `unknown`. It is the same for every build of a
+//! `git rev-parse HEAD` of this checkout (when it is this project's own repository, not one
+//! it was vendored into), else `unknown`. It is the same for every build of a
 //! commit, so builds stay reproducible.
 
 use std::path::Path;
@@ -23,13 +24,19 @@ fn main() {
 /// HEAD's commit, and the files whose change means another one (rebuilt then, not before).
 fn git_head() -> Option<String> {
     let dir = std::env::var("CARGO_MANIFEST_DIR").ok()?;
-    let git_dir = Command::new("git")
-        .args(["rev-parse", "--absolute-git-dir"])
+    let out = Command::new("git")
+        .args(["rev-parse", "--show-toplevel", "--absolute-git-dir"])
         .current_dir(&dir)
         .output()
         .ok()
         .filter(|out| out.status.success())?;
-    let git_dir = String::from_utf8(git_dir.stdout).ok()?;
+    let out = String::from_utf8(out.stdout).ok()?;
+    let (top, git_dir) = out.trim().split_once('\n')?;
+    // Only this project's own repository: a copy vendored inside a charm's repository must
+    // not take the charm's commit for its own.
+    if std::fs::canonicalize(top).ok()? != std::fs::canonicalize(&dir).ok()? {
+        return None;
+    }
     let git_dir = Path::new(git_dir.trim());
     // HEAD, the branch it names (loose, or packed), and packed refs: a commit or a checkout
     // changes one of them. Only paths that exist: cargo runs a build script every time when
