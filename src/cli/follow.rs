@@ -42,19 +42,25 @@ pub(super) fn follow(path: &Path, request: &Request) -> Result<i32> {
         Some(store) => {
             // What is newer than this is news, even if stored while the history prints.
             let newest = store.newest_id().map_err(|e| store.read_error(e))?;
-            let mut printed = Vec::new();
+            // Printed as read (`--since 1w` may be the whole store), until the reader goes.
+            let mut seen = newest;
+            let mut ended: Option<Result<bool>> = None;
             store
                 .each_chunk(&request.filter, &mut |chunk| {
-                    printed.push(chunk);
-                    true
+                    seen = seen.max(chunk.id);
+                    let written = show.dispatch(&chunk).and_then(|text| write_out(&text));
+                    let go_on = matches!(written, Ok(true));
+                    if !go_on {
+                        ended = Some(written);
+                    }
+                    go_on
                 })
                 .map_err(|e| store.read_error(e))?;
-            for chunk in &printed {
-                if !write_out(&show.dispatch(chunk)?)? {
-                    return Ok(0);
-                }
+            if let Some(ended) = ended {
+                ended?;
+                return Ok(0);
             }
-            watch.seen_id = printed.iter().map(|c| c.id).fold(newest, i64::max);
+            watch.seen_id = seen;
         }
         None => eprintln!(
             "dispatch: no traces recorded yet (store: {}); waiting for the first dispatch",
