@@ -258,7 +258,7 @@ fn attribute_lines(out: &mut String, prefix: &str, attributes: &[KeyValue], styl
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::store::STATE_PENDING;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -280,7 +280,8 @@ mod tests {
         }
     }
 
-    fn make(trace: [u8; 16], id: u8, parent: Option<u8>, name: &str) -> Span {
+    /// A span of `trace` with id `[id; 8]`, lasting 1 ms (shared with `view`'s tests).
+    pub(in crate::cli) fn make(trace: [u8; 16], id: u8, parent: Option<u8>, name: &str) -> Span {
         Span {
             trace_id: trace.to_vec(),
             span_id: vec![id; 8],
@@ -292,7 +293,8 @@ mod tests {
         }
     }
 
-    fn chunk_of(trace: [u8; 16], scopes: Vec<(&str, Vec<Span>)>) -> StoredChunk {
+    /// A stored dispatch of `trace` holding each scope's spans.
+    pub(in crate::cli) fn chunk_of(trace: [u8; 16], scopes: Vec<(&str, Vec<Span>)>) -> StoredChunk {
         let request = ExportTraceServiceRequest {
             resource_spans: scopes
                 .into_iter()

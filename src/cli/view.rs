@@ -278,55 +278,27 @@ mod tests {
 
     #[test]
     fn custom_spans_keep_their_scope_and_trace_in_json() {
-        use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-        use opentelemetry_proto::tonic::trace::v1::{span::Event, ResourceSpans, ScopeSpans};
+        use crate::cli::tree::tests::{chunk_of, make};
+        use opentelemetry_proto::tonic::trace::v1::span::Event;
         let ours = [7u8; 16];
-        let make = |trace: [u8; 16], id: u8, parent: Option<u8>, name: &str| Span {
-            trace_id: trace.to_vec(),
-            span_id: vec![id; 8],
-            parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
-            name: name.into(),
-            start_time_unix_nano: u64::from(id),
-            end_time_unix_nano: u64::from(id) + 1_000_000,
-            ..Span::default()
-        };
-        let scoped = |scope: &str, spans: Vec<Span>| ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: scope.into(),
-                    ..InstrumentationScope::default()
-                }),
-                spans,
-                ..ScopeSpans::default()
-            }],
-            ..ResourceSpans::default()
-        };
         let mut custom = make(ours, 3, Some(2), "reconcile");
         custom.events.push(Event {
             name: "done".into(),
             ..Event::default()
         });
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![
-                scoped(
+        let chunk = chunk_of(
+            ours,
+            vec![
+                (
                     "juju-dispatch-trace",
                     vec![
                         make(ours, 1, None, "install"),
                         make(ours, 2, Some(1), "charm"),
                     ],
                 ),
-                scoped("mine", vec![custom, make([9; 16], 4, None, "elsewhere")]),
+                ("mine", vec![custom, make([9; 16], 4, None, "elsewhere")]),
             ],
-        };
-        let chunk = StoredChunk {
-            id: 1,
-            state: STATE_PENDING,
-            priority: 0,
-            started_at: 0,
-            event: "install".into(),
-            trace_id: hex(&ours),
-            payload: request.encode_to_vec(),
-        };
+        );
         let document: Value = serde_json::from_str(&json(&[chunk]).unwrap()).unwrap();
         let spans = document[0]["spans"].as_array().unwrap();
         let reconcile = spans.iter().find(|s| s["name"] == "reconcile").unwrap();
