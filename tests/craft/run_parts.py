@@ -1,9 +1,11 @@
 """Runs a parts file to the prime step with craft-parts, the library charmcraft builds charms
 with, for tests/it/charmcraft_part.rs.
 
-    run_parts.py --parts FILE --work-dir DIR [--rerun PART]
+    run_parts.py --parts FILE --work-dir DIR [--rerun PART] [--build-for ARCH]
 
-Everything the parts' steps print goes to this process's stdout and stderr, each action is
+The parts go through charmcraft's grammar first (craft-application's, for `to <arch>:` and
+`on <arch>:` selections), for the architecture the charm is built for: `--build-for`, which
+also sets craft-parts' CRAFT_ARCH_BUILD_FOR, or else this machine's. Everything the parts' steps print goes to this process's stdout and stderr, each action is
 announced on stdout as it starts, and a failed step ends the run with exit 1 and craft-parts'
 own description of the failure on stderr (an invalid parts file too). `--rerun PART` primes
 that one part again, as craft-parts does when only its prime step changed (its override-prime,
@@ -23,13 +25,18 @@ import pathlib
 import sys
 
 try:
+    import craft_cli
+    import craft_platforms
     import yaml
+    from craft_application import grammar
+    from craft_grammar.errors import CraftGrammarError
     from craft_parts import LifecycleManager, PartsError, Step
     from craft_parts import packages
     from craft_parts.packages.base import DummyRepository
 except ImportError as error:
     sys.exit(
-        f"run_parts.py: {error}: craft-parts is not installed in {sys.prefix}; "
+        f"run_parts.py: {error}: craft-parts or craft-application is not installed in "
+        f"{sys.prefix}; "
         "run tests/run once (it installs tests/requirements.txt into target/test-venv)"
     )
 
@@ -47,16 +54,34 @@ def main() -> int:
     parser.add_argument("--parts", required=True, type=pathlib.Path)
     parser.add_argument("--work-dir", required=True, type=pathlib.Path)
     parser.add_argument("--rerun", metavar="PART")
+    parser.add_argument("--build-for", metavar="ARCH")
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="craft-parts: %(message)s")
     packages._get_repository_for_platform = lambda: _NoPackageManager
 
     parts = yaml.safe_load(args.parts.read_text())
+    # craft-application reports what it does through craft-cli's emitter.
+    craft_cli.emit.init(craft_cli.EmitterMode.QUIET, "run_parts.py", "run_parts.py")
+    host = craft_platforms.DebianArchitecture.from_host().value
+    build_for = args.build_for or host
+    try:
+        parts["parts"] = grammar.process_parts(
+            parts_yaml_data=parts["parts"],
+            arch=host,
+            target_arch=build_for,
+            platform_ids={build_for},
+        )
+    except CraftGrammarError as error:
+        print(f"run_parts.py: the parts' grammar for {build_for}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        craft_cli.emit.ended_ok()
     try:
         lcm = LifecycleManager(
             parts,
             application_name="charmcraft",
+            arch=build_for,
             cache_dir=args.work_dir / "cache",
             work_dir=args.work_dir,
             # A local source that is this checkout leaves out its target/ (gitignored, so never

@@ -1,28 +1,32 @@
-//! charmcraft-part.yaml, run for real: craft-parts (the library charmcraft builds charms with,
-//! installed from PyPI into target/test-venv by tests/run) runs the file's `dispatch-trace`
-//! part after a part named `charm` that stands in for charmcraft's charm plugin: the `dump`
-//! plugin over a copy of fixtures/charms/packed, the prime tree that plugin leaves (its
-//! generated `dispatch`, `hooks/*` links to it, metadata.yaml). tests/craft/run_parts.py drives
+//! The two charmcraft parts, run for real: craft-parts (the library charmcraft builds charms
+//! with, installed from PyPI into target/test-venv by tests/run) runs a parts file's
+//! `dispatch-trace` part after a part named `charm` that stands in for charmcraft's charm
+//! plugin: the `dump` plugin over a copy of fixtures/charms/packed, the prime tree that plugin
+//! leaves (its generated `dispatch`, `hooks/*` links to it, metadata.yaml).
+//! tests/craft/run_parts.py applies charmcraft's grammar (craft-application's) and drives
 //! craft-parts' LifecycleManager to the prime step.
 //!
-//! The part is loaded from the file, never copied here; only `source` (this checkout) and
-//! `rust-channel` (`none`: the toolchain on PATH, as `which cargo` finds it) are overridden.
-//! So the release build, the static linking of .cargo/config.toml inside craft-parts' build
-//! dir, the stage filter and override-prime are the ones a charm gets.
-//!
-//! That release build (fat LTO) takes minutes, so it happens once: one test builds, then checks
-//! in sequence what a charm author meets next (the part primed again, the charm changed). The
-//! failures of override-prime are tested with the build swapped for the debug binaries (the
-//! `dump` plugin instead of `rust`, the rest of the part as shipped), which takes a second.
+//! The parts are loaded from the files, never copied here:
+//! - charmcraft-part-prebuilt.yaml as release/prebuilt-part fills it for a release directory
+//!   that is also its download URL. Most tests use stand-in tarballs in the release's layout
+//!   that hold the debug binaries (seconds to make); the wrapping they check is release/
+//!   wrap-charm, which both parts run.
+//! - charmcraft-part.yaml with only `source` (a clean clone) and `rust-channel` (`none`: the
+//!   toolchain on PATH) overridden, so the release build, the static linking of
+//!   .cargo/config.toml inside craft-parts' build dir, the stage filter and override-prime are
+//!   the ones a charm gets. That build takes minutes, so one test does it, run by tests/release
+//!   after release/build made the tarball of the same commit: the two parts must prime the same
+//!   bytes.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Instant;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::util;
-use crate::util::{code, listing, mode, read, span, text, Charm, Scratch};
+use crate::util::{code, listing, mode, read, read_text, span, text, Charm, Scratch};
 use serde_json::Value;
 use serde_yaml::{Mapping, Value as Yaml};
 
@@ -46,8 +50,8 @@ fn venv_bin() -> PathBuf {
     for tool in ["python", "craftctl"] {
         assert!(
             bin.join(tool).exists(),
-            "{} is missing: run tests/run once (it installs craft-parts==2.37.2 from PyPI, with \
-             the rest of tests/requirements.txt, into target/test-venv)",
+            "{} is missing: run tests/run once (it installs craft-parts and craft-application from PyPI, \
+             with the rest of tests/requirements.txt, into target/test-venv)",
             bin.join(tool).display()
         );
     }
@@ -113,10 +117,9 @@ fn system_cargo(env: &BTreeMap<String, String>) -> String {
     }
 }
 
-/// The part as charmcraft-part.yaml ships it.
-fn shipped_part() -> Mapping {
-    let path = util::repo_root().join("charmcraft-part.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
+/// The `dispatch-trace` part of a parts file of this repository (or of a filled template).
+fn part_in(path: &Path) -> Mapping {
+    let text = std::fs::read_to_string(path).unwrap();
     let doc: Yaml =
         serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display()));
     doc["parts"][PART]
@@ -133,14 +136,132 @@ fn yaml_path(path: &Path) -> Yaml {
     yaml(path.to_str().unwrap())
 }
 
-/// How the part's binaries are built.
-enum Build {
-    /// As shipped (the `rust` plugin, release profile), from this checkout with the system
-    /// toolchain.
-    Release,
-    /// Not built: the `dump` plugin installs the debug binaries where the `rust` plugin would
-    /// (`bin/`). For what happens after the build: the stage filter and override-prime.
-    Prebuilt,
+/// The release's version, as the tarballs and the part name it.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The architectures charmcraft-part-prebuilt.yaml has a checksum for.
+const RELEASE_ARCHES: [&str; 2] = ["amd64", "arm64"];
+
+/// This machine's architecture as Debian and craft name it.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("no release tarball is made for {other}"),
+    }
+}
+
+fn tarball_name(arch: &str) -> String {
+    format!("dispatch-trace-{VERSION}-{arch}.tar.gz")
+}
+
+/// `sha256sum`'s line for a file: its digest, two spaces, its name.
+fn sha256_line(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    let digest = text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    format!(
+        "{digest}  {}\n",
+        path.file_name().unwrap().to_str().unwrap()
+    )
+}
+
+/// A tarball in the release's layout (release/build's): `dispatch-trace-<version>-<arch>/`
+/// holding the debug binaries, this checkout's wrap-charm and a README naming `arch`, so a
+/// test can tell which tarball a part unpacked. Seconds to make, not minutes.
+fn stand_in_tarball(dist: &Path, arch: &str) -> PathBuf {
+    let name = tarball_name(arch);
+    let dir = dist.join(name.trim_end_matches(".tar.gz"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for binary in ["dispatch", "dispatch-shim"] {
+        let built = util::bin_dir().join(binary);
+        assert!(
+            built.exists(),
+            "{} is missing: build the workspace first (`cargo build --workspace`; tests/run does)",
+            built.display()
+        );
+        std::fs::copy(&built, dir.join(binary)).unwrap();
+    }
+    std::fs::copy(
+        util::repo_root().join("release/wrap-charm"),
+        dir.join("wrap-charm"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("README"), format!("stand-in release for {arch}\n")).unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(r#"tar -cf - -C "$1" "$2" | gzip -1 > "$3""#)
+        .args(["sh".as_ref(), dist.as_os_str(), dir.file_name().unwrap()])
+        .arg(dist.join(&name))
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar of {}", dir.display());
+    std::fs::remove_dir_all(&dir).unwrap();
+    dist.join(name)
+}
+
+/// A release made of stand-in tarballs for every architecture the prebuilt part lists, with
+/// its SHA256SUMS: made once, read by every test (each fills the part in a copy of its own).
+fn stand_in_release() -> &'static Path {
+    static DIST: OnceLock<PathBuf> = OnceLock::new();
+    DIST.get_or_init(|| {
+        let dist = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("stand-in-release-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dist);
+        std::fs::create_dir_all(&dist).unwrap();
+        let mut sums = String::new();
+        for arch in RELEASE_ARCHES {
+            sums.push_str(&sha256_line(&stand_in_tarball(&dist, arch)));
+        }
+        std::fs::write(dist.join("SHA256SUMS"), sums).unwrap();
+        dist
+    })
+}
+
+/// A release directory of a test's own: links to `tarballs` (a tarball per architecture) and
+/// their SHA256SUMS, where release/prebuilt-part may write the part.
+fn release_dir(scratch: &Scratch, tarballs: &[PathBuf]) -> PathBuf {
+    let dist = scratch.path("release");
+    std::fs::create_dir_all(&dist).unwrap();
+    let mut sums = String::new();
+    for tarball in tarballs {
+        let link = dist.join(tarball.file_name().unwrap());
+        std::os::unix::fs::symlink(tarball, &link).unwrap();
+        sums.push_str(&sha256_line(&link));
+    }
+    std::fs::write(dist.join("SHA256SUMS"), sums).unwrap();
+    dist
+}
+
+/// The stand-in release's tarballs.
+fn stand_in_tarballs() -> Vec<PathBuf> {
+    RELEASE_ARCHES
+        .iter()
+        .map(|arch| stand_in_release().join(tarball_name(arch)))
+        .collect()
+}
+
+/// `release/prebuilt-part BASE_URL DIST`.
+fn fill_prebuilt_part(base_url: &Path, dist: &Path) -> Output {
+    Command::new(util::repo_root().join("release/prebuilt-part"))
+        .arg(base_url)
+        .arg(dist)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Which of the two parts, and what it is made from.
+enum Part {
+    /// charmcraft-part.yaml building from a source tree, with the toolchain on PATH.
+    FromSource(PathBuf),
+    /// charmcraft-part-prebuilt.yaml as release/prebuilt-part fills it for the release in
+    /// this directory (its SHA256SUMS and tarballs), which is also the URL it downloads from.
+    Prebuilt(PathBuf),
 }
 
 /// A craft-parts project in a scratch dir: `parts.yaml`, the work dir `work/`, and the charm
@@ -151,18 +272,29 @@ struct Project {
 }
 
 impl Project {
-    fn new(name: &str, build: Build) -> Project {
+    fn new(name: &str, part: Part) -> Project {
         let scratch = Scratch::new(name);
+        Project::in_scratch(scratch, part)
+    }
+
+    /// A stand-in release of the prebuilt part, in a project of its own.
+    fn prebuilt(name: &str) -> Project {
+        let scratch = Scratch::new(name);
+        let dist = release_dir(&scratch, &stand_in_tarballs());
+        Project::in_scratch(scratch, Part::Prebuilt(dist))
+    }
+
+    fn in_scratch(scratch: Scratch, part: Part) -> Project {
         let charm_source = scratch.path("charm-source");
         copy_tree(&util::repo_root().join(FIXTURE), &charm_source);
 
-        let mut part = shipped_part();
-        match build {
-            Build::Release => {
-                // A git URL and tag as shipped; this checkout (craft-parts leaves out target/,
-                // where the work dir is) instead.
+        let part = match part {
+            Part::FromSource(source) => {
+                let mut part = part_in(&util::repo_root().join("charmcraft-part.yaml"));
+                // A git URL and tag as shipped; the given tree instead (craft-parts leaves out
+                // target/, where the work dir may be).
                 part.retain(|key, _| key.as_str().is_some_and(|k| !k.starts_with("source")));
-                part.insert(yaml("source"), yaml_path(&util::repo_root()));
+                part.insert(yaml("source"), yaml_path(&source));
                 let channel = part.insert(yaml("rust-channel"), yaml("none"));
                 assert_eq!(
                     channel,
@@ -170,28 +302,19 @@ impl Project {
                     "the part ships with rustup's stable toolchain: a charm's build environment \
                      has no cargo"
                 );
+                part
             }
-            Build::Prebuilt => {
-                let bin = scratch.path("prebuilt/bin");
-                std::fs::create_dir_all(&bin).unwrap();
-                for name in ["dispatch", "dispatch-shim"] {
-                    let built = util::bin_dir().join(name);
-                    assert!(
-                        built.exists(),
-                        "{} is missing: build the workspace first (`cargo build --workspace`; \
-                         tests/run does)",
-                        built.display()
-                    );
-                    std::fs::copy(&built, bin.join(name)).unwrap();
-                }
-                part.retain(|key, _| {
-                    key.as_str()
-                        .is_some_and(|k| !k.starts_with("source") && !k.starts_with("rust-"))
-                });
-                part.insert(yaml("plugin"), yaml("dump"));
-                part.insert(yaml("source"), yaml_path(&scratch.path("prebuilt")));
+            Part::Prebuilt(dist) => {
+                let out = fill_prebuilt_part(&dist, &dist);
+                assert_eq!(
+                    code(&out),
+                    0,
+                    "release/prebuilt-part: {}",
+                    text(&out.stderr)
+                );
+                part_in(&dist.join("charmcraft-part-prebuilt.yaml"))
             }
-        }
+        };
 
         let mut charm = Mapping::new();
         charm.insert(yaml("plugin"), yaml("dump"));
@@ -218,6 +341,11 @@ impl Project {
 
     fn prime(&self, rel: &str) -> PathBuf {
         self.work("prime").join(rel)
+    }
+
+    /// The part's install dir: where the binaries were built or unpacked.
+    fn installed(&self, rel: &str) -> PathBuf {
+        self.work(&format!("parts/{PART}/install")).join(rel)
     }
 
     /// Runs the parts to the prime step (`args`: run_parts.py's, e.g. `--rerun PART`).
@@ -248,6 +376,15 @@ impl Project {
             text(&out.stderr)
         );
         out
+    }
+
+    /// Runs to prime, timed.
+    fn run_timed(&self, what: &str) -> (Output, Duration) {
+        let started = Instant::now();
+        let out = self.run_ok(&[]);
+        let took = started.elapsed();
+        eprintln!("charmcraft part: {what} took {took:.1?}");
+        (out, took)
     }
 }
 
@@ -320,16 +457,16 @@ impl Elf {
 fn assert_wrapped(project: &Project, original: &[u8]) {
     let prime = project.prime("");
     assert_eq!(listing(&prime), WRAPPED, "the primed charm's root");
-    assert!(
-        !project.work("stage/bin").exists(),
-        "the binaries went through stage (stage/bin)"
+    assert_eq!(
+        listing(&project.work("stage")),
+        listing(&util::repo_root().join(FIXTURE)),
+        "the part put something in stage: only the charm part's files belong there"
     );
-    let install = project.work(&format!("parts/{PART}/install/bin"));
     for name in ["dispatch", "dispatch-shim"] {
         assert_eq!(mode(&prime.join(name)), 0o755, "mode of {name}");
         assert!(
-            read(&prime.join(name)) == read(&install.join(name)),
-            "{name} at the charm's root is not the one the part built"
+            read(&prime.join(name)) == read(&project.installed(name)),
+            "{name} at the charm's root is not the one the part built or unpacked"
         );
     }
     assert!(
@@ -364,46 +501,15 @@ fn deploy(prime: &Path) -> Charm {
     Charm::around(scratch, dir)
 }
 
-#[test]
-fn the_part_builds_both_binaries_and_wraps_the_charms_dispatch() {
-    let env = craft_env();
-    let cargo = system_cargo(&env);
-    let original = read(&util::repo_root().join(FIXTURE).join("dispatch"));
-    let project = Project::new("charmcraft-part", Build::Release);
-
-    let started = Instant::now();
-    let out = project.run_ok(&[]);
-    eprintln!(
-        "charmcraft-part: the release build and prime with {cargo} took {:.1?}",
-        started.elapsed()
-    );
-    assert_wrapped(&project, &original);
-    for name in ["dispatch", "dispatch-shim"] {
-        let elf = Elf::read(&project.prime(name));
-        assert!(
-            elf.static_executable,
-            "{name} is not a static non-PIE executable: .cargo/static-link did not link it"
-        );
-        assert!(
-            !elf.symbol_table,
-            "{name} has a symbol table: not built with Cargo.toml's release profile (strip)"
-        );
-    }
-    // The hooks charmcraft links to dispatch reach the wrapper now.
+/// The primed charm, deployed, runs as Juju runs it: our dispatch runs the original, which
+/// calls a hook tool, and the trace shows that call. charmcraft's hooks reach the wrapper.
+fn assert_runs_traced(project: &Project) {
     for hook in ["install", "start", "upgrade-charm"] {
         assert_eq!(
             std::fs::canonicalize(project.prime(&format!("hooks/{hook}"))).unwrap(),
             std::fs::canonicalize(project.prime("dispatch")).unwrap()
         );
     }
-    assert!(
-        text(&out.stdout).contains(&check_config_ok(&project)),
-        "check-config did not pass on the primed charm: {}",
-        text(&out.stdout)
-    );
-
-    // Deployed, the charm runs as Juju runs it: our dispatch runs the original, which calls a
-    // hook tool, and the trace shows that call.
     let charm = deploy(&project.prime(""));
     let out = charm.dispatch("hooks/install", &[]);
     assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
@@ -429,6 +535,125 @@ fn the_part_builds_both_binaries_and_wraps_the_charms_dispatch() {
     assert_eq!(status_set["kind"], "SPAN_KIND_CLIENT");
     assert_eq!(status_set["parent_span_id"], charm_span["span_id"]);
     assert_eq!(status_set["attributes"]["juju.status"], "active");
+}
+
+/// Every entry under `dir`, recursively, sorted, with its type, mode and content (a file's
+/// SHA-256 rather than its bytes; a symlink's target), one line each: two trees are the same
+/// when their descriptions are.
+fn describe_tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, lines: &mut Vec<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                lines.push(format!("{rel} symlink -> {}", target.display()));
+            } else if meta.is_dir() {
+                lines.push(format!("{rel}/ dir {mode:o}"));
+                walk(root, &path, lines);
+            } else {
+                let digest = sha256_line(&path);
+                let digest = digest.split_whitespace().next().unwrap();
+                lines.push(format!("{rel} file {mode:o} {} {digest}", meta.len()));
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    walk(dir, dir, &mut lines);
+    lines
+}
+
+/// The keys by which a part wraps the charm: the two part files must not differ in them.
+const WRAPPING_KEYS: [&str; 3] = ["after", "stage", "override-prime"];
+
+#[test]
+fn both_parts_wrap_the_charm_with_the_same_steps() {
+    let from_source = part_in(&util::repo_root().join("charmcraft-part.yaml"));
+    let prebuilt = part_in(&util::repo_root().join("charmcraft-part-prebuilt.yaml"));
+    for key in WRAPPING_KEYS {
+        assert!(
+            from_source.contains_key(key),
+            "charmcraft-part.yaml has no {key}"
+        );
+        assert_eq!(
+            from_source.get(key),
+            prebuilt.get(key),
+            "charmcraft-part.yaml and charmcraft-part-prebuilt.yaml differ in {key}"
+        );
+    }
+    // The wrapping itself is one script, release/wrap-charm, which both install beside the
+    // binaries: from-source by release/cargo-build, prebuilt from the tarball.
+    assert_eq!(
+        from_source["override-prime"],
+        yaml("craftctl default\n\"$CRAFT_PART_INSTALL/wrap-charm\"\n")
+    );
+    assert_eq!(
+        from_source["override-build"],
+        yaml("release/cargo-build \"$CRAFT_PART_INSTALL\"")
+    );
+
+    // The snippet in the tarball's README is the template's part, placeholders aside.
+    let readme = std::fs::read_to_string(util::repo_root().join("release/README.dist")).unwrap();
+    let snippet = readme
+        .split_once("  parts:\n")
+        .expect("release/README.dist has no part snippet")
+        .1
+        .lines()
+        .take_while(|line| line.is_empty() || line.starts_with("  "))
+        .map(|line| line.strip_prefix("  ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let snippet: Yaml = serde_yaml::from_str(&snippet).unwrap();
+    let snippet = snippet[PART]
+        .as_mapping()
+        .expect("no dispatch-trace in the README's snippet");
+    let keys = |part: &Mapping| {
+        part.keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(snippet),
+        keys(&prebuilt),
+        "the README's snippet has other keys"
+    );
+    for key in ["plugin", "source-type", "after", "stage", "override-prime"] {
+        assert_eq!(
+            snippet.get(key),
+            prebuilt.get(key),
+            "the README's snippet: {key}"
+        );
+    }
+}
+
+#[test]
+fn the_prebuilt_part_unpacks_the_tarball_for_the_architecture_and_wraps_the_charm() {
+    let original = read(&util::repo_root().join(FIXTURE).join("dispatch"));
+    let project = Project::prebuilt("prebuilt-part");
+    let (out, _) = project.run_timed("the prebuilt part (stand-in tarballs), to prime");
+    let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        !log.contains("not installing packages"),
+        "the prebuilt part asks for build packages: {log}"
+    );
+    assert_wrapped(&project, &original);
+    assert_eq!(
+        read_text(&project.installed("README")),
+        format!("stand-in release for {}\n", host_arch()),
+        "not the tarball of this machine's architecture"
+    );
+    assert!(
+        text(&out.stdout).contains(&check_config_ok(&project)),
+        "check-config did not pass on the primed charm: {}",
+        text(&out.stdout)
+    );
+    assert_runs_traced(&project);
 
     // The part primed again (as when its definition changes): already wrapped, so
     // dispatch.orig stays the charm's and only the binaries are put back.
@@ -441,16 +666,217 @@ fn the_part_builds_both_binaries_and_wraps_the_charms_dispatch() {
     assert!(text(&out.stdout).contains(&check_config_ok(&project)));
     assert_wrapped(&project, &original);
 
+    // The charm changed: craft-parts primes the charm part again, then this part (after:
+    // [charm]), which wraps the new dispatch.
+    let changed = format!("{}# changed\n", text(&original));
+    replace_file(&project.charm_source.join("dispatch"), changed.as_bytes());
+    let out = project.run_ok(&[]);
+    assert!(text(&out.stdout).contains(&check_config_ok(&project)));
+    assert_wrapped(&project, changed.as_bytes());
+
+    // A charm built for the other architecture the release has gets that one's tarball,
+    // verified by that one's checksum.
+    let other = RELEASE_ARCHES.iter().find(|a| **a != host_arch()).unwrap();
+    let project = Project::prebuilt("prebuilt-part-other-arch");
+    project.run_ok(&["--build-for", other]);
+    assert_eq!(
+        read_text(&project.installed("README")),
+        format!("stand-in release for {other}\n")
+    );
+    assert_wrapped(&project, &original);
+}
+
+#[test]
+fn the_prebuilt_part_refuses_a_tarball_that_is_not_the_releases_and_an_architecture_it_lacks() {
+    // The tarball on the server is not the one the checksum was taken of.
+    let scratch = Scratch::new("prebuilt-part-tampered");
+    let dist = release_dir(&scratch, &stand_in_tarballs());
+    let project = Project::in_scratch(scratch, Part::Prebuilt(dist.clone()));
+    let tarball = dist.join(tarball_name(host_arch()));
+    let mut bytes = read(&tarball);
+    bytes.extend_from_slice(b"\0");
+    std::fs::remove_file(&tarball).unwrap();
+    std::fs::write(&tarball, bytes).unwrap();
+    let out = project.run(&[]);
+    assert_eq!(code(&out), 1, "stdout: {}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("checksum mismatch for part 'dispatch-trace'"),
+        "no word of the checksum: {}",
+        text(&out.stderr)
+    );
+    assert!(!project.prime("dispatch-shim").exists());
+    assert!(!project.installed("dispatch").exists());
+
+    // A charm built for an architecture the release has no tarball for: refused by the
+    // grammar, before anything is downloaded.
+    let project = Project::prebuilt("prebuilt-part-riscv64");
+    let out = project.run(&["--build-for", "riscv64"]);
+    assert_eq!(code(&out), 1, "stdout: {}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("Unable to satisfy 'to arm64', failure forced"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(!project.work("").exists(), "something was pulled");
+}
+
+#[test]
+fn release_prebuilt_part_writes_no_part_it_cannot_verify() {
+    let scratch = Scratch::new("prebuilt-part-fill");
+    let dist = release_dir(&scratch, &stand_in_tarballs());
+    let out = fill_prebuilt_part(Path::new("https://example.invalid/download/v1"), &dist);
+    assert_eq!(code(&out), 0, "stderr: {}", text(&out.stderr));
+    let filled = read_text(&dist.join("charmcraft-part-prebuilt.yaml"));
+    assert!(!filled.contains('@'), "placeholders left: {filled}");
+    let part = part_in(&dist.join("charmcraft-part-prebuilt.yaml"));
+    assert_eq!(
+        part["source"],
+        yaml(&format!(
+            "https://example.invalid/download/v1/dispatch-trace-{VERSION}-$CRAFT_ARCH_BUILD_FOR.tar.gz"
+        ))
+    );
+    let sums = read_text(&dist.join("SHA256SUMS"));
+    for line in sums.lines() {
+        let digest = line.split_whitespace().next().unwrap();
+        assert!(
+            filled.contains(&format!("sha256/{digest}")),
+            "{digest} not in {filled}"
+        );
+    }
+
+    // An architecture the template lists, without its tarball.
+    std::fs::write(dist.join("SHA256SUMS"), sums.lines().next().unwrap()).unwrap();
+    std::fs::remove_file(dist.join("charmcraft-part-prebuilt.yaml")).unwrap();
+    let out = fill_prebuilt_part(Path::new("https://example.invalid/v1"), &dist);
+    assert_eq!(code(&out), 1);
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "release/prebuilt-part: {}/SHA256SUMS has no SHA-256 for {}, which the part lists\n",
+            dist.display(),
+            tarball_name("arm64")
+        )
+    );
+    assert!(!dist.join("charmcraft-part-prebuilt.yaml").exists());
+
+    // A tarball the template has no checksum entry for.
+    std::fs::write(
+        dist.join("SHA256SUMS"),
+        format!("{sums}{}  {}\n", "0".repeat(64), tarball_name("riscv64")),
+    )
+    .unwrap();
+    let out = fill_prebuilt_part(Path::new("https://example.invalid/v1"), &dist);
+    assert_eq!(code(&out), 1);
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "has {}, but charmcraft-part-prebuilt.yaml has no checksum entry for riscv64",
+            tarball_name("riscv64")
+        )),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(!dist.join("charmcraft-part-prebuilt.yaml").exists());
+
+    // No release there at all.
+    let out = fill_prebuilt_part(
+        Path::new("https://example.invalid/v1"),
+        &scratch.path("none"),
+    );
+    assert_eq!(code(&out), 1);
+    assert!(
+        text(&out.stderr).contains("no SHA256SUMS in"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The release tarball release/build made of a commit (`DISPATCH_TEST_RELEASE_DIST`) and a
+/// clean clone of that commit (`DISPATCH_TEST_PART_SOURCE`): tests/release makes both.
+fn release_under_test() -> (PathBuf, PathBuf) {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name} is not set: this test compares the from-source part with the release \
+                 tarball of the same commit; run tests/release, which builds the tarball in a \
+                 clean clone and then runs it"
+                )
+            })
+    };
+    (
+        var("DISPATCH_TEST_RELEASE_DIST"),
+        var("DISPATCH_TEST_PART_SOURCE"),
+    )
+}
+
+#[test]
+#[ignore = "builds the release for minutes from a clean clone: tests/release (in tests/run) \
+            makes the release tarball of the commit and then runs this test"]
+fn the_from_source_part_primes_the_charm_the_prebuilt_part_primes_from_the_release() {
+    let (dist, source) = release_under_test();
+    let env = craft_env();
+    let cargo = system_cargo(&env);
+    let original = read(&util::repo_root().join(FIXTURE).join("dispatch"));
+
+    // The prebuilt part: the release's tarball for this machine, and a stand-in for the
+    // other architecture the part lists.
+    let scratch = Scratch::new("release-prebuilt-part");
+    let tarballs: Vec<PathBuf> = RELEASE_ARCHES
+        .iter()
+        .map(|arch| match *arch == host_arch() {
+            true => dist.join(tarball_name(arch)),
+            false => stand_in_release().join(tarball_name(arch)),
+        })
+        .collect();
+    let prebuilt_dist = release_dir(&scratch, &tarballs);
+    let prebuilt = Project::in_scratch(scratch, Part::Prebuilt(prebuilt_dist));
+    let (_, prebuilt_took) = prebuilt.run_timed("the prebuilt part (release tarball), to prime");
+    assert_wrapped(&prebuilt, &original);
+
+    // The from-source part, built with the toolchain on PATH.
+    let from_source = Project::new("release-from-source-part", Part::FromSource(source));
+    let (out, from_source_took) = from_source.run_timed(&format!(
+        "the from-source part (release build with {cargo}), to prime"
+    ));
+    eprintln!(
+        "charmcraft part: prime in {prebuilt_took:.1?} (prebuilt) vs {from_source_took:.1?} \
+         (from source)"
+    );
+    assert_wrapped(&from_source, &original);
+    assert!(
+        text(&out.stdout).contains(&check_config_ok(&from_source)),
+        "check-config did not pass on the primed charm: {}",
+        text(&out.stdout)
+    );
+    for name in ["dispatch", "dispatch-shim"] {
+        let elf = Elf::read(&from_source.prime(name));
+        assert!(
+            elf.static_executable,
+            "{name} is not a static non-PIE executable: .cargo/static-link did not link it"
+        );
+        assert!(
+            !elf.symbol_table,
+            "{name} has a symbol table: not built with Cargo.toml's release profile (strip)"
+        );
+    }
+
+    // The same charm, byte for byte, mode for mode.
+    assert_eq!(
+        describe_tree(&from_source.prime("")),
+        describe_tree(&prebuilt.prime("")),
+        "the two parts primed different charms"
+    );
+    assert_runs_traced(&from_source);
+
     // The charm changed: craft-parts primes the charm part again, then builds this part again
     // (after: [charm]), from the cargo target dir it kept, and wraps the new dispatch.
     let changed = format!("{}# changed\n", text(&original));
-    replace_file(&project.charm_source.join("dispatch"), changed.as_bytes());
-    let started = Instant::now();
-    let out = project.run_ok(&[]);
-    eprintln!(
-        "charmcraft-part: packing again after a change of the charm took {:.1?}",
-        started.elapsed()
+    replace_file(
+        &from_source.charm_source.join("dispatch"),
+        changed.as_bytes(),
     );
+    let (out, _) = from_source.run_timed("the from-source part, after a change of the charm");
     let log = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(
         log.contains(&format!("RERUN {PART} BUILD")),
@@ -460,13 +886,13 @@ fn the_part_builds_both_binaries_and_wraps_the_charms_dispatch() {
         !log.contains("Compiling "),
         "a change of the charm compiled the binaries again: {log}"
     );
-    assert!(text(&out.stdout).contains(&check_config_ok(&project)));
-    assert_wrapped(&project, changed.as_bytes());
+    assert!(text(&out.stdout).contains(&check_config_ok(&from_source)));
+    assert_wrapped(&from_source, changed.as_bytes());
 }
 
 #[test]
 fn a_charm_without_a_dispatch_fails_the_build_and_says_why() {
-    let project = Project::new("charmcraft-part-no-dispatch", Build::Prebuilt);
+    let project = Project::prebuilt("charmcraft-part-no-dispatch");
     // A hooks-only charm: no dispatch, the hooks themselves are the scripts.
     std::fs::remove_file(project.charm_source.join("dispatch")).unwrap();
     std::fs::remove_dir_all(project.charm_source.join("hooks")).unwrap();
@@ -498,7 +924,7 @@ fn a_charm_without_a_dispatch_fails_the_build_and_says_why() {
 
 #[test]
 fn a_charm_that_ships_its_own_dispatch_orig_is_left_alone_and_fails_the_build() {
-    let project = Project::new("charmcraft-part-dispatch-orig", Build::Prebuilt);
+    let project = Project::prebuilt("charmcraft-part-dispatch-orig");
     let theirs = b"#!/bin/sh\n# another wrapper's target\nexec ./src/charm.sh\n";
     replace_file(&project.charm_source.join("dispatch.orig"), theirs);
 
@@ -520,7 +946,7 @@ fn a_charm_that_ships_its_own_dispatch_orig_is_left_alone_and_fails_the_build() 
 
 #[test]
 fn a_charm_with_a_bad_config_file_fails_the_build_at_check_config() {
-    let project = Project::new("charmcraft-part-bad-config", Build::Prebuilt);
+    let project = Project::prebuilt("charmcraft-part-bad-config");
     replace_file(
         &project.charm_source.join("dispatch-trace.yaml"),
         b"enabeld: false\n",
