@@ -1,5 +1,5 @@
-//! `dispatch check-config`: what charmcraft-part.yaml runs at pack time. Checks the config,
-//! the metadata, the target, the shim and the store path; changes nothing.
+//! `dispatch check-config`: what both charmcraft parts run at pack time (release/wrap-charm).
+//! Checks the config, the metadata, the target, the shim and the store path; changes nothing.
 
 use std::ffi::OsString;
 use std::path::Path;

@@ -967,3 +967,29 @@ fn a_charm_with_a_bad_config_file_fails_the_build_at_check_config() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn wrap_charm_run_by_hand_says_where_it_belongs_and_touches_nothing() {
+    let scratch = Scratch::new("wrap-charm-by-hand");
+    let charm = scratch.path("charm");
+    copy_tree(&util::repo_root().join(FIXTURE), &charm);
+    let before = describe_tree(&charm);
+    let out = Command::new(util::repo_root().join("release/wrap-charm"))
+        .current_dir(&charm)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "stdout: {}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stderr),
+        "dispatch-trace: wrap-charm runs in a charmcraft part's prime step (override-prime), \
+         where CRAFT_PRIME and CRAFT_STAGE are set; to wrap a charm by hand, see the README\n"
+    );
+    assert_eq!(
+        describe_tree(&charm),
+        before,
+        "wrap-charm changed the charm"
+    );
+}

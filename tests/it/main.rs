@@ -11,8 +11,10 @@
 //! one test.
 //!
 //! Tests that act as another local user (`nobody`) need root, which CI has: they run
-//! everywhere and, without root, fail at once saying so (`util::require_root`). None is
-//! ignored (CI would not run it) and none passes without doing its work. Tests that only
+//! everywhere and, without root, fail at once saying so (`util::require_root`). None passes
+//! without doing its work, and one only is ignored by `cargo test`: the from-source
+//! charmcraft part, which needs the release tarball of a clean clone to compare with and so
+//! is run by tests/release (part of tests/run) once it has built one. Tests that only
 //! want permissions to bind (a read-only store directory) run as `nobody` when root and as
 //! themselves otherwise, and test the same thing either way.
 
@@ -31,6 +33,7 @@ mod otlp_relation;
 mod proxy;
 mod real_receiver;
 mod relations;
+mod release_notes;
 mod security;
 mod shipping;
 mod soak;
