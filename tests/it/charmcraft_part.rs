@@ -587,6 +587,12 @@ fn both_parts_wrap_the_charm_with_the_same_steps() {
             "charmcraft-part.yaml and charmcraft-part-prebuilt.yaml differ in {key}"
         );
     }
+    // The release the from-source part's example builds is this version's.
+    assert_eq!(
+        from_source["source-tag"],
+        yaml(&format!("v{VERSION}")),
+        "charmcraft-part.yaml's source-tag is not Cargo.toml's version (README \"Releasing\")"
+    );
     // The wrapping itself is one script, release/wrap-charm, which both install beside the
     // binaries: from-source by release/cargo-build, prebuilt from the tarball.
     assert_eq!(
@@ -675,15 +681,30 @@ fn the_prebuilt_part_unpacks_the_tarball_for_the_architecture_and_wraps_the_char
     assert_wrapped(&project, changed.as_bytes());
 
     // A charm built for the other architecture the release has gets that one's tarball,
-    // verified by that one's checksum.
+    // verified by that one's checksum; built here, on another architecture, it is refused at
+    // prime: neither check-config here nor the charm there could run the binaries of both.
     let other = RELEASE_ARCHES.iter().find(|a| **a != host_arch()).unwrap();
     let project = Project::prebuilt("prebuilt-part-other-arch");
-    project.run_ok(&["--build-for", other]);
+    let out = project.run(&["--build-for", other]);
     assert_eq!(
         read_text(&project.installed("README")),
         format!("stand-in release for {other}\n")
     );
-    assert_wrapped(&project, &original);
+    assert_eq!(code(&out), 1, "stdout: {}", text(&out.stdout));
+    let host = host_arch();
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "dispatch-trace: the charm is built on {host} for {other}; this part needs them to \
+             be the same: build it on {other} (in charmcraft.yaml, platforms: <name>: build-on: \
+             [{other}], build-for: [{other}])\n"
+        )),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    assert!(
+        !project.prime("dispatch-shim").exists() && !project.prime("dispatch.orig").exists(),
+        "the charm was wrapped anyway"
+    );
 }
 
 #[test]
@@ -759,10 +780,10 @@ fn release_prebuilt_part_writes_no_part_it_cannot_verify() {
     );
     assert!(!dist.join("charmcraft-part-prebuilt.yaml").exists());
 
-    // A tarball the template has no checksum entry for.
+    // A tarball the template has no checksum entry for (on a last line without its newline).
     std::fs::write(
         dist.join("SHA256SUMS"),
-        format!("{sums}{}  {}\n", "0".repeat(64), tarball_name("riscv64")),
+        format!("{sums}{}  {}", "0".repeat(64), tarball_name("riscv64")),
     )
     .unwrap();
     let out = fill_prebuilt_part(Path::new("https://example.invalid/v1"), &dist);
